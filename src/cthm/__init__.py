@@ -1,0 +1,3 @@
+"""cthm: the conntrack helper manager."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""Errors of the domain, grouped by what the caller can do about them.
+
+CthmError
+├── InvalidInput        the request is wrong: fix the input (HTTP 400)
+├── NotFound            the object does not exist, or is not visible to the caller (404)
+│   ├── RouterNotFound
+│   └── BindingNotFound
+├── Conflict            the request clashes with stored state (409)
+│   ├── BindingConflict
+│   └── NamespaceInUse
+├── PreconditionFailed  the caller's view is stale (412)
+└── Unavailable         a dependency is down; try again later (503)
+"""
+
+from __future__ import annotations
+
+
+class CthmError(Exception):
+    """Base of every error cthm reports to a user. `kind` is the Neutron-style type name."""
+
+    kind = "CthmError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(CthmError):
+    kind = "InvalidInput"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(f"Invalid input for {field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
+
+
+class NotFound(CthmError):
+    kind = "NotFound"
+
+
+class RouterNotFound(NotFound):
+    kind = "RouterNotFound"
+
+    def __init__(self, router_id: str) -> None:
+        super().__init__(f"Router {router_id} could not be found")
+        self.router_id = router_id
+
+
+class BindingNotFound(NotFound):
+    kind = "ConntrackHelperNotFound"
+
+    def __init__(self, binding_id: str, router_id: str | None = None) -> None:
+        where = f" on router {router_id}" if router_id else ""
+        super().__init__(f"Conntrack helper {binding_id} could not be found{where}")
+        self.binding_id = binding_id
+
+
+class Conflict(CthmError):
+    kind = "Conflict"
+
+
+class BindingConflict(Conflict):
+    kind = "ConntrackHelperConflict"
+
+    def __init__(self, router_id: str, protocol: str, port: int, existing_id: str) -> None:
+        super().__init__(
+            f"Router {router_id} already has conntrack helper {existing_id} for "
+            f"{protocol}/{port}: a connection gets one helper"
+        )
+        self.existing_id = existing_id
+
+
+class NamespaceInUse(Conflict):
+    kind = "NamespaceInUse"
+
+    def __init__(self, namespace: str, router_id: str) -> None:
+        super().__init__(f"Namespace {namespace} is already used by router {router_id}")
+        self.router_id = router_id
+
+
+class PreconditionFailed(CthmError):
+    kind = "PreconditionFailed"
+
+
+class Unavailable(CthmError):
+    kind = "ServiceUnavailable"

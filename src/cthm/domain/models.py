@@ -1,0 +1,160 @@
+"""Frozen value types: a router, a helper binding, and the kernel assignment derived from it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cthm.domain.catalog import HelperCatalog, parse_protocol
+from cthm.domain.errors import InvalidInput
+from cthm.domain.types import Protocol, Status
+from cthm.domain.validation import (
+    validate_name,
+    validate_namespace,
+    validate_port,
+    validate_project_id,
+    validate_status_reason,
+    validate_uuid,
+)
+
+NAMESPACE_PREFIX = "qrouter-"
+
+
+def default_namespace(router_id: str) -> str:
+    """Neutron's L3 agent name for a router namespace, so cthm can run beside existing routers."""
+    return NAMESPACE_PREFIX + router_id
+
+
+@dataclass(frozen=True, slots=True)
+class Router:
+    id: str
+    name: str
+    project_id: str
+    namespace: str
+    status: Status = Status.PENDING
+    status_reason: str = ""
+    revision_number: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        validate_uuid(self.id, "id")
+        validate_name(self.name, "name")
+        validate_project_id(self.project_id, "project_id")
+        validate_namespace(self.namespace, "namespace")
+        if not isinstance(self.status, Status):
+            raise InvalidInput(f"unknown status {self.status!r}", field="status")
+        validate_status_reason(self.status_reason)
+
+
+@dataclass(frozen=True, slots=True)
+class HelperBinding:
+    """A user's wish: connections of `protocol` to `port` on this router get `helper`."""
+
+    id: str
+    router_id: str
+    project_id: str
+    protocol: Protocol
+    port: int
+    helper: str
+    status: Status = Status.PENDING
+    status_reason: str = ""
+    revision_number: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        validate_uuid(self.id, "id")
+        validate_uuid(self.router_id, "router_id")
+        validate_project_id(self.project_id, "project_id")
+        if not isinstance(self.protocol, Protocol):
+            raise InvalidInput(f"unknown protocol {self.protocol!r}", field="protocol")
+        validate_port(self.port)
+        if not isinstance(self.helper, str) or not self.helper:
+            raise InvalidInput("must be a non-empty string", field="helper")
+        if not isinstance(self.status, Status):
+            raise InvalidInput(f"unknown status {self.status!r}", field="status")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Assignment:
+    """What the kernel must do: new connections of protocol/port get the kernel helper named.
+
+    `helper` is the kernel's name (RAS, not h323); values here have passed the catalog.
+    """
+
+    protocol: Protocol
+    port: int
+    helper: str
+    binding_ids: tuple[str, ...] = field(default=(), compare=False)
+
+
+def new_router(
+    *,
+    name: object,
+    project_id: object,
+    namespace: object | None = None,
+    router_id: str | None = None,
+) -> Router:
+    rid = router_id or str(uuid.uuid4())
+    ns = default_namespace(rid) if namespace is None else namespace
+    return Router(
+        id=rid,
+        name=validate_name(name),
+        project_id=validate_project_id(project_id),
+        namespace=validate_namespace(ns),
+    )
+
+
+def new_binding(
+    catalog: HelperCatalog,
+    router: Router,
+    *,
+    protocol: object,
+    port: object,
+    helper: object,
+    binding_id: str | None = None,
+) -> HelperBinding:
+    proto, checked_port, helper_name = check_binding_fields(catalog, protocol, port, helper)
+    return HelperBinding(
+        id=binding_id or str(uuid.uuid4()),
+        router_id=router.id,
+        project_id=router.project_id,
+        protocol=proto,
+        port=checked_port,
+        helper=helper_name,
+    )
+
+
+def check_binding_fields(
+    catalog: HelperCatalog, protocol: object, port: object, helper: object
+) -> tuple[Protocol, int, str]:
+    """Validates one binding's (protocol, port, helper) together, as the catalog allows."""
+    if not isinstance(protocol, str):
+        raise InvalidInput(f"must be a string, not {type(protocol).__name__}", field="protocol")
+    proto = parse_protocol(protocol)
+    checked_port = validate_port(port)
+    if not isinstance(helper, str):
+        raise InvalidInput(f"must be a string, not {type(helper).__name__}", field="helper")
+    catalog.resolve(helper, proto)
+    return proto, checked_port, helper
+
+
+def assignments_for(catalog: HelperCatalog, bindings: list[HelperBinding]) -> list[Assignment]:
+    """The kernel assignments for a router's bindings, sorted; bindings on one (proto, port) merge.
+
+    A binding the catalog no longer allows (the operator narrowed it) is left out: the kernel
+    holds only what is allowed now.
+    """
+    merged: dict[tuple[Protocol, int], Assignment] = {}
+    for binding in bindings:
+        try:
+            spec = catalog.resolve(binding.helper, binding.protocol)
+        except InvalidInput:
+            continue
+        key = (binding.protocol, binding.port)
+        previous = merged.get(key)
+        ids = (*previous.binding_ids, binding.id) if previous else (binding.id,)
+        merged[key] = Assignment(binding.protocol, binding.port, spec.name, ids)
+    return sorted(merged.values())

@@ -1,0 +1,25 @@
+"""A list request: filters, sort order and a page, independent of HTTP and SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+DEFAULT_PAGE_LIMIT = 1000
+MAX_PAGE_LIMIT = 10000
+
+
+class SortDir(StrEnum):
+    ASC = "asc"
+    DESC = "desc"
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """filters: field -> accepted values (any of them matches); values are already typed."""
+
+    filters: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    sort: tuple[tuple[str, SortDir], ...] = ()
+    limit: int | None = None
+    marker: str | None = None
+    page_reverse: bool = False

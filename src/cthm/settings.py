@@ -1,0 +1,87 @@
+"""Settings from defaults, an optional TOML file, `CTHM_*` environment variables and CLI flags.
+
+Precedence, highest first: explicit values (CLI flags), environment, TOML file, defaults.
+Nothing is read at import time: call `load_settings()`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cthm.domain import HelperCatalog, InvalidInput
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/cthm")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "cthm"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CTHM_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=9797, ge=1, le=65535)
+    # An allow-list like Neutron's allowed_conntrack_helpers: "helper" or "helper:protocol".
+    allowed_helpers: list[str] | None = None
+    resync_interval: float = Field(default=60.0, gt=0, le=86400)
+    agent_workers: int = Field(default=2, ge=1, le=64)
+    nft_backend: str = Field(default="auto", pattern="^(auto|libnftables|subprocess)$")
+    agent_enabled: bool = True
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        # Until authentication exists the API must not be reachable from other machines.
+        try:
+            is_loopback = value == "localhost" or ipaddress.ip_address(value).is_loopback
+        except ValueError:
+            is_loopback = False
+        if not is_loopback:
+            raise ValueError(
+                f"{value!r} is not a loopback address; cthm only listens on loopback until "
+                "authentication is configured"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _catalog_is_valid(self) -> Settings:
+        try:
+            HelperCatalog(self.allowed_helpers)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'cthm.db'}"
+
+    def catalog(self) -> HelperCatalog:
+        return HelperCatalog(self.allowed_helpers)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings for this process; `overrides` with value None are ignored (unset CLI flags)."""
+    path = config_file or (
+        Path(os.environ["CTHM_CONFIG"]) if os.environ.get("CTHM_CONFIG") else None
+    )
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        with path.open("rb") as handle:
+            file_values = tomllib.load(handle)
+    explicit = {key: value for key, value in overrides.items() if value is not None}
+    env_settings = Settings(**explicit)  # environment fills what flags did not set
+    env_set = {key for key in Settings.model_fields if f"CTHM_{key.upper()}" in os.environ}
+    merged = {**file_values, **{k: getattr(env_settings, k) for k in env_set}, **explicit}
+    return Settings(**merged) if merged else env_settings

@@ -1,0 +1,36 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from cthm.testing import NamespaceFactory
+
+
+def _kernel_available() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    return None
+
+
+@pytest.fixture
+def netns() -> Iterator[NamespaceFactory]:
+    """A factory of network namespaces deleted (exactly those) when the test ends, pass or fail."""
+    reason = _kernel_available()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"kernel tests cannot run in CI: {reason}")
+        pytest.skip(reason)
+    factory = NamespaceFactory()
+    try:
+        yield factory
+    finally:
+        leftovers = factory.cleanup()
+        assert not leftovers, f"could not delete namespaces {leftovers}"
