@@ -104,7 +104,7 @@ class HelperCatalog:
             elif name in self._specs:
                 protocols = sorted(self._specs[name].protocols)
             else:
-                raise InvalidInput(f"unknown helper {name!r}", field="allowed_helpers")
+                raise InvalidInput(f"unknown helper {_shown(name)}", field="allowed_helpers")
             for protocol in protocols:
                 self._resolve_kernel(name, protocol)  # refuses what the kernel lacks
                 yield name, protocol

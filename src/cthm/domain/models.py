@@ -44,7 +44,7 @@ class Router:
         validate_project_id(self.project_id, "project_id")
         validate_namespace(self.namespace, "namespace")
         if not isinstance(self.status, Status):
-            raise InvalidInput(f"unknown status {self.status!r}", field="status")
+            raise InvalidInput(f"unknown status {self.status!r:.40}", field="status")
         validate_status_reason(self.status_reason)
 
 
@@ -69,12 +69,12 @@ class HelperBinding:
         validate_uuid(self.router_id, "router_id")
         validate_project_id(self.project_id, "project_id")
         if not isinstance(self.protocol, Protocol):
-            raise InvalidInput(f"unknown protocol {self.protocol!r}", field="protocol")
+            raise InvalidInput(f"unknown protocol {self.protocol!r:.40}", field="protocol")
         validate_port(self.port)
         if not isinstance(self.helper, str) or not self.helper:
             raise InvalidInput("must be a non-empty string", field="helper")
         if not isinstance(self.status, Status):
-            raise InvalidInput(f"unknown status {self.status!r}", field="status")
+            raise InvalidInput(f"unknown status {self.status!r:.40}", field="status")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -21,6 +21,10 @@ _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # A namespace name is a file name under /run/netns and an argv word for `ip netns`: a safe,
 # shell-inert subset, not starting with '-' (option injection) or '.' (hidden, '..').
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# 8-4-4-4-12 hex digits, with all four dashes or none (\1 repeats the first separator).
+_UUID = re.compile(
+    r"[0-9a-fA-F]{8}(-?)[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1[0-9a-fA-F]{12}"
+)
 
 
 def _require_str(value: object, field: str) -> str:
@@ -31,13 +35,11 @@ def _require_str(value: object, field: str) -> str:
 
 def validate_uuid(value: object, field: str = "id") -> str:
     text = _require_str(value, field)
-    try:
-        parsed = uuid.UUID(text)
-    except ValueError:
-        raise InvalidInput(f"{text[:40]!r} is not a valid UUID", field=field) from None
-    if len(text) not in (32, 36):  # refuses braces and urn: forms, which UUID() accepts
+    # uuid.UUID() alone also takes braces, "urn:", and whatever int() tolerates (surrounding
+    # whitespace and newlines, a sign, '_'), and the value types keep the text they were given.
+    if not _UUID.fullmatch(text):
         raise InvalidInput(f"{text[:40]!r} is not a valid UUID", field=field)
-    return str(parsed)
+    return str(uuid.UUID(text))
 
 
 def validate_name(value: object, field: str = "name") -> str:
@@ -79,7 +81,9 @@ def validate_port(value: object, field: str = "port") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"must be an integer, not {type(value).__name__}", field=field)
     if not 1 <= value <= 65535:
-        raise InvalidInput(f"{value} is out of range 1-65535", field=field)
+        # Not echoed when huge: bounded messages, and str() raises past 4300 digits.
+        shown = str(value) if abs(value) < 10**12 else "the value"
+        raise InvalidInput(f"{shown} is out of range 1-65535", field=field)
     return value
 
 

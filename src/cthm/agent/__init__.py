@@ -1,0 +1,32 @@
+"""The agent: reconciles each router's kernel state with its desired state."""
+
+from cthm.agent.agent import Agent
+from cthm.agent.capabilities import HelperCapabilities
+from cthm.agent.ports import (
+    BindingReport,
+    DesiredRouter,
+    DesiredStateSource,
+    KernelBackend,
+    KernelState,
+    RouterReport,
+)
+from cthm.agent.queue import ShutDown, WorkQueue
+from cthm.agent.reconciler import Action, ReconcileResult, Reconciler
+from cthm.agent.source import LocalStoreSource
+
+__all__ = [
+    "Action",
+    "Agent",
+    "BindingReport",
+    "DesiredRouter",
+    "DesiredStateSource",
+    "HelperCapabilities",
+    "KernelBackend",
+    "KernelState",
+    "LocalStoreSource",
+    "ReconcileResult",
+    "Reconciler",
+    "RouterReport",
+    "ShutDown",
+    "WorkQueue",
+]

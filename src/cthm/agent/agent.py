@@ -1,0 +1,149 @@
+"""The agent: worker threads draining the work queue, a periodic full resync, and a watch for
+namespaces that routers are waiting on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from cthm.agent.capabilities import HelperCapabilities
+from cthm.agent.ports import DesiredStateSource, KernelBackend
+from cthm.agent.queue import ShutDown, WorkQueue
+from cthm.agent.reconciler import Action, ReconcileResult, Reconciler
+from cthm.domain import HelperCatalog
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = Path("/run/netns")
+
+
+class Agent:
+    def __init__(
+        self,
+        source: DesiredStateSource,
+        backend: KernelBackend,
+        catalog: HelperCatalog,
+        *,
+        workers: int = 2,
+        resync_interval: float = 60.0,
+        namespace_poll_interval: float = 0.25,
+        netns_dir: Path = NETNS_DIR,
+    ) -> None:
+        self._source = source
+        self.capabilities = HelperCapabilities(backend)
+        self.reconciler = Reconciler(source, backend, catalog, self.capabilities)
+        self.queue = WorkQueue()
+        self._workers = workers
+        self._resync_interval = resync_interval
+        self._poll_interval = namespace_poll_interval
+        self._netns_dir = netns_dir
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._waiting_for_namespace: dict[str, str] = {}  # router id -> namespace
+        self._last: dict[str, ReconcileResult] = {}
+        self.counts: Counter[str] = Counter()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._threads:
+            raise RuntimeError("agent already started")
+        for index in range(self._workers):
+            self._spawn(self._work_loop, f"cthm-agent-worker-{index}")
+        self._spawn(self._timer_loop, "cthm-agent-timer")
+        self.resync()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stops taking work, lets in-flight reconciles finish; True if every thread ended in time."""
+        self._stop.set()
+        self.queue.shutdown()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.error("agent threads still running after %.1fs: %s", timeout, alive)
+        self._threads.clear()
+        return not alive
+
+    # --- work ----------------------------------------------------------------------------
+
+    def enqueue(self, router_ids: Iterable[str]) -> None:
+        for router_id in router_ids:
+            self.queue.add(router_id)
+
+    def resync(self) -> None:
+        """Every router and every tombstone goes through reconcile (catches missed events)."""
+        ids = set(self._source.router_ids()) | set(self._source.tombstones())
+        self.enqueue(sorted(ids))
+
+    def sync_all(self) -> list[ReconcileResult]:
+        """Reconciles every router now, in this thread (used by tests, benchmarks and tools)."""
+        ids = sorted(set(self._source.router_ids()) | set(self._source.tombstones()))
+        return [self._reconcile(router_id) for router_id in ids]
+
+    def wait_settled(self, timeout: float = 10.0) -> bool:
+        """True once nothing is ready or in flight (delayed retries may remain)."""
+        return self.queue.wait_until(lambda: not self.queue.busy(), timeout)
+
+    def last_result(self, router_id: str) -> ReconcileResult | None:
+        with self._lock:
+            return self._last.get(router_id)
+
+    def _reconcile(self, router_id: str) -> ReconcileResult:
+        try:
+            result = self.reconciler.reconcile(router_id)
+        except Exception as exc:  # one bad router must never stop the worker
+            log.exception("router %s: reconcile failed", router_id)
+            result = ReconcileResult(router_id, Action.FAILED, f"internal error: {exc}", retry=True)
+        with self._lock:
+            self._last[router_id] = result
+            self.counts[result.action.value] += 1
+            if result.missing_namespace:
+                self._waiting_for_namespace[router_id] = result.missing_namespace
+            else:
+                self._waiting_for_namespace.pop(router_id, None)
+        return result
+
+    def _work_loop(self) -> None:
+        while True:
+            try:
+                router_id = self.queue.get()
+            except ShutDown:
+                return
+            if router_id is None:
+                continue
+            try:
+                result = self._reconcile(router_id)
+                if result.retry:
+                    self.queue.retry(router_id)
+                else:
+                    self.queue.forget(router_id)
+            finally:
+                self.queue.done(router_id)
+
+    def _timer_loop(self) -> None:
+        next_resync = time.monotonic() + self._resync_interval
+        while not self._stop.wait(self._poll_interval):
+            with self._lock:
+                waiting = dict(self._waiting_for_namespace)
+            # A namespace that appears is applied at once, not after the next backoff step.
+            for router_id, namespace in waiting.items():
+                if (self._netns_dir / namespace).exists():
+                    self.queue.add(router_id)
+            if time.monotonic() >= next_resync:
+                next_resync = time.monotonic() + self._resync_interval
+                try:
+                    self.resync()
+                except Exception:
+                    log.exception("periodic resync failed")
+
+    def _spawn(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)

@@ -1,0 +1,67 @@
+"""What the agent needs from the outside: a kernel backend and a source of desired state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol as TypingProtocol
+
+from cthm.domain import Assignment, HelperBinding, Protocol, Router, Status
+
+
+class KernelState(TypingProtocol):
+    """What a backend reads back; compared with `==` against the backend's desired form."""
+
+    assignments: tuple[Assignment, ...]
+    garbage: tuple[str, ...]
+
+
+class KernelBackend(TypingProtocol):
+    def read(self, namespace: str) -> KernelState | None: ...
+
+    def desired(self, assignments: Sequence[Assignment]) -> KernelState | None: ...
+
+    def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None: ...
+
+    def delete(self, namespace: str) -> bool: ...
+
+    def available_helpers(
+        self, namespace: str, kinds: Iterable[tuple[str, Protocol]]
+    ) -> dict[tuple[str, Protocol], bool]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredRouter:
+    router: Router
+    bindings: tuple[HelperBinding, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BindingReport:
+    binding_id: str
+    revision_number: int
+    status: Status
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouterReport:
+    router_id: str
+    revision_number: int
+    status: Status
+    reason: str = ""
+    bindings: tuple[BindingReport, ...] = field(default=())
+
+
+class DesiredStateSource(TypingProtocol):
+    def load(self, router_id: str) -> DesiredRouter | None: ...
+
+    def router_ids(self) -> list[str]: ...
+
+    def tombstones(self) -> dict[str, str]: ...
+
+    def clear_tombstone(self, router_id: str) -> None: ...
+
+    def report(self, report: RouterReport) -> None: ...

@@ -1,0 +1,173 @@
+"""reconcile(router_id): make one router's kernel table equal its desired state, then verify.
+
+There are no create/update/delete paths: every call re-reads desired and kernel state and
+enforces the whole of it (Kubernetes controller style). Nothing is written when they agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cthm.agent.capabilities import HelperCapabilities
+from cthm.agent.ports import (
+    BindingReport,
+    DesiredRouter,
+    DesiredStateSource,
+    KernelBackend,
+    RouterReport,
+)
+from cthm.domain import HelperBinding, HelperCatalog, InvalidInput, Status, assignments_for
+from cthm.netfilter import NamespaceNotFound, NftError
+
+log = logging.getLogger(__name__)
+
+
+class Action(StrEnum):
+    NOOP = "noop"  # kernel already matched
+    APPLIED = "applied"  # one transaction written and verified
+    REMOVED = "removed"  # deleted router: its table is gone
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    router_id: str
+    action: Action
+    reason: str = ""
+    retry: bool = False
+    missing_namespace: str | None = None
+
+
+class VerificationFailed(Exception):
+    """The kernel did not hold what was just applied."""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        source: DesiredStateSource,
+        backend: KernelBackend,
+        catalog: HelperCatalog,
+        capabilities: HelperCapabilities,
+    ) -> None:
+        self._source = source
+        self._backend = backend
+        self._catalog = catalog
+        self._capabilities = capabilities
+
+    def reconcile(self, router_id: str) -> ReconcileResult:
+        desired = self._source.load(router_id)
+        if desired is None:
+            return self._remove(router_id)
+        namespace = desired.router.namespace
+        try:
+            refused = self._refused_bindings(desired)
+            usable = [b for b in desired.bindings if b.id not in refused]
+            assignments = assignments_for(self._catalog, usable)
+            want = self._backend.desired(assignments)
+            action = Action.NOOP
+            if self._backend.read(namespace) != want:
+                self._backend.apply(namespace, assignments)
+                action = Action.APPLIED
+                have = self._backend.read(namespace)
+                if have != want:
+                    raise VerificationFailed(
+                        f"kernel table differs from what was applied (garbage: "
+                        f"{', '.join(getattr(have, 'garbage', ())) or 'none'})"
+                    )
+        except NamespaceNotFound:
+            reason = f"namespace {namespace} not found"
+            self._report(desired, Status.ERROR, reason, {b.id: reason for b in desired.bindings})
+            return ReconcileResult(
+                router_id, Action.FAILED, reason, retry=True, missing_namespace=namespace
+            )
+        except (NftError, VerificationFailed) as exc:
+            self._capabilities.invalidate()  # a helper may have gone; probe again next time
+            reason = f"kernel refused the change: {_message(exc)}"
+            log.warning("router %s: %s", router_id, reason)
+            self._report(desired, Status.ERROR, reason, {b.id: reason for b in desired.bindings})
+            return ReconcileResult(router_id, Action.FAILED, reason, retry=True)
+
+        summary = ""
+        if refused:
+            summary = f"{len(refused)} of {len(desired.bindings)} bindings could not be applied"
+        self._report(desired, Status.ACTIVE, summary, refused)
+        if action is Action.APPLIED:
+            log.info("router %s: applied %d assignments", router_id, len(assignments))
+        return ReconcileResult(router_id, action, summary)
+
+    def _refused_bindings(self, desired: DesiredRouter) -> dict[str, str]:
+        """Bindings that cannot be in the kernel, with the reason a person can act on."""
+        refused: dict[str, str] = {}
+        kinds: dict[str, tuple[str, HelperBinding]] = {}
+        for binding in desired.bindings:
+            try:
+                spec = self._catalog.resolve(binding.helper, binding.protocol)
+            except InvalidInput as exc:
+                refused[binding.id] = f"no longer allowed: {exc.reason}"
+                continue
+            kinds[binding.id] = (spec.name, binding)
+        lacking = self._capabilities.unavailable(
+            desired.router.namespace, {(name, b.protocol) for name, b in kinds.values()}
+        )
+        for binding_id, (name, binding) in kinds.items():
+            if (name, binding.protocol) in lacking:
+                refused[binding_id] = f"helper {name} not available in this kernel"
+        return refused
+
+    def _remove(self, router_id: str) -> ReconcileResult:
+        namespace = self._source.tombstones().get(router_id)
+        if namespace is None:
+            return ReconcileResult(router_id, Action.NOOP)
+        try:
+            self._backend.delete(namespace)
+        except NamespaceNotFound:
+            pass  # the namespace is gone, and our table with it
+        except NftError as exc:
+            reason = f"could not delete table in {namespace}: {_message(exc)}"
+            return ReconcileResult(router_id, Action.FAILED, reason, retry=True)
+        self._source.clear_tombstone(router_id)
+        log.info("router %s deleted: removed its table from %s", router_id, namespace)
+        return ReconcileResult(router_id, Action.REMOVED)
+
+    def _report(
+        self,
+        desired: DesiredRouter,
+        router_status: Status,
+        router_reason: str,
+        binding_errors: dict[str, str],
+    ) -> None:
+        bindings = tuple(
+            BindingReport(
+                b.id,
+                b.revision_number,
+                Status.ERROR if b.id in binding_errors else Status.ACTIVE,
+                binding_errors.get(b.id, ""),
+            )
+            for b in desired.bindings
+        )
+        unchanged = (desired.router.status, desired.router.status_reason) == (
+            router_status,
+            router_reason,
+        ) and all(
+            (b.status, b.status_reason) == (r.status, r.reason)
+            for b, r in zip(desired.bindings, bindings, strict=True)
+        )
+        if unchanged:
+            return  # a no-op resync writes nothing, to the kernel or the database
+        self._source.report(
+            RouterReport(
+                desired.router.id,
+                desired.router.revision_number,
+                router_status,
+                router_reason,
+                bindings,
+            )
+        )
+
+
+def _message(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+    return " ".join(str(text).split())[:500]

@@ -1,0 +1,50 @@
+"""Desired state from the local store (the embedded `cthm serve`)."""
+
+from __future__ import annotations
+
+from cthm.agent.ports import DesiredRouter, RouterReport
+from cthm.domain import ListQuery, RouterNotFound
+from cthm.store import Store
+
+
+class LocalStoreSource:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def load(self, router_id: str) -> DesiredRouter | None:
+        with self._store.unit_of_work(write=False) as repo:
+            try:
+                router = repo.get_router(router_id)
+            except RouterNotFound:
+                return None
+            bindings = repo.list_bindings(ListQuery(), router_id)
+        return DesiredRouter(router, tuple(bindings))
+
+    def router_ids(self) -> list[str]:
+        with self._store.unit_of_work(write=False) as repo:
+            return repo.list_router_ids()
+
+    def tombstones(self) -> dict[str, str]:
+        with self._store.unit_of_work(write=False) as repo:
+            return repo.tombstones()
+
+    def clear_tombstone(self, router_id: str) -> None:
+        with self._store.unit_of_work() as repo:
+            repo.clear_tombstone(router_id)
+
+    def report(self, report: RouterReport) -> None:
+        # Guarded by revision numbers: a report about an older revision never overwrites newer state.
+        with self._store.unit_of_work() as repo:
+            repo.set_router_status(
+                report.router_id,
+                report.status,
+                report.reason,
+                revision_number=report.revision_number,
+            )
+            for binding in report.bindings:
+                repo.set_binding_status(
+                    binding.binding_id,
+                    binding.status,
+                    binding.reason,
+                    revision_number=binding.revision_number,
+                )

@@ -1,0 +1,166 @@
+"""The application factory: routes, the request-id and body-size middleware, error handlers.
+
+Error handling has three layers: handlers for what FastAPI and the domain raise (each becomes a
+Neutron error body with its own status), and, around everything, a middleware that turns any
+exception that still escapes into a generic 500 body (logged with its traceback, never sent).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cthm.api.deps import ApiContext, HelperAvailability, require_json_body
+from cthm.api.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    RequestTooLarge,
+    body_parse_message,
+    domain_error_response,
+    error_response,
+    http_kind,
+    validation_message,
+)
+from cthm.api.routes import catalog, conntrack_helpers, health, routers, versions
+from cthm.api.schemas import ErrorResponse
+from cthm.domain import CthmError
+from cthm.settings import Settings
+from cthm.store import Store
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Openstack-Request-Id"
+# Every body this API takes is a few hundred bytes; refuse more long before parsing it.
+MAX_BODY_BYTES = 64 * 1024
+
+_HTTP_MESSAGES = {
+    404: "The resource could not be found.",
+    405: "The method is not allowed for this resource.",
+}
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    *,
+    helper_availability: HelperAvailability | None = None,
+) -> FastAPI:
+    """The cthm REST API over `store`. helper_availability: which (kernel helper, protocol)
+    pairs this host's kernel has; None: unknown (the catalog shows kernel_available null)."""
+    app = FastAPI(
+        title="cthm",
+        summary="Conntrack helper manager: Neutron-compatible conntrack helper API",
+        version="2.0",
+        dependencies=[Depends(require_json_body)],
+        responses={
+            400: {"model": ErrorResponse, "description": "invalid request"},
+            404: {"model": ErrorResponse, "description": "not found"},
+        },
+    )
+    app.state.cthm = ApiContext(
+        settings=settings,
+        store=store,
+        catalog=settings.catalog(),
+        helper_availability=helper_availability,
+    )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=MAX_BODY_BYTES)
+    app.add_exception_handler(CthmError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    for module in (versions, routers, conntrack_helpers, catalog, health):
+        app.include_router(module.router)
+    return app
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CthmError)
+    response = domain_error_response(exc)
+    if response.status_code == 500:
+        log.error("unexpected domain error %r", exc, exc_info=exc)
+    return response
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(400, http_kind(400), validation_message(exc.errors()))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    if status == 400 and exc.__cause__ is not None:  # FastAPI could not decode the body
+        message = body_parse_message(exc.__cause__)
+    elif status == 413:
+        message = RequestTooLarge(MAX_BODY_BYTES).message
+    else:
+        message = _HTTP_MESSAGES.get(status) or (
+            exc.detail if isinstance(exc.detail, str) else f"HTTP error {status}"
+        )
+    return error_response(status, http_kind(status), message, headers=exc.headers)
+
+
+class RequestContextMiddleware:
+    """Gives every response an X-Openstack-Request-Id, bounds request bodies, and turns an
+    exception nothing else handled into a generic 500 body (never a traceback)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = f"req-{uuid.uuid4()}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            too_large = RequestTooLarge(self.max_body_bytes)
+            await domain_error_response(too_large)(scope, receive, send_with_id)
+            return
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise HTTPException(413)
+            return message
+
+        try:
+            await self.app(scope, bounded_receive, send_with_id)
+        except Exception:
+            log.exception(
+                "request %s %s failed (%s)", scope.get("method"), scope.get("path"), request_id
+            )
+            if started:
+                raise
+            response = error_response(500, http_kind(500), INTERNAL_ERROR_MESSAGE)
+            await response(scope, receive, send_with_id)
+
+
+def _content_length(scope: Scope) -> int | None:
+    headers: Any = scope.get("headers") or ()
+    for key, value in headers:
+        if key.lower() == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() and len(text) < 19 else None
+    return None

@@ -1,0 +1,150 @@
+"""/v2.0/routers/{router_id}/conntrack_helpers: Neutron's conntrack helper API ("bindings").
+
+A binding is always reached through its router: one of another router is not found (404),
+whichever router the caller may see (Neutron loaded it by id alone until 2026).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from cthm.api.deps import CatalogDep, IfMatchDep, PrincipalDep, QueryDep, RepoDep, no_query
+from cthm.api.query import (
+    openapi_parameters,
+    pagination_links,
+    parse_list_request,
+    parse_show_request,
+    select_fields,
+)
+from cthm.api.routes._shared import (
+    check_revision,
+    collection_url,
+    load_router,
+    no_content,
+    path_id,
+    respond,
+)
+from cthm.api.schemas import (
+    BINDING_SPEC,
+    ConntrackHelperCreateRequest,
+    ConntrackHelperListResponse,
+    ConntrackHelperResponse,
+    ConntrackHelperUpdateRequest,
+    binding_body,
+)
+from cthm.domain import (
+    BindingNotFound,
+    HelperBinding,
+    InvalidInput,
+    Router,
+    check_binding_fields,
+    new_binding,
+)
+
+router = APIRouter(prefix="/v2.0/routers/{router_id}/conntrack_helpers", tags=["conntrack helpers"])
+
+
+def _binding_id(value: str, owner: Router) -> str:
+    return path_id(value, lambda shown_id: BindingNotFound(shown_id, owner.id))
+
+
+@router.post(
+    "", status_code=201, response_model=ConntrackHelperResponse, dependencies=[Depends(no_query)]
+)
+def create_conntrack_helper(
+    router_id: str,
+    body: ConntrackHelperCreateRequest,
+    repo: RepoDep,
+    principal: PrincipalDep,
+    catalog: CatalogDep,
+) -> JSONResponse:
+    owner = load_router(repo, principal, router_id, "create_router_conntrack_helper")
+    data = body.conntrack_helper
+    for name, value in (("project_id", data.project_id), ("tenant_id", data.tenant_id)):
+        if value is not None and value != owner.project_id:
+            raise InvalidInput("a conntrack helper belongs to its router's project", field=name)
+    created = repo.add_binding(
+        new_binding(catalog, owner, protocol=data.protocol, port=data.port, helper=data.helper)
+    )
+    return respond(201, {"conntrack_helper": binding_body(created)})
+
+
+@router.get(
+    "",
+    response_model=ConntrackHelperListResponse,
+    openapi_extra=openapi_parameters(BINDING_SPEC),
+)
+def list_conntrack_helpers(
+    router_id: str, request: Request, params: QueryDep, repo: RepoDep, principal: PrincipalDep
+) -> JSONResponse:
+    listing = parse_list_request(params, BINDING_SPEC)
+    owner = load_router(repo, principal, router_id, "get_router_conntrack_helper")
+    page = listing.page(repo.list_bindings(listing.query, router_id=owner.id))
+    body: dict[str, object] = {
+        "conntrack_helpers": [select_fields(binding_body(b), listing.fields) for b in page.items]
+    }
+    links = pagination_links(collection_url(request), listing, page, _id)
+    if links:
+        body["conntrack_helpers_links"] = links
+    return respond(200, body)
+
+
+@router.get(
+    "/{binding_id}",
+    response_model=ConntrackHelperResponse,
+    openapi_extra=openapi_parameters(BINDING_SPEC, listing=False),
+)
+def show_conntrack_helper(
+    router_id: str, binding_id: str, params: QueryDep, repo: RepoDep, principal: PrincipalDep
+) -> JSONResponse:
+    fields = parse_show_request(params, BINDING_SPEC)
+    owner = load_router(repo, principal, router_id, "get_router_conntrack_helper")
+    found = repo.get_binding(owner.id, _binding_id(binding_id, owner))
+    return respond(200, {"conntrack_helper": select_fields(binding_body(found), fields)})
+
+
+@router.put(
+    "/{binding_id}", response_model=ConntrackHelperResponse, dependencies=[Depends(no_query)]
+)
+def update_conntrack_helper(
+    router_id: str,
+    binding_id: str,
+    body: ConntrackHelperUpdateRequest,
+    repo: RepoDep,
+    principal: PrincipalDep,
+    catalog: CatalogDep,
+    if_match: IfMatchDep,
+) -> JSONResponse:
+    owner = load_router(repo, principal, router_id, "update_router_conntrack_helper")
+    current = repo.get_binding(owner.id, _binding_id(binding_id, owner))
+    check_revision(if_match, current.revision_number)
+    data = body.conntrack_helper
+    # The combined result must be a valid binding, not each changed field alone.
+    protocol, port, helper = check_binding_fields(
+        catalog,
+        current.protocol.value if data.protocol is None else data.protocol,
+        current.port if data.port is None else data.port,
+        current.helper if data.helper is None else data.helper,
+    )
+    updated = repo.update_binding(owner.id, current.id, protocol=protocol, port=port, helper=helper)
+    return respond(200, {"conntrack_helper": binding_body(updated)})
+
+
+@router.delete("/{binding_id}", status_code=204, dependencies=[Depends(no_query)])
+def delete_conntrack_helper(
+    router_id: str,
+    binding_id: str,
+    repo: RepoDep,
+    principal: PrincipalDep,
+    if_match: IfMatchDep,
+) -> Response:
+    owner = load_router(repo, principal, router_id, "delete_router_conntrack_helper")
+    current = repo.get_binding(owner.id, _binding_id(binding_id, owner))
+    check_revision(if_match, current.revision_number)
+    repo.delete_binding(owner.id, current.id)
+    return no_content()
+
+
+def _id(item: HelperBinding) -> str:
+    return item.id

@@ -1,0 +1,127 @@
+"""/v2.0/routers: create, list, show, update (name only), delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from cthm.api import policy
+from cthm.api.deps import IfMatchDep, PrincipalDep, QueryDep, RepoDep, no_query
+from cthm.api.query import (
+    openapi_parameters,
+    pagination_links,
+    parse_list_request,
+    parse_show_request,
+    select_fields,
+)
+from cthm.api.routes._shared import (
+    check_revision,
+    collection_url,
+    load_router,
+    no_content,
+    respond,
+)
+from cthm.api.schemas import (
+    ROUTER_SPEC,
+    RouterCreateRequest,
+    RouterListResponse,
+    RouterResponse,
+    RouterUpdateRequest,
+    router_body,
+)
+from cthm.domain import InvalidInput, Router, new_router, validate_name
+from cthm.store import Repository
+
+router = APIRouter(prefix="/v2.0/routers", tags=["routers"])
+
+
+def _project_of(project_id: str | None, tenant_id: str | None, default: str) -> str:
+    if project_id is not None and tenant_id is not None and project_id != tenant_id:
+        raise InvalidInput("project_id and tenant_id differ; give one of them")
+    return project_id or tenant_id or default
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RouterResponse,
+    dependencies=[Depends(no_query)],
+)
+def create_router(body: RouterCreateRequest, repo: RepoDep, principal: PrincipalDep) -> Response:
+    data = body.router
+    project_id = _project_of(data.project_id, data.tenant_id, principal.project_id)
+    policy.enforce(principal, "create_router", project_id)
+    if data.namespace is not None:
+        policy.enforce(principal, "create_router:namespace", project_id)
+    created = repo.add_router(
+        new_router(name=data.name, project_id=project_id, namespace=data.namespace)
+    )
+    return respond(201, {"router": router_body(created, [])})
+
+
+@router.get("", response_model=RouterListResponse, openapi_extra=openapi_parameters(ROUTER_SPEC))
+def list_routers(
+    request: Request, params: QueryDep, repo: RepoDep, principal: PrincipalDep
+) -> JSONResponse:
+    listing = parse_list_request(params, ROUTER_SPEC).narrowed_to(policy.list_scope(principal))
+    policy.enforce(principal, "get_router", None)
+    page = listing.page(repo.list_routers(listing.query))
+    bindings = (
+        repo.bindings_of(r.id for r in page.items) if listing.wants("conntrack_helpers") else {}
+    )
+    body: dict[str, object] = {
+        "routers": [
+            select_fields(router_body(r, bindings.get(r.id, [])), listing.fields)
+            for r in page.items
+        ]
+    }
+    links = pagination_links(collection_url(request), listing, page, _id)
+    if links:
+        body["routers_links"] = links
+    return respond(200, body)
+
+
+@router.get(
+    "/{router_id}",
+    response_model=RouterResponse,
+    openapi_extra=openapi_parameters(ROUTER_SPEC, listing=False),
+)
+def show_router(
+    router_id: str, params: QueryDep, repo: RepoDep, principal: PrincipalDep
+) -> JSONResponse:
+    fields = parse_show_request(params, ROUTER_SPEC)
+    found = load_router(repo, principal, router_id, "get_router")
+    return respond(200, {"router": select_fields(_with_bindings(repo, found), fields)})
+
+
+@router.put("/{router_id}", response_model=RouterResponse, dependencies=[Depends(no_query)])
+def update_router(
+    router_id: str,
+    body: RouterUpdateRequest,
+    repo: RepoDep,
+    principal: PrincipalDep,
+    if_match: IfMatchDep,
+) -> JSONResponse:
+    found = load_router(repo, principal, router_id, "update_router")
+    check_revision(if_match, found.revision_number)
+    if body.router.name is not None:
+        found = repo.update_router(found.id, name=validate_name(body.router.name))
+    return respond(200, {"router": _with_bindings(repo, found)})
+
+
+@router.delete("/{router_id}", status_code=204, dependencies=[Depends(no_query)])
+def delete_router(
+    router_id: str, repo: RepoDep, principal: PrincipalDep, if_match: IfMatchDep
+) -> Response:
+    found = load_router(repo, principal, router_id, "delete_router")
+    check_revision(if_match, found.revision_number)
+    repo.delete_router(found.id)
+    return no_content()
+
+
+def _with_bindings(repo: Repository, found: Router) -> dict[str, object]:
+    return router_body(found, repo.bindings_of([found.id]).get(found.id, []))
+
+
+def _id(item: Router) -> str:
+    return item.id

@@ -1,0 +1,1 @@
+"""The `cthm` subcommands, one module per resource."""

@@ -1,0 +1,87 @@
+"""`cthm router ...`: create, list, show, update and delete routers."""
+
+from __future__ import annotations
+
+import click
+
+from cthm.cli import render
+from cthm.cli.context import CliState, json_option, pass_state
+from cthm.cli.resolve import resolve_router
+
+
+@click.group("router")
+def router_group() -> None:
+    """Manage routers (network namespaces that get conntrack helpers)."""
+
+
+@router_group.command("create")
+@click.argument("name")
+@click.option("--project", "project_id", required=True, help="Project (tenant) that owns it.")
+@click.option("--namespace", default=None, help="Network namespace [default: qrouter-<id>].")
+@json_option
+@pass_state
+def create(state: CliState, name: str, project_id: str, namespace: str | None) -> None:
+    """Create a router called NAME."""
+    with state.client() as client:
+        router = client.create_router(name=name, project_id=project_id, namespace=namespace)
+    if state.json:
+        render.print_json({"router": router})
+    else:
+        render.print_router(router)
+
+
+@router_group.command("list")
+@click.option("--project", "project_id", default=None, help="Only routers of this project.")
+@json_option
+@pass_state
+def list_(state: CliState, project_id: str | None) -> None:
+    """List routers."""
+    with state.client() as client:
+        routers = client.list_routers(project_id=project_id)
+    if state.json:
+        render.print_json({"routers": routers})
+    else:
+        render.print_routers(routers)
+
+
+@router_group.command("show")
+@click.argument("router")
+@json_option
+@pass_state
+def show(state: CliState, router: str) -> None:
+    """Show ROUTER (an id or a name) and its conntrack helpers."""
+    with state.client() as client:
+        found = resolve_router(client, router)
+    if state.json:
+        render.print_json({"router": found})
+    else:
+        render.print_router(found)
+
+
+@router_group.command("update")
+@click.argument("router")
+@click.option("--name", required=True, help="The new name.")
+@json_option
+@pass_state
+def update(state: CliState, router: str, name: str) -> None:
+    """Rename ROUTER (an id or a name)."""
+    with state.client() as client:
+        router_id = resolve_router(client, router)["id"]
+        updated = client.update_router(router_id, name=name)
+    if state.json:
+        render.print_json({"router": updated})
+    else:
+        render.print_router(updated)
+
+
+@router_group.command("delete")
+@click.argument("router")
+@json_option
+@pass_state
+def delete(state: CliState, router: str) -> None:
+    """Delete ROUTER (an id or a name) and all its conntrack helpers."""
+    with state.client() as client:
+        router_id = resolve_router(client, router)["id"]
+        client.delete_router(router_id)
+    if not state.json:  # scripts get the exit status; a 204 has no body
+        render.print_line(f"Deleted router {router_id}")

@@ -1,0 +1,109 @@
+"""`cthm serve`: the API with its store (and, later, the in-process agent) on this machine."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from cthm.cli.errors import Failure, ServiceError, ServiceSettingError, SettingsFailure
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from cthm.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@click.command("serve")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the database lives; created (mode 0700) if missing. [env CTHM_DATA_DIR]",
+)
+@click.option(
+    "--host", default=None, help="Loopback address to listen on. [127.0.0.1; env CTHM_HOST]"
+)
+@click.option("--port", type=int, default=None, help="TCP port to listen on. [9797; env CTHM_PORT]")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML settings file. [env CTHM_CONFIG]",
+)
+@click.option(
+    "--resync-interval",
+    type=float,
+    default=None,
+    help="Seconds between full agent resyncs. [60; env CTHM_RESYNC_INTERVAL]",
+)
+def serve(
+    data_dir: Path | None,
+    host: str | None,
+    port: int | None,
+    config_file: Path | None,
+    resync_interval: float | None,
+) -> None:
+    """Run the cthm API server until SIGTERM or Ctrl-C."""
+    settings = _settings(
+        config_file, data_dir=data_dir, host=host, port=port, resync_interval=resync_interval
+    )
+    configure_logging(settings.log_level)
+    # Imported here: the server stack costs half a second that client commands need not pay.
+    from cthm.cli.service import Service, redact_url
+
+    where = f"data in {settings.data_dir}"
+    if settings.database_url:
+        where += f", database {redact_url(settings.database_url)}"
+
+    def announce(url: str) -> None:
+        click.echo(f"cthm listening on {url} ({where})")
+
+    try:
+        with Service(settings) as service:
+            service.serve(on_listening=announce)
+    except ServiceSettingError as exc:
+        raise SettingsFailure(exc.message) from None
+    except ServiceError as exc:
+        raise Failure(exc.message) from None
+
+
+def configure_logging(level: str) -> None:
+    # cthm's own loggers at the configured level; libraries (alembic, sqlalchemy) only say
+    # something at WARNING and above unless we debug.
+    root_level = logging.DEBUG if level == "DEBUG" else logging.WARNING
+    logging.basicConfig(level=root_level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("cthm").setLevel(level)
+
+
+def _settings(config_file: Path | None, **flags: object) -> Settings:
+    from pydantic import ValidationError
+
+    from cthm.settings import load_settings
+
+    try:
+        return load_settings(config_file, **flags)
+    except ValidationError as exc:
+        raise SettingsFailure(f"invalid settings: {describe_validation_error(exc)}") from None
+    except OSError as exc:
+        name = exc.filename or config_file
+        reason = exc.strerror or exc
+        raise SettingsFailure(f"cannot read config file {name}: {reason}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsFailure(f"config file is not valid TOML: {exc}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,109 @@
+"""The `cthm` command: the group, its global options, and the one-line error policy."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from cthm.cli.client import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    ClientError,
+    ServerUnreachable,
+    one_line,
+)
+from cthm.cli.commands.catalog import catalog
+from cthm.cli.commands.helpers import helper_group
+from cthm.cli.commands.routers import router_group
+from cthm.cli.commands.serve import serve
+from cthm.cli.context import CliState, validate_url
+from cthm.cli.errors import EXIT_FAILURE, Failure, UnreachableFailure
+
+
+class CthmGroup(click.Group):
+    """Turns client errors into one-line failures with their exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ServerUnreachable as exc:
+            raise UnreachableFailure(exc.message) from None
+        except ClientError as exc:
+            raise Failure(exc.message) from None
+
+
+@click.group(cls=CthmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url",
+    envvar="CTHM_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    callback=validate_url,
+    help="Base URL of the cthm API. [env CTHM_URL]",
+)
+@click.option(
+    "--timeout",
+    envvar="CTHM_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the API. [env CTHM_TIMEOUT]",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print JSON bodies (for scripts).")
+@click.version_option(package_name="cthm", prog_name="cthm")
+@click.pass_context
+def cli(ctx: click.Context, url: str, timeout: float, json_output: bool) -> None:
+    """cthm assigns Linux conntrack helpers to virtual routers (network namespaces).
+
+    Exit status: 0 ok, 1 the request failed, 2 usage error, 3 the server cannot be reached.
+    """
+    state = ctx.ensure_object(CliState)
+    state.url, state.timeout, state.json = url, timeout, json_output
+
+
+cli.add_command(serve)
+cli.add_command(router_group)
+cli.add_command(helper_group)
+cli.add_command(catalog)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: every failure is one `Error: ...` line on stderr, never a traceback."""
+    try:
+        status = cli.main(args=argv, prog_name="cthm", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        status = exc.exit_code
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _fail(exc.format_message() + hint, exc.exit_code)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(EXIT_FAILURE)
+    except Exception as exc:  # the last line of defence against a traceback
+        if os.environ.get("CTHM_DEBUG"):
+            raise
+        _fail(
+            f"internal error ({exc.__class__.__name__}: {exc}); CTHM_DEBUG=1 shows more",
+            EXIT_FAILURE,
+        )
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _fail(message: str, exit_code: int) -> None:
+    click.echo(f"Error: {one_line(message)}", err=True)
+    sys.exit(exit_code)
+
+
+def _quiet_stdout() -> None:
+    # The reader went away (`cthm router list | head`): later flushes must not fail again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

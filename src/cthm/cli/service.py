@@ -1,0 +1,124 @@
+"""The embedded cthm service: everything `cthm serve` runs in one process, built from settings.
+
+Start order: data directory, store (migrated), [in-process agent], API; stop in reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from alembic.util import CommandError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from cthm.cli.errors import ServiceError, ServiceSettingError
+from cthm.cli.server import bind_listener, listener_url, run_server
+from cthm.domain import CthmError
+from cthm.settings import Settings
+from cthm.store import Store
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+DATA_DIR_MODE = 0o700
+
+
+class Service:
+    """Use as a context manager (start on enter, stop on exit), then call `serve()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: Store | None = None
+
+    def __enter__(self) -> Service:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the service is not started")
+        return self._store
+
+    def start(self) -> None:
+        """Prepares the data directory and the migrated store; ServiceError if it cannot."""
+        prepare_data_dir(self.settings.data_dir)
+        self._store = open_store(self.settings.effective_database_url)
+        # The in-process agent (issue 3) starts here: after the store, before the API serves.
+
+    def stop(self) -> None:
+        """Idempotent. The agent (once it exists) stops here, before the store closes."""
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+    def app(self) -> FastAPI:
+        from cthm.api import create_app
+
+        return create_app(self.settings, self.store, helper_availability=None)
+
+    def serve(self, on_listening: Callable[[str], None] | None = None) -> None:
+        """Serves the API until SIGTERM or SIGINT; `on_listening(url)` once connections queue."""
+        app = self.app()
+        sock = bind_listener(self.settings.host, self.settings.port)
+        try:
+            if on_listening is not None:
+                on_listening(listener_url(sock))
+            run_server(app, sock, log_level=self.settings.log_level)
+        finally:
+            sock.close()
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Creates the data directory private to its owner if it is missing; leaves one that exists."""
+    try:
+        path.mkdir(mode=DATA_DIR_MODE, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise ServiceError(f"data directory {path} exists and is not a directory") from None
+        return
+    except OSError as exc:
+        raise ServiceError(f"cannot create data directory {path}: {exc.strerror or exc}") from exc
+    path.chmod(DATA_DIR_MODE)  # mkdir's mode is masked by the umask
+
+
+def open_store(url: str) -> Store:
+    shown = redact_url(url)
+    try:
+        store = Store(url)
+    except (ArgumentError, SQLAlchemyError, ValueError) as exc:
+        raise ServiceSettingError(f"cannot use database {shown}: {_reason(exc)}") from exc
+    try:
+        store.migrate()
+    except (CthmError, SQLAlchemyError, CommandError, OSError) as exc:
+        store.close()
+        raise ServiceError(f"cannot open database {shown}: {_reason(exc)}") from exc
+    return store
+
+
+def redact_url(url: str) -> str:
+    """The database URL for a person to read: the password is never shown."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(invalid URL)"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CthmError):
+        return exc.message
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return first or exc.__class__.__name__

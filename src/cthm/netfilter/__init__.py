@@ -1,0 +1,78 @@
+"""cthm's nftables backend: render a router's assignments into one transaction on the table
+`inet cthm` (which cthm alone owns in the router's namespace), parse the kernel's state back,
+and run transactions inside namespaces (in-process with libnftables, or the nft binary), plus an
+honest in-memory fake for tests above this layer.
+
+Decisions (each checked against nft 1.0.6 on this kernel by tests/netfilter):
+- Every apply replaces the table whole in one transaction (add; delete; define).
+- No assignments -> an empty `table inet cthm` (no chain: no per-packet cost);
+  `read()` then equals `desired_table([])`. `delete()` removes the table (router gone).
+- One anonymous map rule per protocol (`ct helper set tcp dport map { ... }`) in a chain
+  hooked at prerouting, priority filter (after conntrack lookup).
+- Helper objects are named `<kernel type>-<protocol>` verbatim ("Q.931-tcp", "RAS-udp"):
+  nft accepts dots and capitals, and the name is a function of the content.
+- Objects are defined with `l3proto inet`; helpers without IPv6 read back as `ip`, which
+  `desired_table` predicts from the catalog.
+"""
+
+from cthm.netfilter.backend import NftablesBackend
+from cthm.netfilter.errors import (
+    NamespaceNotFound,
+    NftBusy,
+    NftError,
+    NftExists,
+    NftNotFound,
+    NftOther,
+    UnsafeValue,
+    translate_error,
+)
+from cthm.netfilter.factory import RUNNER_KINDS, make_runner
+from cthm.netfilter.fake import FakeNftables, FakeRun, FakeUnsupported
+from cthm.netfilter.libnftables import LibNftablesRunner, LibraryUnavailable
+from cthm.netfilter.model import (
+    CHAIN_NAME,
+    TABLE_FAMILY,
+    TABLE_NAME,
+    HelperObject,
+    KernelTable,
+    helper_object_name,
+)
+from cthm.netfilter.parse import parse_table
+from cthm.netfilter.render import desired_table, render, render_delete, render_probe
+from cthm.netfilter.runner import NftRunner
+from cthm.netfilter.subprocess_runner import SubprocessRunner
+from cthm.netfilter.transaction import Operation, Transaction
+
+__all__ = [
+    "CHAIN_NAME",
+    "RUNNER_KINDS",
+    "TABLE_FAMILY",
+    "TABLE_NAME",
+    "FakeNftables",
+    "FakeRun",
+    "FakeUnsupported",
+    "HelperObject",
+    "KernelTable",
+    "LibNftablesRunner",
+    "LibraryUnavailable",
+    "NamespaceNotFound",
+    "NftBusy",
+    "NftError",
+    "NftExists",
+    "NftNotFound",
+    "NftOther",
+    "NftRunner",
+    "NftablesBackend",
+    "Operation",
+    "SubprocessRunner",
+    "Transaction",
+    "UnsafeValue",
+    "desired_table",
+    "helper_object_name",
+    "make_runner",
+    "parse_table",
+    "render",
+    "render_delete",
+    "render_probe",
+    "translate_error",
+]

@@ -1,0 +1,71 @@
+"""The nftables backend the agent uses: read, apply, delete cthm's table in a router namespace,
+and ask the kernel which helpers it has. Every write is one atomic transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from cthm.domain import Assignment, Protocol
+from cthm.netfilter.errors import NftNotFound
+from cthm.netfilter.model import TABLE_FAMILY, TABLE_NAME, KernelTable
+from cthm.netfilter.parse import parse_table
+from cthm.netfilter.render import desired_table, render, render_delete, render_probe
+from cthm.netfilter.runner import NftRunner
+
+LIST_COMMAND = f"list table {TABLE_FAMILY} {TABLE_NAME}"
+
+
+class NftablesBackend:
+    def __init__(self, runner: NftRunner) -> None:
+        self.runner = runner
+
+    def read(self, namespace: str) -> KernelTable | None:
+        """cthm's table in the namespace; None when there is none."""
+        try:
+            text = self.runner.run(namespace, LIST_COMMAND, json=True)
+        except NftNotFound:
+            return None
+        return parse_table(text)
+
+    def desired(self, assignments: Sequence[Assignment]) -> KernelTable:
+        """What `read()` returns after `apply(assignments)`: `desired_table(assignments)`."""
+        return desired_table(assignments)
+
+    def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None:
+        """Replaces cthm's table with exactly `assignments`, in one transaction; afterwards
+        `read(namespace) == desired_table(assignments)`. Nothing else in the namespace changes."""
+        text = str(render(assignments))  # raises UnsafeValue before anything runs
+        self.runner.run(namespace, text)
+
+    def delete(self, namespace: str) -> bool:
+        """Deletes cthm's table; True if there was one."""
+        try:
+            self.runner.run(namespace, str(render_delete()))
+        except NftNotFound:
+            return False
+        return True
+
+    def available_helpers(
+        self, namespace: str, kinds: Iterable[tuple[str, Protocol]]
+    ) -> dict[tuple[str, Protocol], bool]:
+        """Whether this kernel has each (helper type, protocol), by dry runs: changes nothing.
+
+        One dry run for all kinds; only if the kernel refuses it, one per kind to find which.
+        """
+        wanted = sorted(set(kinds))
+        if not wanted:
+            return {}
+        if self._probe(namespace, wanted):
+            return dict.fromkeys(wanted, True)
+        return {kind: self._probe(namespace, [kind]) for kind in wanted}
+
+    def _probe(self, namespace: str, kinds: list[tuple[str, Protocol]]) -> bool:
+        text = str(render_probe(kinds))
+        try:
+            self.runner.run(namespace, text, dry_run=True)
+        except NftNotFound:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.runner.close()

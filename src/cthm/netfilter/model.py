@@ -1,0 +1,128 @@
+"""What cthm's table holds, as values: helper objects, the kernel table read back, and the
+fixed names of the layout, with the checks that keep every value safe to write into nft text.
+
+Layout (one table per router namespace, owned by cthm alone):
+
+    table inet cthm {
+        ct helper ftp-tcp { type "ftp" protocol tcp; l3proto inet; }
+        chain prerouting {
+            type filter hook prerouting priority filter; policy accept;
+            ct helper set tcp dport map { 21 : "ftp-tcp", 2121 : "ftp-tcp" }
+        }
+    }
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cthm.domain import KERNEL_HELPERS, Assignment, InvalidInput, Protocol, validate_namespace
+from cthm.netfilter.errors import UnsafeValue
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "cthm"
+CHAIN_NAME = "prerouting"
+# `ct helper set` only works after conntrack lookup (priority -200): `filter` (0) is after it;
+# a chain at `raw` (-300) is accepted by nft but silently assigns nothing.
+CHAIN_TYPE = "filter"
+CHAIN_HOOK = "prerouting"
+CHAIN_PRIORITY = 0
+CHAIN_POLICY = "accept"
+# `inet` asks the kernel for both the IPv4 and IPv6 helper; helpers with no IPv6 variant (irc,
+# pptp, snmp, netbios-ns) are accepted with it (`ip6` fails) and read back as `ip`.
+RENDERED_L3PROTO = "inet"
+
+# The kernel's helper names are at most 15 characters (NF_CT_HELPER_NAME_LEN 16 with NUL).
+_HELPER_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
+_IPV4_ONLY = frozenset(spec.name for spec in KERNEL_HELPERS if not spec.ipv6)
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value for an error message: bounded, and never failing (repr of a huge int raises)."""
+    if isinstance(value, int) and not -(10**12) < value < 10**12:
+        return "a huge integer"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_helper_type(value: object) -> str:
+    if not isinstance(value, str) or not _HELPER_TYPE.fullmatch(value):
+        raise UnsafeValue(
+            f"helper type {shown(value)} is not 1-15 characters of letters, digits, '.', '_', "
+            "'-' starting with a letter or digit"
+        )
+    return value
+
+
+def check_protocol(value: object) -> Protocol:
+    if not isinstance(value, Protocol):
+        raise UnsafeValue(f"protocol {shown(value)} is not a Protocol")
+    return value
+
+
+def check_port(value: object) -> int:
+    # bool is an int; a port is not.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise UnsafeValue(f"port {shown(value)} is not an integer in 1-65535")
+    return value
+
+
+def check_namespace(value: object) -> str:
+    """A namespace name safe as a file name under /run/netns and as an argv word."""
+    try:
+        return validate_namespace(value)
+    except InvalidInput as exc:
+        raise UnsafeValue(f"namespace name {shown(value)} refused: {exc.reason}") from exc
+
+
+def check_assignment(value: object) -> Assignment:
+    if not isinstance(value, Assignment):
+        raise UnsafeValue(f"{shown(value)} is not an Assignment")
+    check_protocol(value.protocol)
+    check_port(value.port)
+    check_helper_type(value.helper)
+    return value
+
+
+def helper_object_name(helper_type: str, protocol: Protocol) -> str:
+    """The object's name, from its content: `add` of an existing name is a silent no-op in nft,
+    so a name must never stand for two definitions.
+
+    The kernel's name is kept verbatim ("Q.931-tcp", "RAS-udp"): nft 1.0.6 accepts dots and
+    capitals in object names, and a verbatim name cannot collide the way a sanitized one could.
+    """
+    return f"{check_helper_type(helper_type)}-{check_protocol(protocol)}"
+
+
+def expected_l3proto(helper_type: str) -> str:
+    """What the kernel reports for an object cthm rendered with `l3proto inet`."""
+    return "ip" if helper_type in _IPV4_ONLY else RENDERED_L3PROTO
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class HelperObject:
+    """A `ct helper` object: `name` refers to it from rules, `type` is the kernel helper."""
+
+    name: str
+    type: str
+    protocol: Protocol
+    l3proto: str
+
+
+@dataclass(frozen=True, slots=True)
+class KernelTable:
+    """cthm's table as the kernel holds it (or as it must hold it after an apply).
+
+    `garbage` describes, for people, anything in the table that cthm would not render (an extra
+    rule or chain, a chain with the wrong hook/priority/policy, an unknown object); the next
+    apply removes it. Two tables are equal when the kernel behaves the same for cthm.
+    """
+
+    assignments: tuple[Assignment, ...]
+    helpers: frozenset[HelperObject]
+    garbage: tuple[str, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        return not self.garbage

@@ -1,0 +1,35 @@
+"""The seam between cthm and nft: run a transaction's text inside a network namespace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from cthm.netfilter.errors import NamespaceNotFound
+from cthm.netfilter.model import check_namespace
+
+NETNS_DIR = Path("/run/netns")
+DEFAULT_TIMEOUT = 10.0
+
+
+class NftRunner(Protocol):
+    """Runs nft text in the named namespace (`ip netns` name under /run/netns).
+
+    `json=True` returns nft's JSON output (list commands); `dry_run=True` has the kernel check
+    the transaction and changes nothing. Failures raise NftError subclasses; a missing namespace
+    raises NamespaceNotFound before anything runs; an unsafe namespace name raises UnsafeValue.
+    """
+
+    def run(
+        self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
+    ) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def namespace_path(namespace: str, netns_dir: Path = NETNS_DIR) -> Path:
+    """The namespace's file, after checking the name is safe; NamespaceNotFound if absent."""
+    path = netns_dir / check_namespace(namespace)
+    if not path.exists():
+        raise NamespaceNotFound(namespace)
+    return path

@@ -1,0 +1,79 @@
+"""Running the real `nft` binary inside a namespace: `ip netns exec NS nft -f -`, ruleset on stdin.
+
+No shell, ever: argv is a list and the namespace name has passed `check_namespace`. `nft` (and
+`ip`) are looked up on PATH at each call, so a changed PATH takes effect at once. With `-j`,
+nft 1.0.6 reads `-f` input as JSON, so JSON listings pass the command as argv words instead
+(`nft -j list table inet cthm`); those words must be plain.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from cthm.netfilter.errors import NftOther, UnsafeValue, translate_error
+from cthm.netfilter.model import shown
+from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR, namespace_path
+
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class SubprocessRunner:
+    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, netns_dir: Path = NETNS_DIR) -> None:
+        self.timeout = timeout
+        self._netns_dir = netns_dir
+
+    def argv(self, namespace: str, commands: str, *, json: bool, dry_run: bool) -> list[str]:
+        """The exact argv `run` executes (stdin is `commands` unless json)."""
+        ip, nft = _which("ip"), _which("nft")
+        argv = [ip, "netns", "exec", namespace, nft]
+        if dry_run:
+            argv.append("-c")
+        if json:
+            words = commands.split()
+            if not words or "\n" in commands.strip() or not all(map(_PLAIN_WORD.fullmatch, words)):
+                raise UnsafeValue(f"JSON output is for one plain command, not {shown(commands)}")
+            return [*argv, "-j", *words]
+        return [*argv, "-f", "-"]
+
+    def run(
+        self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
+    ) -> str:
+        namespace_path(namespace, self._netns_dir)
+        argv = self.argv(namespace, commands, json=json, dry_run=dry_run)
+        # The C locale: error classes are recognised by strerror's English text.
+        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+        try:
+            done = subprocess.run(
+                argv,
+                input=None if json else commands,
+                stdin=subprocess.DEVNULL if json else None,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                env=env,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            message = f"nft did not finish within {self.timeout:g} s in namespace {namespace}"
+            raise NftOther(message, namespace=namespace) from exc
+        except OSError as exc:
+            raise NftOther(f"cannot run {argv[0]}: {exc}", namespace=namespace) from exc
+        if done.returncode != 0:
+            failure = subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
+            message = done.stderr or f"nft exited with status {done.returncode}"
+            raise translate_error(message, namespace=namespace) from failure
+        return done.stdout
+
+    def close(self) -> None:
+        """Nothing to release: each call is its own process."""
+
+
+def _which(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        raise NftOther(f"{program} not found on PATH ({os.environ.get('PATH', '')})")
+    return path

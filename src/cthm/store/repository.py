@@ -1,0 +1,335 @@
+"""Repository over one session: reads and writes routers and bindings as domain objects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cthm.domain import (
+    BindingConflict,
+    BindingNotFound,
+    Conflict,
+    HelperBinding,
+    ListQuery,
+    NamespaceInUse,
+    Protocol,
+    Router,
+    RouterNotFound,
+    Status,
+    validate_status_reason,
+)
+from cthm.store.listing import apply_query, columns_of
+from cthm.store.tables import BindingRow, RouterRow, RouterTombstoneRow
+
+ROUTER_FIELDS = (
+    "id",
+    "name",
+    "project_id",
+    "namespace",
+    "status",
+    "status_reason",
+    "revision_number",
+    "created_at",
+    "updated_at",
+)
+BINDING_FIELDS = (
+    "id",
+    "router_id",
+    "project_id",
+    "protocol",
+    "port",
+    "helper",
+    "status",
+    "status_reason",
+    "revision_number",
+    "created_at",
+    "updated_at",
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _router(row: RouterRow) -> Router:
+    return Router(
+        id=row.id,
+        name=row.name,
+        project_id=row.project_id,
+        namespace=row.namespace,
+        status=Status(row.status),
+        status_reason=row.status_reason,
+        revision_number=row.revision_number,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _binding(row: BindingRow) -> HelperBinding:
+    return HelperBinding(
+        id=row.id,
+        router_id=row.router_id,
+        project_id=row.project_id,
+        protocol=Protocol(row.protocol),
+        port=row.port,
+        helper=row.helper,
+        status=Status(row.status),
+        status_reason=row.status_reason,
+        revision_number=row.revision_number,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class Repository:
+    """All reads and writes of one unit of work. `changed_routers` feeds the change notification."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.changed_routers: set[str] = set()
+
+    # --- routers -------------------------------------------------------------------------
+
+    def add_router(self, router: Router) -> Router:
+        existing = self._session.scalar(
+            select(RouterRow.id).where(RouterRow.namespace == router.namespace)
+        )
+        if existing is not None:
+            raise NamespaceInUse(router.namespace, existing)
+        now = _now()
+        row = RouterRow(
+            id=router.id,
+            name=router.name,
+            project_id=router.project_id,
+            namespace=router.namespace,
+            status=Status.PENDING.value,
+            status_reason="",
+            revision_number=1,
+            created_at=now,
+            updated_at=now,
+        )
+        # Before add(): this statement autoflushes, and a clash must reach _flush_or_conflict.
+        # A deleted router's pending cleanup in this namespace must not delete the new router's
+        # table: the new router's reconcile replaces the whole table anyway.
+        self._session.execute(
+            delete(RouterTombstoneRow).where(
+                (RouterTombstoneRow.router_id == router.id)
+                | (RouterTombstoneRow.namespace == router.namespace)
+            )
+        )
+        self._session.add(row)
+        self._flush_or_conflict(lambda: self._namespace_conflict(router.namespace))
+        self.changed_routers.add(router.id)
+        return _router(row)
+
+    def get_router(self, router_id: str) -> Router:
+        return _router(self._router_row(router_id))
+
+    def list_routers(self, query: ListQuery) -> list[Router]:
+        statement = apply_query(
+            self._session, select(RouterRow), columns_of(RouterRow, ROUTER_FIELDS), query
+        )
+        return [_router(row) for row in self._session.scalars(statement)]
+
+    def list_router_ids(self) -> list[str]:
+        return list(self._session.scalars(select(RouterRow.id).order_by(RouterRow.id)))
+
+    def update_router(self, router_id: str, *, name: str) -> Router:
+        row = self._router_row(router_id)
+        if row.name != name:
+            row.name = name
+            self._touch_router(row)
+        return _router(row)
+
+    def delete_router(self, router_id: str) -> Router:
+        row = self._router_row(router_id)
+        router = _router(row)
+        self._session.execute(delete(BindingRow).where(BindingRow.router_id == router_id))
+        self._session.delete(row)
+        # The agent removes the kernel table and then clears this record.
+        self._session.merge(
+            RouterTombstoneRow(router_id=router_id, namespace=row.namespace, deleted_at=_now())
+        )
+        self._session.flush()
+        self.changed_routers.add(router_id)
+        return router
+
+    def tombstones(self) -> dict[str, str]:
+        """Deleted routers whose kernel tables are not yet known to be gone: id -> namespace."""
+        rows = self._session.execute(
+            select(RouterTombstoneRow.router_id, RouterTombstoneRow.namespace)
+        )
+        return {router_id: namespace for router_id, namespace in rows}
+
+    def clear_tombstone(self, router_id: str) -> None:
+        self._session.execute(
+            delete(RouterTombstoneRow).where(RouterTombstoneRow.router_id == router_id)
+        )
+
+    # --- bindings ------------------------------------------------------------------------
+
+    def add_binding(self, binding: HelperBinding) -> HelperBinding:
+        router_row = self._router_row(binding.router_id)
+        self._raise_if_taken(binding.router_id, binding.protocol, binding.port, exclude=None)
+        now = _now()
+        row = BindingRow(
+            id=binding.id,
+            router_id=binding.router_id,
+            project_id=router_row.project_id,
+            protocol=binding.protocol.value,
+            port=binding.port,
+            helper=binding.helper,
+            status=Status.PENDING.value,
+            status_reason="",
+            revision_number=1,
+            created_at=now,
+            updated_at=now,
+        )
+        self._session.add(row)
+        self._flush_or_conflict(
+            lambda: self._raise_if_taken(binding.router_id, binding.protocol, binding.port, None)
+        )
+        self._touch_router(router_row)
+        return _binding(row)
+
+    def get_binding(self, router_id: str, binding_id: str) -> HelperBinding:
+        return _binding(self._binding_row(router_id, binding_id))
+
+    def list_bindings(self, query: ListQuery, router_id: str | None = None) -> list[HelperBinding]:
+        statement = select(BindingRow)
+        if router_id is not None:
+            self._router_row(router_id)
+            statement = statement.where(BindingRow.router_id == router_id)
+        statement = apply_query(
+            self._session, statement, columns_of(BindingRow, BINDING_FIELDS), query
+        )
+        return [_binding(row) for row in self._session.scalars(statement)]
+
+    def bindings_of(self, router_ids: Iterable[str]) -> dict[str, list[HelperBinding]]:
+        ids = list(dict.fromkeys(router_ids))
+        result: dict[str, list[HelperBinding]] = {router_id: [] for router_id in ids}
+        if not ids:
+            return result
+        rows = self._session.scalars(
+            select(BindingRow)
+            .where(BindingRow.router_id.in_(ids))
+            .order_by(BindingRow.protocol, BindingRow.port)
+        )
+        for row in rows:
+            result[row.router_id].append(_binding(row))
+        return result
+
+    def update_binding(
+        self,
+        router_id: str,
+        binding_id: str,
+        *,
+        protocol: Protocol | None = None,
+        port: int | None = None,
+        helper: str | None = None,
+    ) -> HelperBinding:
+        row = self._binding_row(router_id, binding_id)
+        new_protocol = protocol.value if protocol is not None else row.protocol
+        new_port = port if port is not None else row.port
+        new_helper = helper if helper is not None else row.helper
+        if (new_protocol, new_port, new_helper) == (row.protocol, row.port, row.helper):
+            return _binding(row)
+        if (new_protocol, new_port) != (row.protocol, row.port):
+            self._raise_if_taken(router_id, Protocol(new_protocol), new_port, exclude=binding_id)
+        row.protocol, row.port, row.helper = new_protocol, new_port, new_helper
+        row.status, row.status_reason = Status.PENDING.value, ""
+        row.revision_number += 1
+        row.updated_at = _now()
+        self._flush_or_conflict(
+            lambda: self._raise_if_taken(router_id, Protocol(new_protocol), new_port, binding_id)
+        )
+        self._touch_router(self._router_row(router_id))
+        return _binding(row)
+
+    def delete_binding(self, router_id: str, binding_id: str) -> HelperBinding:
+        row = self._binding_row(router_id, binding_id)
+        binding = _binding(row)
+        self._session.delete(row)
+        self._session.flush()
+        self._touch_router(self._router_row(router_id))
+        return binding
+
+    # --- status (agents) -----------------------------------------------------------------
+
+    def set_router_status(
+        self, router_id: str, status: Status, reason: str, *, revision_number: int
+    ) -> bool:
+        result = self._session.execute(
+            update(RouterRow)
+            .where(RouterRow.id == router_id, RouterRow.revision_number == revision_number)
+            .values(status=status.value, status_reason=validate_status_reason(reason))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def set_binding_status(
+        self, binding_id: str, status: Status, reason: str, *, revision_number: int
+    ) -> bool:
+        result = self._session.execute(
+            update(BindingRow)
+            .where(BindingRow.id == binding_id, BindingRow.revision_number == revision_number)
+            .values(status=status.value, status_reason=validate_status_reason(reason))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _router_row(self, router_id: str) -> RouterRow:
+        row = self._session.get(RouterRow, router_id)
+        if row is None:
+            raise RouterNotFound(router_id)
+        return row
+
+    def _binding_row(self, router_id: str, binding_id: str) -> BindingRow:
+        # Looked up by BOTH ids: a binding of another router is "not found" (Neutron's IDOR bug).
+        row = self._session.scalar(
+            select(BindingRow).where(BindingRow.id == binding_id, BindingRow.router_id == router_id)
+        )
+        if row is None:
+            self._router_row(router_id)
+            raise BindingNotFound(binding_id, router_id)
+        return row
+
+    def _touch_router(self, row: RouterRow) -> None:
+        row.revision_number += 1
+        row.updated_at = _now()
+        self._session.flush()
+        self.changed_routers.add(row.id)
+
+    def _raise_if_taken(
+        self, router_id: str, protocol: Protocol, port: int, exclude: str | None
+    ) -> None:
+        statement = select(BindingRow.id).where(
+            BindingRow.router_id == router_id,
+            BindingRow.protocol == protocol.value,
+            BindingRow.port == port,
+        )
+        if exclude is not None:
+            statement = statement.where(BindingRow.id != exclude)
+        existing = self._session.scalar(statement)
+        if existing is not None:
+            raise BindingConflict(router_id, protocol.value, port, existing)
+
+    def _namespace_conflict(self, namespace: str) -> None:
+        existing = self._session.scalar(
+            select(RouterRow.id).where(RouterRow.namespace == namespace)
+        )
+        if existing is not None:
+            raise NamespaceInUse(namespace, existing)
+
+    def _flush_or_conflict(self, explain: Callable[[], None]) -> None:
+        """Flush; a unique-constraint race lost to a concurrent writer becomes a Conflict."""
+        try:
+            self._session.flush()
+        except IntegrityError:
+            self._session.rollback()
+            explain()  # raises the precise conflict when the winner is visible now
+            raise Conflict("a concurrent change conflicted with this one; retry") from None

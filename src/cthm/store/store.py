@@ -1,0 +1,122 @@
+"""The store: engine, migrations, one transaction per unit of work, change notification."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from cthm.domain import Conflict, Unavailable
+from cthm.store.engine import WRITE_OPTION, make_engine
+from cthm.store.repository import Repository
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+ChangeCallback = Callable[[frozenset[str]], None]
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = make_engine(url)
+        self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
+        self._subscribers: list[ChangeCallback] = []
+        self._lock = threading.Lock()
+
+    def migrate(self, revision: str = "head") -> None:
+        """Upgrades the schema to `revision` (idempotent)."""
+        self._run_migration(command.upgrade, revision)
+
+    def downgrade(self, revision: str) -> None:
+        self._run_migration(command.downgrade, revision)
+
+    def _run_migration(self, action: Callable[[Config, str], None], revision: str) -> None:
+        try:
+            with self._write_engine.connect() as connection:
+                config = alembic_config()
+                config.attributes["connection"] = connection
+                action(config, revision)
+                connection.commit()
+        except SQLAlchemyError as exc:
+            raise Unavailable(f"cannot migrate the database: {_describe(exc)}") from exc
+
+    def subscribe(self, callback: ChangeCallback) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    @contextmanager
+    def unit_of_work(self, *, write: bool = True) -> Iterator[Repository]:
+        """One transaction. Commits on normal exit, rolls back on any exception.
+
+        write=False is for read-only requests: on SQLite they do not take the write lock.
+        """
+        engine = self._write_engine if write else self._engine
+        try:
+            with Session(engine, expire_on_commit=False) as session:
+                repository = Repository(session)
+                try:
+                    yield repository
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
+        except IntegrityError as exc:
+            # The repository checks constraints first; one that still fires lost a race.
+            raise Conflict("a concurrent change conflicted with this one; retry") from exc
+        except DBAPIError as exc:
+            log.error("database error: %s", exc.__class__.__name__, exc_info=exc)
+            raise Unavailable(_describe(exc)) from exc
+        if repository.changed_routers:
+            self._notify(frozenset(repository.changed_routers))
+
+    def check_health(self) -> None:
+        database = self._engine.url.database
+        # Pooled connections keep an unlinked SQLite file working: writes would be acknowledged
+        # into a file no restart can find.
+        if (
+            self._engine.dialect.name == "sqlite"
+            and database not in (None, "", ":memory:")
+            and not Path(str(database)).exists()
+        ):
+            raise Unavailable("the database file is missing")
+        try:
+            with self._engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise Unavailable(_describe(exc)) from exc
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _notify(self, router_ids: frozenset[str]) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(router_ids)
+            except Exception:  # a subscriber's bug must not turn a committed change into an error
+                log.exception("change subscriber failed")
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def _describe(exc: BaseException) -> str:
+    text_ = str(getattr(exc, "orig", exc)) or exc.__class__.__name__
+    if "readonly" in text_ or "read-only" in text_:
+        return "the database is read-only"
+    if "locked" in text_:
+        return "the database is busy; retry"
+    return "the database is unavailable"

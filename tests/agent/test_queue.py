@@ -1,0 +1,124 @@
+"""The work queue: collapse, per-key serialization, backoff, shutdown."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cthm.agent import ShutDown, WorkQueue
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_duplicates_collapse_into_one_item() -> None:
+    queue = WorkQueue()
+    for _ in range(5):
+        queue.add("r1")
+    queue.add("r2")
+    assert len(queue) == 2
+    assert queue.get(timeout=0) == "r1"
+    assert queue.get(timeout=0) == "r2"
+    assert queue.get(timeout=0) is None
+
+
+def test_key_in_flight_is_not_handed_out_twice_and_comes_back_after_done() -> None:
+    queue = WorkQueue()
+    queue.add("r1")
+    assert queue.get(timeout=0) == "r1"
+    queue.add("r1")  # changed while a worker holds it
+    assert queue.get(timeout=0) is None, "a second worker must not get r1 while it is in flight"
+    queue.done("r1")
+    assert queue.get(timeout=0) == "r1"
+    queue.done("r1")
+    assert queue.idle()
+
+
+def test_backoff_grows_exponentially_and_is_capped() -> None:
+    clock = FakeClock()
+    queue = WorkQueue(base_delay=0.1, max_delay=1.0, clock=clock)
+    delays = [queue.retry("r1") for _ in range(6)]
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    queue.forget("r1")
+    assert queue.retry("r1") == 0.1
+
+
+def test_retried_key_is_not_ready_before_its_delay() -> None:
+    clock = FakeClock()
+    queue = WorkQueue(base_delay=0.5, clock=clock)
+    queue.retry("r1")
+    assert queue.get(timeout=0) is None
+    clock.now += 0.49
+    assert queue.get(timeout=0) is None
+    clock.now += 0.02
+    assert queue.get(timeout=0) == "r1"
+
+
+def test_an_event_overrides_a_pending_backoff() -> None:
+    clock = FakeClock()
+    queue = WorkQueue(base_delay=30, clock=clock)
+    queue.retry("r1")
+    queue.add("r1")  # something changed: do not wait 30 s
+    assert queue.get(timeout=0) == "r1"
+
+
+def test_shutdown_wakes_blocked_workers() -> None:
+    queue = WorkQueue()
+    stopped = threading.Event()
+
+    def worker() -> None:
+        with pytest.raises(ShutDown):
+            queue.get()
+        stopped.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    queue.shutdown()
+    thread.join(5)
+    assert stopped.is_set() and not thread.is_alive()
+
+
+def test_many_threads_each_key_processed_serially() -> None:
+    queue = WorkQueue()
+    active: set[str] = set()
+    overlaps: list[str] = []
+    processed: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            try:
+                key = queue.get(timeout=0.5)
+            except ShutDown:
+                return
+            if key is None:
+                return
+            with lock:
+                if key in active:
+                    overlaps.append(key)
+                active.add(key)
+            for _ in range(200):
+                pass
+            with lock:
+                active.discard(key)
+                processed.append(key)
+            queue.done(key)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for round_ in range(50):
+        for key in ("a", "b", "c"):
+            queue.add(key)
+        if round_ % 10 == 0:
+            queue.add("d")
+    for thread in threads:
+        thread.join(10)
+    assert not overlaps
+    assert {"a", "b", "c", "d"} <= set(processed)

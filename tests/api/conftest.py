@@ -1,0 +1,72 @@
+"""The API against a real SQLite file store, through the ASGI app (FastAPI's TestClient).
+
+Every client records the status of every response; a test that received a 5xx it did not
+declare (`api.allow_status(503)`) fails in teardown, so no request anywhere in this suite may
+produce a 500 unnoticed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cthm.api import create_app
+from cthm.settings import Settings
+from cthm.store import Store
+
+from .support import JSON, Api, ApiFactory, TestClient, make_settings, make_store
+
+
+@pytest.fixture
+def api_factory(tmp_path: Path) -> Iterator[ApiFactory]:
+    """Builds APIs (each on its own database file); all are checked for 5xx in teardown."""
+    made: list[tuple[Api, TestClient]] = []
+
+    def build(
+        *,
+        settings: Settings | None = None,
+        store: Store | None = None,
+        helper_availability: Callable[[], Any] | None = None,
+        app_hook: Callable[[Any], None] | None = None,
+        **settings_overrides: Any,
+    ) -> Api:
+        directory = tmp_path / f"api{len(made)}"
+        directory.mkdir()
+        chosen = settings or make_settings(directory, **settings_overrides)
+        chosen_store = store or make_store(chosen)
+        app = create_app(chosen, chosen_store, helper_availability=helper_availability)
+        if app_hook is not None:
+            app_hook(app)
+        client = TestClient(app)
+        api = Api(client=client, store=chosen_store)
+
+        def record(response: httpx.Response) -> None:
+            api.statuses.append(
+                (response.request.method, str(response.request.url), response.status_code)
+            )
+
+        client.event_hooks = {"request": [], "response": [record]}
+        made.append((api, client))
+        return api
+
+    yield build
+    failures = []
+    for api, client in made:
+        client.close()
+        api.store.close()
+        failures += [s for s in api.statuses if s[2] >= 500 and s[2] not in api.allowed_5xx]
+    assert not failures, f"requests answered with a server error: {failures}"
+
+
+@pytest.fixture
+def api(api_factory: ApiFactory) -> Api:
+    return api_factory()
+
+
+@pytest.fixture
+def router(api: Api) -> JSON:
+    return api.create_router(name="edge", project_id="p1")

@@ -1,0 +1,34 @@
+"""One real `cthm serve` per test module, and the real `cthm` command pointed at it."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from cthm_cli_harness import Result, ServerProcess, run
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    base = tmp_path_factory.mktemp("cthm-serve")
+    process = ServerProcess(base / "data", base / "logs")
+    process.start()
+    try:
+        yield process
+    finally:
+        code = process.stop()
+    assert code == 0, f"cthm serve did not exit cleanly after SIGTERM: {process.logs()}"
+
+
+@pytest.fixture
+def cthm(server: ServerProcess) -> Callable[..., Result]:
+    """Runs `cthm ARGS...` with CTHM_URL set to the module's server."""
+    return functools.partial(run, url=server.url)
+
+
+@pytest.fixture
+def project() -> str:
+    """A project id of this test alone, so lists filtered by it see only this test's routers."""
+    return f"p-{uuid.uuid4().hex[:12]}"

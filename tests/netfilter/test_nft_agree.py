@@ -1,0 +1,315 @@
+"""The same golden cases against the fake, libnftables and the nft binary: they must agree.
+
+Each case is a list of transactions, each with the outcome it must have (success or an error
+class), and the table `parse_table` must read at the end. For the real runners the whole
+ruleset (handles aside) must also equal what the fake holds after the same case, so the fake's
+JSON stays shaped like nft's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cthm.domain import KERNEL_HELPERS, Assignment, Protocol
+from cthm.netfilter import (
+    FakeNftables,
+    HelperObject,
+    KernelTable,
+    LibNftablesRunner,
+    NamespaceNotFound,
+    NftablesBackend,
+    NftBusy,
+    NftError,
+    NftExists,
+    NftNotFound,
+    NftOther,
+    NftRunner,
+    SubprocessRunner,
+    desired_table,
+    parse_table,
+    render,
+    render_delete,
+)
+from cthm.testing import NamespaceFactory
+
+from .conftest import FOREIGN_RULESET, normalized_ruleset
+
+TCP, UDP = Protocol.TCP, Protocol.UDP
+ALL = [
+    Assignment(protocol, spec.default_port + offset, spec.name)
+    for spec in KERNEL_HELPERS
+    for offset, protocol in enumerate(sorted(spec.protocols))
+]
+FTP = [Assignment(TCP, 21, "ftp"), Assignment(TCP, 2121, "ftp")]
+TFTP = [Assignment(UDP, 69, "tftp")]
+BAD_TYPE = 'add ct helper inet cthm x { type "nosuchhelper" protocol tcp; l3proto inet; }\n'
+CHAIN = "add chain inet cthm prerouting { type filter hook prerouting priority filter; }\n"
+
+
+@dataclass(frozen=True)
+class Step:
+    commands: str
+    error: type[NftError] | None = None
+    dry_run: bool = False
+    json: bool = False
+    absent: bool = False  # run in a namespace that does not exist
+
+
+@dataclass(frozen=True)
+class Case:
+    steps: tuple[Step, ...]
+    table: KernelTable | None
+
+
+def rendered(assignments: list[Assignment]) -> Step:
+    return Step(str(render(assignments)))
+
+
+def garbage_table(assignments: list[Assignment], *garbage: str) -> KernelTable:
+    clean = desired_table(assignments)
+    return KernelTable(clean.assignments, clean.helpers, garbage)
+
+
+CASES: dict[str, Case] = {
+    "every catalog helper": Case((rendered(ALL),), desired_table(ALL)),
+    "no assignments: empty table": Case((rendered(FTP), rendered([])), desired_table([])),
+    "replace swaps helpers": Case((rendered(FTP), rendered(TFTP)), desired_table(TFTP)),
+    "replace is idempotent": Case((rendered(FTP), rendered(FTP)), desired_table(FTP)),
+    "delete table": Case((rendered(FTP), Step(str(render_delete()))), None),
+    "delete missing table": Case((Step(str(render_delete()), NftNotFound),), None),
+    "list missing table": Case((Step("list table inet cthm", NftNotFound, json=True),), None),
+    "missing namespace": Case((Step(str(render(FTP)), NamespaceNotFound, absent=True),), None),
+    "EBUSY on referenced helper object": Case(
+        (rendered(FTP), Step("delete ct helper inet cthm ftp-tcp\n", NftBusy)),
+        desired_table(FTP),
+    ),
+    "unknown helper type, all or nothing": Case(
+        (rendered(FTP), Step(str(render(TFTP)) + BAD_TYPE, NftNotFound)), desired_table(FTP)
+    ),
+    "helper type on the wrong protocol": Case(
+        (
+            rendered(FTP),
+            Step(
+                'add ct helper inet cthm f { type "ftp" protocol udp; l3proto inet; }\n',
+                NftNotFound,
+            ),
+        ),
+        desired_table(FTP),
+    ),
+    "IPv4-only helper refuses ip6": Case(
+        (
+            rendered(FTP),
+            Step(
+                'add ct helper inet cthm i { type "irc" protocol tcp; l3proto ip6; }\n', NftNotFound
+            ),
+        ),
+        desired_table(FTP),
+    ),
+    "create existing table": Case(
+        (rendered(FTP), Step("create table inet cthm\n", NftExists)), desired_table(FTP)
+    ),
+    "add of an existing object is a silent no-op": Case(
+        (
+            rendered(FTP),
+            Step('add ct helper inet cthm ftp-tcp { type "tftp" protocol udp; l3proto inet; }\n'),
+        ),
+        desired_table(FTP),
+    ),
+    "duplicate map key": Case(
+        (
+            rendered([*FTP, Assignment(TCP, 1720, "Q.931")]),
+            Step(
+                "add rule inet cthm prerouting ct helper set tcp dport map "
+                '{ 21 : "ftp-tcp", 21 : "Q.931-tcp" }\n',
+                NftExists,
+            ),
+        ),
+        desired_table([*FTP, Assignment(TCP, 1720, "Q.931")]),
+    ),
+    "map to a missing object": Case(
+        (
+            rendered(FTP),
+            Step(
+                'add rule inet cthm prerouting ct helper set tcp dport map { 22 : "nosuch" }\n',
+                NftNotFound,
+            ),
+        ),
+        desired_table(FTP),
+    ),
+    "later failure undoes earlier commands": Case(
+        (rendered(FTP), Step("delete table inet cthm\ndelete table inet cthm\n", NftNotFound)),
+        desired_table(FTP),
+    ),
+    "dry run changes nothing": Case((Step(str(render(FTP)), dry_run=True),), None),
+    "dry run of an unknown type fails": Case(
+        (Step("add table inet cthm\n" + BAD_TYPE, NftNotFound, dry_run=True),), None
+    ),
+    "hand-made garbage": Case(
+        (
+            rendered(FTP),
+            Step(
+                "add chain inet cthm extra\n"
+                "add rule inet cthm prerouting counter\n"
+                'add rule inet cthm prerouting tcp dport 21 ct helper set "ftp-tcp"\n'
+                'add rule inet cthm prerouting drop comment "hi"\n'
+            ),
+        ),
+        garbage_table(
+            FTP,
+            "chain extra (cthm renders only chain prerouting)",
+            "rule in chain prerouting that cthm did not render: counter",
+            "rule in chain prerouting that cthm did not render: tcp dport == 21, "
+            "ct helper set ftp-tcp",
+            'rule in chain prerouting that cthm did not render: drop, comment "hi"',
+        ),
+    ),
+    "chain at raw priority": Case(
+        (
+            Step(
+                "add table inet cthm\n"
+                'add ct helper inet cthm ftp-tcp { type "ftp" protocol tcp; l3proto inet; }\n'
+                "add chain inet cthm prerouting { type filter hook prerouting priority raw; }\n"
+                'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "ftp-tcp" }\n'
+            ),
+        ),
+        garbage_table(
+            [Assignment(TCP, 21, "ftp")],
+            "chain prerouting is type filter hook prerouting prio -300 policy accept; "
+            "cthm renders type filter hook prerouting prio 0 policy accept",
+        ),
+    ),
+    "policy can change, hook cannot": Case(
+        (
+            rendered(FTP),
+            Step(
+                "add chain inet cthm prerouting "
+                "{ type filter hook prerouting priority filter; policy drop; }\n"
+            ),
+            Step(
+                "add chain inet cthm prerouting { type filter hook input priority filter; }\n",
+                NftOther,
+            ),
+        ),
+        garbage_table(
+            FTP,
+            "chain prerouting is type filter hook prerouting prio 0 policy drop; "
+            "cthm renders type filter hook prerouting prio 0 policy accept",
+        ),
+    ),
+    "flush table leaves unused objects": Case(
+        (rendered(FTP), Step("flush table inet cthm\n")),
+        KernelTable(
+            (),
+            frozenset({HelperObject("ftp-tcp", "ftp", TCP, "inet")}),
+            ("ct helper ftp-tcp is not used by any cthm rule",),
+        ),
+    ),
+    "delete chain takes its rules": Case(
+        (rendered(FTP), Step("delete chain inet cthm prerouting\n")),
+        KernelTable(
+            (),
+            frozenset({HelperObject("ftp-tcp", "ftp", TCP, "inet")}),
+            ("ct helper ftp-tcp is not used by any cthm rule",),
+        ),
+    ),
+    "foreign tables beside ours": Case(
+        (Step(FOREIGN_RULESET), rendered(FTP), rendered(TFTP)), desired_table(TFTP)
+    ),
+    "foreign tables after delete": Case(
+        (Step(FOREIGN_RULESET), rendered(FTP), Step(str(render_delete()))), None
+    ),
+}
+
+
+@dataclass
+class Target:
+    runner: NftRunner
+    namespace: str
+    absent: str
+
+
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("libnftables", marks=pytest.mark.kernel),
+        pytest.param("subprocess", marks=pytest.mark.kernel),
+    ]
+)
+def target(
+    request: pytest.FixtureRequest,
+    lib_runner: LibNftablesRunner,
+    sub_runner: SubprocessRunner,
+) -> Iterator[Target]:
+    if request.param == "fake":
+        fake = FakeNftables()
+        fake.add_namespace("main")
+        yield Target(fake, "main", "absent")
+        return
+    netns: NamespaceFactory = request.getfixturevalue("netns")
+    runner: NftRunner = lib_runner if request.param == "libnftables" else sub_runner
+    yield Target(runner, netns.create("main"), netns.name("absent"))
+
+
+def play(target: Target, case: Case) -> str:
+    """Runs the case's steps, checking each outcome; returns the final ruleset JSON."""
+    for number, step in enumerate(case.steps):
+        namespace = target.absent if step.absent else target.namespace
+        outcome: type[NftError] | None = None
+        try:
+            target.runner.run(namespace, step.commands, json=step.json, dry_run=step.dry_run)
+        except NftError as exc:
+            outcome = type(exc)
+            message = exc.message
+        else:
+            message = "ok"
+        assert message, "an NftError must carry nft's message"
+        assert outcome is step.error, f"step {number}: {step.commands!r}"
+    return target.runner.run(target.namespace, "list ruleset", json=True)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden_case(target: Target, name: str) -> None:
+    case = CASES[name]
+    ruleset = play(target, case)
+    assert parse_table(ruleset) == case.table
+    if not isinstance(target.runner, FakeNftables):
+        fake = FakeNftables()
+        fake.add_namespace("main")
+        fake_ruleset = play(Target(fake, "main", "absent"), case)
+        assert normalized_ruleset(ruleset) == normalized_ruleset(fake_ruleset)
+
+
+KINDS = [(spec.name, protocol) for spec in KERNEL_HELPERS for protocol in sorted(spec.protocols)]
+assignment_lists = st.lists(
+    st.builds(
+        lambda kind, port: Assignment(kind[1], port, kind[0]),
+        st.sampled_from(KINDS),
+        st.integers(1, 65535),
+    ),
+    max_size=40,
+    unique_by=lambda x: (x.protocol, x.port),
+)
+
+
+@pytest.mark.kernel
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(assignments=assignment_lists)
+def test_parse_render_round_trip_through_real_nft(
+    netns: NamespaceFactory, lib_runner: LibNftablesRunner, assignments: list[Assignment]
+) -> None:
+    # One namespace for every example: each apply replaces the whole table.
+    namespace = netns.name("rt")
+    if namespace not in netns.created:
+        netns.create("rt")
+    backend = NftablesBackend(lib_runner)
+    backend.apply(namespace, assignments)
+    assert backend.read(namespace) == desired_table(assignments)

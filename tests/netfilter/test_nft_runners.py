@@ -1,0 +1,321 @@
+"""The two runners: namespaces, threads, contexts, argv, PATH, timeouts, error translation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cthm.netfilter import (
+    LibNftablesRunner,
+    LibraryUnavailable,
+    NamespaceNotFound,
+    NftBusy,
+    NftError,
+    NftExists,
+    NftNotFound,
+    NftOther,
+    SubprocessRunner,
+    UnsafeValue,
+    make_runner,
+    translate_error,
+)
+from cthm.testing import NamespaceFactory
+
+from .conftest import nft
+
+kernel = pytest.mark.kernel
+
+
+def netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def worker_netns(runner: LibNftablesRunner) -> int:
+    tid = runner.worker_native_id
+    assert tid is not None
+    return netns_inode(f"/proc/self/task/{tid}/ns/net")
+
+
+# -- error translation (pure) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "cls"),
+    [
+        ("Error: Could not process rule: No such file or directory\ndelete table", NftNotFound),
+        ("Error: No such file or directory\nlist table inet cthm", NftNotFound),
+        ("Error: Could not process rule: File exists\ncreate table", NftExists),
+        ("Error: Could not process rule: Device or resource busy\ndelete ct", NftBusy),
+        ("Error: syntax error, unexpected newline", NftOther),
+        ("Error: Could not process rule: Operation not permitted", NftOther),
+        ("", NftOther),
+        # two errors: the first one decides
+        ("Error: ...: Device or resource busy\nError: ...: No such file or directory", NftBusy),
+    ],
+)
+def test_translate_error(message: str, cls: type[NftError]) -> None:
+    error = translate_error(message, namespace="qrouter-x")
+    assert type(error) is cls
+    assert error.namespace == "qrouter-x"
+    assert error.message == (message.strip() or "nft failed without a message")
+
+
+def test_translate_ip_netns_race_to_namespace_not_found() -> None:
+    text = 'Cannot open network namespace "qrouter-1": No such file or directory'
+    error = translate_error(text, namespace="qrouter-1")
+    assert type(error) is NamespaceNotFound
+    assert str(error) == "namespace qrouter-1 not found"
+
+
+def test_namespace_not_found_is_not_a_not_found_table() -> None:
+    # read() treats NftNotFound as "no table"; a missing namespace must never look like that.
+    assert not issubclass(NamespaceNotFound, NftNotFound)
+
+
+# -- choosing a runner ------------------------------------------------------------------------
+
+
+def test_make_runner_kinds() -> None:
+    auto = make_runner()
+    try:
+        assert isinstance(auto, LibNftablesRunner)
+    finally:
+        auto.close()
+    assert isinstance(make_runner("subprocess"), SubprocessRunner)
+    lib = make_runner("libnftables")
+    lib.close()
+    assert isinstance(make_runner("auto", library="libnosuchthing.so.9"), SubprocessRunner)
+    with pytest.raises(LibraryUnavailable):
+        make_runner("libnftables", library="libnosuchthing.so.9")
+    with pytest.raises(ValueError, match="unknown runner kind"):
+        make_runner("iptables")
+
+
+# -- libnftables runner -----------------------------------------------------------------------
+
+
+@kernel
+def test_worker_thread_returns_home_after_every_call(netns: NamespaceFactory) -> None:
+    home = netns_inode("/proc/thread-self/ns/net")
+    a, b = netns.create("a"), netns.create("b")
+    runner = LibNftablesRunner()
+    try:
+        assert worker_netns(runner) == home
+        runner.run(a, "add table inet cthm\n")
+        assert worker_netns(runner) == home
+        runner.run(b, "list tables", json=True)
+        assert worker_netns(runner) == home
+        with pytest.raises(NftNotFound):
+            runner.run(b, "delete table inet cthm\n")
+        assert worker_netns(runner) == home
+        with pytest.raises(NftOther):
+            runner.run(a, "this is not nft\n")
+        assert worker_netns(runner) == home
+        with pytest.raises(NamespaceNotFound):
+            runner.run(netns.name("absent"), "list tables")
+        assert worker_netns(runner) == home
+        # The work landed where it was sent, not in the worker's own namespace.
+        assert "table inet cthm" in nft(a, "list", "tables")
+        assert "cthm" not in nft(b, "list", "tables")
+        assert netns_inode("/proc/thread-self/ns/net") == home
+    finally:
+        runner.close()
+
+
+def test_close_stops_the_thread_and_is_final() -> None:
+    runner = LibNftablesRunner()
+    tid = runner.worker_native_id
+    assert tid is not None
+    assert Path(f"/proc/self/task/{tid}").exists()
+    runner.close()
+    runner.close()  # idempotent
+    assert runner.worker_native_id is None
+    # Python's join returns just before the OS thread is reaped: wait (bounded) for the task.
+    task = Path(f"/proc/self/task/{tid}")
+    for _ in range(500):
+        if not task.exists():
+            break
+        time.sleep(0.01)
+    assert not task.exists()
+    assert not [t for t in threading.enumerate() if t.name == "cthm-libnftables"]
+    with pytest.raises(RuntimeError, match="closed"):
+        runner.run("anything", "list tables")
+
+
+@kernel
+def test_many_callers_in_many_threads(netns: NamespaceFactory) -> None:
+    names = [netns.create(f"t{i}") for i in range(3)]
+    runner = LibNftablesRunner()
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            for round_ in range(10):
+                namespace = names[(index + round_) % len(names)]
+                table = f"t{index}"
+                runner.run(namespace, f"add table inet {table}\n")
+                assert f"table inet {table}" in runner.run(namespace, "list tables")
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors
+        every_table = sorted(f"table inet t{i}" for i in range(8))
+        for namespace in names:
+            assert sorted(nft(namespace, "list", "tables").splitlines()) == every_table
+        assert len(runner.cached_contexts()) == len(names)
+    finally:
+        runner.close()
+
+
+@kernel
+def test_context_cache_is_bounded(netns: NamespaceFactory) -> None:
+    names = [netns.create(f"c{i}") for i in range(3)]
+    runner = LibNftablesRunner(max_contexts=2)
+    try:
+        for namespace in names:
+            runner.run(namespace, "add table inet cthm\n")
+        cached = runner.cached_contexts()
+        assert [key[0] for key in cached] == names[1:]
+        runner.run(names[0], "add table inet again\n")  # evicted one is recreated on demand
+        assert [key[0] for key in runner.cached_contexts()] == [names[2], names[0]]
+        assert "table inet again" in nft(names[0], "list", "tables")
+    finally:
+        runner.close()
+
+
+@kernel
+def test_recreated_namespace_gets_a_new_context(netns: NamespaceFactory) -> None:
+    """No stale context, no zombie write: after delete + recreate, work lands in the NEW one."""
+    runner = LibNftablesRunner()
+    try:
+        name = netns.create("re")
+        runner.run(name, "add table inet old\n")
+        (old_key,) = runner.cached_contexts()
+        netns.delete(name)
+        with pytest.raises(NamespaceNotFound, match=f"namespace {name} not found"):
+            runner.run(name, "add table inet lost\n")
+        assert runner.cached_contexts() == []  # freed: its socket no longer pins the old netns
+        assert netns.create("re") == name
+        runner.run(name, "add table inet new\n")
+        (new_key,) = runner.cached_contexts()
+        assert new_key[0] == name
+        assert new_key != old_key
+        assert nft(name, "list", "tables").split() == ["table", "inet", "new"]
+    finally:
+        runner.close()
+
+
+@kernel
+def test_replaced_namespace_is_detected_without_a_failed_call(netns: NamespaceFactory) -> None:
+    runner = LibNftablesRunner()
+    try:
+        name = netns.create("sw")
+        other = netns.create("other")
+        runner.run(name, "add table inet first\n")
+        runner.run(other, "add table inet o\n")
+        netns.delete(name)
+        netns.create("sw")
+        pruned = runner.prune()
+        assert [key[0] for key in pruned] == [name]
+        assert [key[0] for key in runner.cached_contexts()] == [other]
+        runner.run(name, "add table inet second\n")
+        assert nft(name, "list", "tables").split() == ["table", "inet", "second"]
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize("name", ["../../proc/1/ns/net", "a/b", "-n", "x y", "", ".", "a;b"])
+def test_runners_refuse_unsafe_namespace_names(lib_runner: LibNftablesRunner, name: str) -> None:
+    with pytest.raises(UnsafeValue):
+        lib_runner.run(name, "list tables")
+    with pytest.raises(UnsafeValue):
+        SubprocessRunner().run(name, "list tables")
+
+
+# -- subprocess runner ------------------------------------------------------------------------
+
+
+def test_subprocess_argv_is_exact() -> None:
+    runner = SubprocessRunner()
+    ip, nft_path = shutil.which("ip"), shutil.which("nft")
+    assert runner.argv("qrouter-1", "add table inet cthm\n", json=False, dry_run=False) == [
+        ip, "netns", "exec", "qrouter-1", nft_path, "-f", "-",
+    ]  # fmt: skip
+    assert runner.argv("qrouter-1", "add table inet cthm\n", json=False, dry_run=True) == [
+        ip, "netns", "exec", "qrouter-1", nft_path, "-c", "-f", "-",
+    ]  # fmt: skip
+    assert runner.argv("qrouter-1", "list table inet cthm", json=True, dry_run=False) == [
+        ip, "netns", "exec", "qrouter-1", nft_path, "-j", "list", "table", "inet", "cthm",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "commands", ["list table inet cthm; flush ruleset", "list tables\nflush ruleset", "", "-f x"]
+)
+def test_subprocess_json_takes_one_plain_command(commands: str) -> None:
+    with pytest.raises(UnsafeValue):
+        SubprocessRunner().argv("ns", commands, json=True, dry_run=False)
+
+
+def write_wrapper(directory: Path, body: str) -> None:
+    script = directory / "nft"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+@kernel
+def test_nft_is_looked_up_on_path_at_each_call(
+    netns: NamespaceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namespace = netns.create("path")
+    runner = SubprocessRunner(timeout=10)
+    runner.run(namespace, "add table inet cthm\n")
+    write_wrapper(tmp_path, 'echo "Error: wrapper refuses: Device or resource busy" >&2\nexit 1\n')
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(NftBusy, match="wrapper refuses") as caught:
+        runner.run(namespace, "delete table inet cthm\n")
+    assert caught.value.__cause__ is not None
+    write_wrapper(tmp_path, 'echo "Error: wrapper is broken" >&2\nexit 3\n')
+    with pytest.raises(NftOther, match="wrapper is broken"):
+        runner.run(namespace, "delete table inet cthm\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(NftOther, match="not found on PATH"):
+        runner.run(namespace, "delete table inet cthm\n")
+    monkeypatch.undo()
+    runner.run(namespace, "delete table inet cthm\n")  # the real nft again: the table was kept
+    assert "cthm" not in nft(namespace, "list", "tables")
+
+
+@kernel
+def test_subprocess_timeout_is_bounded(
+    netns: NamespaceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namespace = netns.create("slow")
+    write_wrapper(tmp_path, "exec sleep 30\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(NftOther, match=r"did not finish within 0\.5 s"):
+        SubprocessRunner(timeout=0.5).run(namespace, "list tables")
+
+
+@kernel
+def test_subprocess_checks_the_namespace_first(
+    netns: NamespaceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "ran"
+    write_wrapper(tmp_path, f"touch {marker}\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(NamespaceNotFound, match=r"namespace .*absent not found"):
+        SubprocessRunner().run(netns.name("absent"), "list tables")
+    assert not marker.exists()

@@ -1,0 +1,108 @@
+"""Fixtures for real-traffic tests: a client/router/server topology, FTP and TFTP servers in
+the server namespace, and `helper_traffic` to prove whether the router runs the helpers.
+
+How helpers get assigned is the `assign_helpers` fixture (a HelperAssigner: Topology -> None).
+Here it applies a hand-written `inet cthm` table; a module that assigns helpers another way
+(the cthm API and agent) overrides `assign_helpers` and calls
+`helper_traffic.prove(assign_helpers)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cthm.testing import (
+    HelperAssigner,
+    HelperTraffic,
+    NamespaceFactory,
+    RunningServer,
+    Topology,
+    build_topology,
+    missing_nat_helpers,
+    nft_apply,
+    start_ftp_server,
+    start_tftp_server,
+    write_random_file,
+)
+
+FTP_FILE = "payload-ftp.bin"
+TFTP_FILE = "payload-tftp.bin"
+# Not multiples of any block size: the last TFTP block is short, FTP needs several reads.
+FTP_SIZE = 256 * 1024 + 17
+TFTP_SIZE = 64 * 1024 + 123
+
+
+def helper_table(priority: str) -> str:
+    """The hand-written helper table of this harness's self-test (DESIGN.md's layout)."""
+    return f"""\
+table inet cthm {{
+    ct helper ftp-tcp {{ type "ftp" protocol tcp; l3proto inet; }}
+    ct helper tftp-udp {{ type "tftp" protocol udp; l3proto inet; }}
+    chain prerouting {{
+        type filter hook prerouting priority {priority}; policy accept;
+        ct helper set tcp dport map {{ 21 : "ftp-tcp" }}
+        ct helper set udp dport map {{ 69 : "tftp-udp" }}
+    }}
+}}
+"""
+
+
+def assign_with_nft(topology: Topology, *, priority: str = "filter") -> None:
+    nft_apply(topology.router_ns, helper_table(priority))
+
+
+@pytest.fixture
+def topology(netns: NamespaceFactory) -> Topology:
+    missing = missing_nat_helpers()
+    if missing:
+        reason = f"kernel lacks {', '.join(missing)} (active FTP/TFTP through NAT need them)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return build_topology(netns)
+
+
+@pytest.fixture
+def ftp_server(topology: Topology, tmp_path: Path) -> Iterator[RunningServer]:
+    root = tmp_path / "ftp-root"
+    root.mkdir()
+    write_random_file(root, FTP_FILE, FTP_SIZE)
+    with start_ftp_server(
+        topology.server_ns, topology.server_addr, root, state_dir=tmp_path / "ftp-state"
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def tftp_server(topology: Topology, tmp_path: Path) -> Iterator[RunningServer]:
+    root = tmp_path / "tftp-root"
+    root.mkdir()
+    write_random_file(root, TFTP_FILE, TFTP_SIZE)
+    with start_tftp_server(
+        topology.server_ns, topology.server_addr, root, state_dir=tmp_path / "tftp-state"
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def helper_traffic(
+    topology: Topology, ftp_server: RunningServer, tftp_server: RunningServer
+) -> HelperTraffic:
+    return HelperTraffic(topology, ftp_server, tftp_server, FTP_FILE, TFTP_FILE)
+
+
+@pytest.fixture
+def assign_helpers() -> HelperAssigner:
+    """How the router gets its helpers; override in a module to assign them another way."""
+    return functools.partial(assign_with_nft, priority="filter")
+
+
+@pytest.fixture
+def nft_assigner_at() -> Callable[[str], HelperAssigner]:
+    """Hand-written assigners at a given chain priority ("filter", "raw", a number)."""
+    return lambda priority: functools.partial(assign_with_nft, priority=priority)
