@@ -29,7 +29,6 @@ from cthm.domain import (
     ListQuery,
     Protocol,
     Router,
-    Status,
     assignments_for,
     new_binding,
     new_router,
@@ -217,7 +216,8 @@ def main() -> None:
         raise SystemExit("the benchmark needs root (it creates network namespaces)")
     kinds = ["libnftables", "subprocess"] if args.runner == "both" else [args.runner]
     print(
-        f"{'runner':<12} {'scenario':<32} {'median':>10} {'runs':>5} {'target':>9} {'Neutron':>9} {'vs Neutron':>10}"
+        f"{'runner':<12} {'scenario':<32} {'median':>10} {'runs':>5} {'target':>9} "
+        f"{'Neutron':>9} {'vs Neutron':>10}"
     )
     for kind in kinds:
         for row in run(kind, args.quick):

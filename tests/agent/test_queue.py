@@ -81,7 +81,8 @@ def test_shutdown_wakes_blocked_workers() -> None:
     thread.start()
     queue.shutdown()
     thread.join(5)
-    assert stopped.is_set() and not thread.is_alive()
+    assert stopped.is_set()
+    assert not thread.is_alive()
 
 
 def test_many_threads_each_key_processed_serially() -> None:

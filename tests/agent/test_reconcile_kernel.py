@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from agent_support import FOREIGN_RULESET, World, foreign_ruleset, nft, table_handle
 
 from cthm.agent import Action
 from cthm.domain import Assignment, Protocol, Status
-
-from agent_support import FOREIGN_RULESET, World, foreign_ruleset, nft, table_handle
 
 pytestmark = pytest.mark.kernel
 
@@ -76,7 +75,8 @@ def test_foreign_tables_survive_every_operation_and_delete_removes_only_ours(
     router = world.router("r")
     nft(router.namespace, "-f", "-", stdin=FOREIGN_RULESET)
     foreign = foreign_ruleset(router.namespace)
-    assert "table inet filter" in foreign and "table ip nat" in foreign
+    assert "table inet filter" in foreign
+    assert "table ip nat" in foreign
 
     binding = world.bind(router, "tcp", 21, "ftp")
     world.agent.reconciler.reconcile(router.id)
@@ -120,7 +120,8 @@ def test_garbage_in_our_table_is_removed(world: World) -> None:
 
     assert result.action is Action.APPLIED
     text = nft(router.namespace, "list", "table", "inet", "cthm")
-    assert "intruder" not in text and "dport 23" not in text
+    assert "intruder" not in text
+    assert "dport 23" not in text
     assert world.agent.reconciler.reconcile(router.id).action is Action.NOOP
 
 

@@ -51,6 +51,7 @@ from cthm.domain import (
     Status,
     Unavailable,
 )
+from cthm.store import BINDING_FIELDS, ROUTER_FIELDS
 
 # --- errors -----------------------------------------------------------------------------------
 
@@ -291,6 +292,14 @@ def test_pagination_links() -> None:
 def test_response_models_and_query_specs_name_the_same_fields() -> None:
     assert list(RouterPublic.model_fields) == list(ROUTER_SPEC.fields)
     assert list(ConntrackHelperPublic.model_fields) == list(BINDING_SPEC.fields)
+
+
+def test_every_filterable_field_is_a_store_field() -> None:
+    # Filters on every stored field, and only on those (the store refuses others).
+    router_columns = {f.column for f in ROUTER_SPEC.fields.values() if f.column}
+    binding_columns = {f.column for f in BINDING_SPEC.fields.values() if f.column}
+    assert router_columns == set(ROUTER_FIELDS)
+    assert binding_columns == set(BINDING_FIELDS)
 
 
 def test_timestamps_are_utc_with_z() -> None:

@@ -21,6 +21,7 @@ RUN_TIMEOUT = 60.0
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 POLL_INTERVAL = 0.05
+PORT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,19 @@ class ServerProcess:
         """location_flags=False leaves --data-dir and --port out: `args` or `env` must say them."""
         self.data_dir = data_dir
         self.location_flags = location_flags
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.fixed_port = port is not None
         self.args = args
         self.env = env or {}
+        self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._stdout_path = log_dir / f"serve-{self.port}.out"
-        self._stderr_path = log_dir / f"serve-{self.port}.err"
+        self._use_port(port or free_port())
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._stdout_path = self.log_dir / f"serve-{port}.out"
+        self._stderr_path = self.log_dir / f"serve-{port}.err"
 
     def __enter__(self) -> ServerProcess:
         self.start()
@@ -116,6 +122,18 @@ class ServerProcess:
             self.stop()
 
     def start(self) -> None:
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                self._start_once()
+                return
+            except AssertionError:
+                # Another process may take a free port between our probe and the server's bind.
+                if self.fixed_port or "cannot listen" not in self.stderr:
+                    raise
+            self._use_port(free_port())
+        self._start_once()
+
+    def _start_once(self) -> None:
         argv = [str(CTHM), "serve"]
         if self.location_flags:
             argv += ["--data-dir", str(self.data_dir), "--port", str(self.port)]

@@ -11,7 +11,7 @@ from cthm.agent.ports import (
     RouterReport,
 )
 from cthm.agent.queue import ShutDown, WorkQueue
-from cthm.agent.reconciler import Action, ReconcileResult, Reconciler
+from cthm.agent.reconciler import Action, Reconciler, ReconcileResult
 from cthm.agent.source import LocalStoreSource
 
 __all__ = [

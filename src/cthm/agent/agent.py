@@ -13,7 +13,7 @@ from pathlib import Path
 from cthm.agent.capabilities import HelperCapabilities
 from cthm.agent.ports import DesiredStateSource, KernelBackend
 from cthm.agent.queue import ShutDown, WorkQueue
-from cthm.agent.reconciler import Action, ReconcileResult, Reconciler
+from cthm.agent.reconciler import Action, Reconciler, ReconcileResult
 from cthm.domain import HelperCatalog
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Agent:
         self.resync()
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stops taking work, lets in-flight reconciles finish; True if every thread ended in time."""
+        """Stops taking work and lets in-flight reconciles finish; True if all threads ended."""
         self._stop.set()
         self.queue.shutdown()
         deadline = time.monotonic() + timeout

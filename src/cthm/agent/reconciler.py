@@ -18,7 +18,7 @@ from cthm.agent.ports import (
     KernelBackend,
     RouterReport,
 )
-from cthm.domain import HelperBinding, HelperCatalog, InvalidInput, Status, assignments_for
+from cthm.domain import HelperCatalog, InvalidInput, Protocol, Status, assignments_for
 from cthm.netfilter import NamespaceNotFound, NftError
 
 log = logging.getLogger(__name__)
@@ -100,22 +100,31 @@ class Reconciler:
 
     def _refused_bindings(self, desired: DesiredRouter) -> dict[str, str]:
         """Bindings that cannot be in the kernel, with the reason a person can act on."""
-        refused: dict[str, str] = {}
-        kinds: dict[str, tuple[str, HelperBinding]] = {}
+        # Resolved once per distinct (helper, protocol): a router may hold thousands of bindings.
+        kernel_kind: dict[tuple[str, Protocol], tuple[str, Protocol] | str] = {}
         for binding in desired.bindings:
-            try:
-                spec = self._catalog.resolve(binding.helper, binding.protocol)
-            except InvalidInput as exc:
-                refused[binding.id] = f"no longer allowed: {exc.reason}"
-                continue
-            kinds[binding.id] = (spec.name, binding)
+            kind = (binding.helper, binding.protocol)
+            if kind not in kernel_kind:
+                try:
+                    kernel_kind[kind] = (self._catalog.resolve(*kind).name, binding.protocol)
+                except InvalidInput as exc:
+                    kernel_kind[kind] = f"no longer allowed: {exc.reason}"
         lacking = self._capabilities.unavailable(
-            desired.router.namespace, {(name, b.protocol) for name, b in kinds.values()}
+            desired.router.namespace, {k for k in kernel_kind.values() if isinstance(k, tuple)}
         )
-        for binding_id, (name, binding) in kinds.items():
-            if (name, binding.protocol) in lacking:
-                refused[binding_id] = f"helper {name} not available in this kernel"
-        return refused
+        problem: dict[tuple[str, Protocol], str] = {}
+        for kind, resolved in kernel_kind.items():
+            if isinstance(resolved, str):
+                problem[kind] = resolved
+            elif resolved in lacking:
+                problem[kind] = f"helper {resolved[0]} not available in this kernel"
+        if not problem:
+            return {}
+        return {
+            b.id: problem[(b.helper, b.protocol)]
+            for b in desired.bindings
+            if (b.helper, b.protocol) in problem
+        }
 
     def _remove(self, router_id: str) -> ReconcileResult:
         namespace = self._source.tombstones().get(router_id)
@@ -139,31 +148,23 @@ class Reconciler:
         router_reason: str,
         binding_errors: dict[str, str],
     ) -> None:
-        bindings = tuple(
-            BindingReport(
-                b.id,
-                b.revision_number,
-                Status.ERROR if b.id in binding_errors else Status.ACTIVE,
-                binding_errors.get(b.id, ""),
-            )
-            for b in desired.bindings
-        )
-        unchanged = (desired.router.status, desired.router.status_reason) == (
-            router_status,
-            router_reason,
-        ) and all(
-            (b.status, b.status_reason) == (r.status, r.reason)
-            for b, r in zip(desired.bindings, bindings, strict=True)
-        )
-        if unchanged:
-            return  # a no-op resync writes nothing, to the kernel or the database
+        # Only what changed is written: a no-op resync writes nothing, to the kernel or the DB.
+        bindings = []
+        for b in desired.bindings:
+            status = Status.ERROR if b.id in binding_errors else Status.ACTIVE
+            reason = binding_errors.get(b.id, "")
+            if (b.status, b.status_reason) != (status, reason):
+                bindings.append(BindingReport(b.id, b.revision_number, status, reason))
+        router = desired.router
+        if not bindings and (router.status, router.status_reason) == (router_status, router_reason):
+            return
         self._source.report(
             RouterReport(
                 desired.router.id,
                 desired.router.revision_number,
                 router_status,
                 router_reason,
-                bindings,
+                tuple(bindings),
             )
         )
 

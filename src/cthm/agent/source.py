@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cthm.agent.ports import DesiredRouter, RouterReport
-from cthm.domain import ListQuery, RouterNotFound
+from cthm.domain import RouterNotFound
 from cthm.store import Store
 
 
@@ -17,7 +17,7 @@ class LocalStoreSource:
                 router = repo.get_router(router_id)
             except RouterNotFound:
                 return None
-            bindings = repo.list_bindings(ListQuery(), router_id)
+            bindings = repo.desired_bindings(router_id)
         return DesiredRouter(router, tuple(bindings))
 
     def router_ids(self) -> list[str]:
@@ -33,7 +33,7 @@ class LocalStoreSource:
             repo.clear_tombstone(router_id)
 
     def report(self, report: RouterReport) -> None:
-        # Guarded by revision numbers: a report about an older revision never overwrites newer state.
+        # Guarded by revision numbers: a report on an older revision never overwrites newer state.
         with self._store.unit_of_work() as repo:
             repo.set_router_status(
                 report.router_id,
@@ -41,10 +41,6 @@ class LocalStoreSource:
                 report.reason,
                 revision_number=report.revision_number,
             )
-            for binding in report.bindings:
-                repo.set_binding_status(
-                    binding.binding_id,
-                    binding.status,
-                    binding.reason,
-                    revision_number=binding.revision_number,
-                )
+            repo.set_binding_statuses(
+                (b.binding_id, b.revision_number, b.status, b.reason) for b in report.bindings
+            )

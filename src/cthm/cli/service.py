@@ -14,9 +14,11 @@ from alembic.util import CommandError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from cthm.agent import Agent, LocalStoreSource
 from cthm.cli.errors import ServiceError, ServiceSettingError
 from cthm.cli.server import bind_listener, listener_url, run_server
 from cthm.domain import CthmError
+from cthm.netfilter import LibraryUnavailable, NftablesBackend, make_runner
 from cthm.settings import Settings
 from cthm.store import Store
 
@@ -32,6 +34,8 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._store: Store | None = None
+        self._backend: NftablesBackend | None = None
+        self.agent: Agent | None = None
 
     def __enter__(self) -> Service:
         self.start()
@@ -55,10 +59,38 @@ class Service:
         """Prepares the data directory and the migrated store; ServiceError if it cannot."""
         prepare_data_dir(self.settings.data_dir)
         self._store = open_store(self.settings.effective_database_url)
-        # The in-process agent (issue 3) starts here: after the store, before the API serves.
+        if self.settings.agent_enabled:
+            try:
+                self._start_agent(self._store)
+            except BaseException:
+                self.stop()
+                raise
+
+    def _start_agent(self, store: Store) -> None:
+        try:
+            runner = make_runner(self.settings.nft_backend)
+        except (LibraryUnavailable, OSError) as exc:
+            raise ServiceError(f"cannot program nftables: {exc}") from exc
+        self._backend = NftablesBackend(runner)
+        self.agent = Agent(
+            LocalStoreSource(store),
+            self._backend,
+            self.settings.catalog(),
+            workers=self.settings.agent_workers,
+            resync_interval=self.settings.resync_interval,
+        )
+        # Every committed API change wakes the agent at once: no polling delay.
+        store.subscribe(self.agent.enqueue)
+        self.agent.start()
 
     def stop(self) -> None:
-        """Idempotent. The agent (once it exists) stops here, before the store closes."""
+        """Idempotent. The agent finishes in-flight work and stops before the store closes."""
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            agent.stop()
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
         store, self._store = self._store, None
         if store is not None:
             store.close()
@@ -66,7 +98,9 @@ class Service:
     def app(self) -> FastAPI:
         from cthm.api import create_app
 
-        return create_app(self.settings, self.store, helper_availability=None)
+        agent = self.agent
+        availability = agent.capabilities.snapshot if agent is not None else None
+        return create_app(self.settings, self.store, helper_availability=availability)
 
     def serve(self, on_listening: Callable[[str], None] | None = None) -> None:
         """Serves the API until SIGTERM or SIGINT; `on_listening(url)` once connections queue."""
@@ -97,7 +131,7 @@ def open_store(url: str) -> Store:
     shown = redact_url(url)
     try:
         store = Store(url)
-    except (ArgumentError, SQLAlchemyError, ValueError) as exc:
+    except (SQLAlchemyError, ValueError) as exc:
         raise ServiceSettingError(f"cannot use database {shown}: {_reason(exc)}") from exc
     try:
         store.migrate()

@@ -33,6 +33,7 @@ from cthm.domain.models import (
     default_namespace,
     new_binding,
     new_router,
+    restore_binding,
 )
 from cthm.domain.query import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, ListQuery, SortDir
 from cthm.domain.types import Protocol, Status
@@ -77,6 +78,7 @@ __all__ = [
     "new_binding",
     "new_router",
     "parse_protocol",
+    "restore_binding",
     "validate_name",
     "validate_namespace",
     "validate_port",

@@ -90,6 +90,18 @@ class Assignment:
     binding_ids: tuple[str, ...] = field(default=(), compare=False)
 
 
+def restore_binding(**fields: object) -> HelperBinding:
+    """Rebuilds a binding read back from the store WITHOUT re-running the field checks.
+
+    Only for rows the store wrote after validating them: re-checking a router's thousand
+    bindings on every reconcile would cost more than the kernel transaction itself.
+    """
+    binding = object.__new__(HelperBinding)
+    for name, value in fields.items():
+        object.__setattr__(binding, name, value)
+    return binding
+
+
 def new_router(
     *,
     name: object,
@@ -148,13 +160,19 @@ def assignments_for(catalog: HelperCatalog, bindings: list[HelperBinding]) -> li
     holds only what is allowed now.
     """
     merged: dict[tuple[Protocol, int], Assignment] = {}
+    kernel_name: dict[tuple[str, Protocol], str | None] = {}  # resolve each kind once, not per row
     for binding in bindings:
-        try:
-            spec = catalog.resolve(binding.helper, binding.protocol)
-        except InvalidInput:
+        kind = (binding.helper, binding.protocol)
+        if kind not in kernel_name:
+            try:
+                kernel_name[kind] = catalog.resolve(*kind).name
+            except InvalidInput:
+                kernel_name[kind] = None
+        name = kernel_name[kind]
+        if name is None:
             continue
         key = (binding.protocol, binding.port)
         previous = merged.get(key)
         ids = (*previous.binding_ids, binding.id) if previous else (binding.id,)
-        merged[key] = Assignment(binding.protocol, binding.port, spec.name, ids)
+        merged[key] = Assignment(binding.protocol, binding.port, name, ids)
     return sorted(merged.values())

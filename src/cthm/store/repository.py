@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,6 +21,7 @@ from cthm.domain import (
     Router,
     RouterNotFound,
     Status,
+    restore_binding,
     validate_status_reason,
 )
 from cthm.store.listing import apply_query, columns_of
@@ -69,8 +71,8 @@ def _router(row: RouterRow) -> Router:
     )
 
 
-def _binding(row: BindingRow) -> HelperBinding:
-    return HelperBinding(
+def _binding(row: Any) -> HelperBinding:
+    return restore_binding(
         id=row.id,
         router_id=row.router_id,
         project_id=row.project_id,
@@ -200,14 +202,53 @@ class Repository:
         return _binding(self._binding_row(router_id, binding_id))
 
     def list_bindings(self, query: ListQuery, router_id: str | None = None) -> list[HelperBinding]:
-        statement = select(BindingRow)
+        # Plain column rows, not ORM entities: this is the agent's hot path at N=1000.
+        statement = select(*columns_of(BindingRow, BINDING_FIELDS).values())
         if router_id is not None:
             self._router_row(router_id)
             statement = statement.where(BindingRow.router_id == router_id)
         statement = apply_query(
             self._session, statement, columns_of(BindingRow, BINDING_FIELDS), query
         )
-        return [_binding(row) for row in self._session.scalars(statement)]
+        return [_binding(row) for row in self._session.execute(statement)]
+
+    def desired_bindings(self, router_id: str) -> list[HelperBinding]:
+        """A router's bindings as the agent needs them: no timestamps, in (protocol, port) order.
+
+        The agent's hot path: one narrow query, no ORM entities, no datetime parsing.
+        """
+        rows = self._session.execute(
+            select(
+                BindingRow.id,
+                BindingRow.project_id,
+                BindingRow.protocol,
+                BindingRow.port,
+                BindingRow.helper,
+                BindingRow.status,
+                BindingRow.status_reason,
+                BindingRow.revision_number,
+            )
+            .where(BindingRow.router_id == router_id)
+            .order_by(BindingRow.protocol, BindingRow.port)
+        )
+        protocols = {p.value: p for p in Protocol}
+        statuses = {s.value: s for s in Status}
+        return [
+            restore_binding(
+                id=b_id,
+                router_id=router_id,
+                project_id=project_id,
+                protocol=protocols[protocol],
+                port=port,
+                helper=helper,
+                status=statuses[status],
+                status_reason=reason,
+                revision_number=revision,
+                created_at=None,
+                updated_at=None,
+            )
+            for b_id, project_id, protocol, port, helper, status, reason, revision in rows
+        ]
 
     def bindings_of(self, router_ids: Iterable[str]) -> dict[str, list[HelperBinding]]:
         ids = list(dict.fromkeys(router_ids))
@@ -279,6 +320,27 @@ class Repository:
             .values(status=status.value, status_reason=validate_status_reason(reason))
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def set_binding_statuses(self, reports: Iterable[tuple[str, int, Status, str]]) -> None:
+        """Many (binding id, revision, status, reason) at once, each guarded by its revision."""
+        rows = [
+            {
+                "b_id": b_id,
+                "b_rev": rev,
+                "b_status": st.value,
+                "b_reason": validate_status_reason(r),
+            }
+            for b_id, rev, st, r in reports
+        ]
+        if not rows:
+            return
+        table = cast(Table, BindingRow.__table__)
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"), table.c.revision_number == bindparam("b_rev"))
+            .values(status=bindparam("b_status"), status_reason=bindparam("b_reason"))
+        )
+        self._session.connection().execute(statement, rows)  # one executemany
 
     # --- internals -----------------------------------------------------------------------
 

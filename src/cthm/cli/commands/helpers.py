@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from cthm.cli import render
 from cthm.cli.context import CliState, json_option, pass_state
 from cthm.cli.resolve import resolve_router
 
-# Protocol, port and helper are passed as given: the server judges them, so the CLI, curl and
-# openstacksdk all get the same message for the same mistake.
-PROTOCOL = click.option("--protocol", metavar="tcp|udp", help="Transport protocol.")
-PORT = click.option("--port", type=int, help="Destination port of the connections (1-65535).")
-HELPER = click.option("--helper", metavar="NAME", help="Kernel helper (see `cthm catalog`).")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def binding_options(*, required: bool) -> Callable[[F], F]:
+    """--protocol, --port and --helper. Values go to the server as given (only the port must be
+    an integer): it judges them, so the CLI, curl and openstacksdk get the same message."""
+
+    options = (
+        click.option("--protocol", metavar="tcp|udp", required=required, help="The protocol."),
+        click.option("--port", type=int, required=required, help="Destination port (1-65535)."),
+        click.option("--helper", metavar="NAME", required=required, help="See `cthm catalog`."),
+    )
+
+    def decorate(function: F) -> F:
+        for option in reversed(options):  # shown in --help in the order listed
+            function = option(function)
+        return function
+
+    return decorate
 
 
 @click.group("helper")
@@ -22,9 +39,7 @@ def helper_group() -> None:
 
 @helper_group.command("create")
 @click.argument("router")
-@click.option("--protocol", metavar="tcp|udp", required=True, help="Transport protocol.")
-@click.option("--port", type=int, required=True, help="Destination port (1-65535).")
-@click.option("--helper", metavar="NAME", required=True, help="Kernel helper (see `cthm catalog`).")
+@binding_options(required=True)
 @json_option
 @pass_state
 def create(state: CliState, router: str, protocol: str, port: int, helper: str) -> None:
@@ -72,9 +87,7 @@ def show(state: CliState, router: str, helper_id: str) -> None:
 @helper_group.command("update")
 @click.argument("router")
 @click.argument("helper_id", metavar="ID")
-@PROTOCOL
-@PORT
-@HELPER
+@binding_options(required=False)
 @json_option
 @pass_state
 def update(

@@ -1,4 +1,4 @@
-"""`cthm serve`: the API with its store (and, later, the in-process agent) on this machine."""
+"""`cthm serve`: the API, its store and the in-process agent on this machine."""
 
 from __future__ import annotations
 
