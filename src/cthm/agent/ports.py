@@ -12,8 +12,11 @@ from cthm.domain import Assignment, HelperBinding, Protocol, Router, Status
 class KernelState(TypingProtocol):
     """What a backend reads back; compared with `==` against the backend's desired form."""
 
-    assignments: tuple[Assignment, ...]
-    garbage: tuple[str, ...]
+    @property
+    def assignments(self) -> tuple[Assignment, ...]: ...
+
+    @property
+    def garbage(self) -> tuple[str, ...]: ...
 
 
 class KernelBackend(TypingProtocol):

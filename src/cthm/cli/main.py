@@ -20,6 +20,7 @@ from cthm.cli.commands.catalog import catalog
 from cthm.cli.commands.helpers import helper_group
 from cthm.cli.commands.routers import router_group
 from cthm.cli.commands.serve import serve
+from cthm.cli.commands.status import status
 from cthm.cli.context import CliState, validate_url
 from cthm.cli.errors import EXIT_FAILURE, Failure, UnreachableFailure
 
@@ -69,6 +70,7 @@ cli.add_command(serve)
 cli.add_command(router_group)
 cli.add_command(helper_group)
 cli.add_command(catalog)
+cli.add_command(status)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -63,7 +63,7 @@ def cell(value: Any, key: str = "") -> Text:
     return Text(json.dumps(value, ensure_ascii=False, sort_keys=True))
 
 
-def _table(title: str | None, columns: Sequence[tuple[str, str]]) -> Table:
+def make_table(title: str | None, columns: Sequence[tuple[str, str]]) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for key, header in columns:
         # Ids are copied by people: never cut or folded.
@@ -74,7 +74,7 @@ def _table(title: str | None, columns: Sequence[tuple[str, str]]) -> Table:
 def print_rows(
     rows: Iterable[JSONObject], columns: Sequence[tuple[str, str]], title: str | None = None
 ) -> None:
-    table = _table(title, columns)
+    table = make_table(title, columns)
     for row in rows:
         table.add_row(*(cell(row.get(key), key) for key, _ in columns))
     console().print(table)
@@ -82,7 +82,7 @@ def print_rows(
 
 def print_object(obj: JSONObject, title: str | None = None) -> None:
     """One object as Field/Value rows, in the server's field order."""
-    table = _table(title, (("field", "Field"), ("value", "Value")))
+    table = make_table(title, (("field", "Field"), ("value", "Value")))
     for key, value in obj.items():
         table.add_row(Text(key), cell(value, key))
     console().print(table)
