@@ -90,11 +90,6 @@ def test_output_is_independent_of_input_order_and_exact_duplicates() -> None:
     assert desired_table(reversed(items)) == desired_table(items)
 
 
-def test_binding_ids_do_not_change_the_text() -> None:
-    with_ids = Assignment(TCP, 21, "ftp", ("9f0c2a5e-1111-4a4a-9a9a-000000000001",))
-    assert str(render([with_ids])) == str(render([a(TCP, 21, "ftp")]))
-
-
 def test_two_helpers_on_one_port_are_refused_at_render_time() -> None:
     tx = render([a(TCP, 21, "ftp"), a(TCP, 21, "irc")])
     assert len(tx) == 0

@@ -61,7 +61,9 @@ def assign_helpers(service: ServerProcess) -> HelperAssigner:
             for protocol, port, helper in (("tcp", 21, "ftp"), ("udp", 69, "tftp")):
                 response = client.post(
                     f"/v2.0/routers/{router_id}/conntrack_helpers",
-                    json={"conntrack_helper": {"protocol": protocol, "port": port, "helper": helper}},
+                    json={
+                        "conntrack_helper": {"protocol": protocol, "port": port, "helper": helper}
+                    },
                 )
                 assert response.status_code == 201, response.text
                 ids.append(response.json()["conntrack_helper"]["id"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from cthm.domain.catalog import HelperCatalog, parse_protocol
@@ -87,7 +87,6 @@ class Assignment:
     protocol: Protocol
     port: int
     helper: str
-    binding_ids: tuple[str, ...] = field(default=(), compare=False)
 
 
 def restore_binding(**fields: object) -> HelperBinding:
@@ -171,8 +170,5 @@ def assignments_for(catalog: HelperCatalog, bindings: list[HelperBinding]) -> li
         name = kernel_name[kind]
         if name is None:
             continue
-        key = (binding.protocol, binding.port)
-        previous = merged.get(key)
-        ids = (*previous.binding_ids, binding.id) if previous else (binding.id,)
-        merged[key] = Assignment(binding.protocol, binding.port, name, ids)
+        merged[(binding.protocol, binding.port)] = Assignment(binding.protocol, binding.port, name)
     return sorted(merged.values())

@@ -23,6 +23,9 @@ from cthm.netfilter.model import (
     HelperObject,
     KernelTable,
     check_assignment,
+    check_helper_type,
+    check_port,
+    check_protocol,
     expected_l3proto,
     helper_object_name,
 )
@@ -32,16 +35,20 @@ from cthm.netfilter.transaction import Transaction
 def _normalized(assignments: Iterable[object]) -> list[Assignment]:
     """Checked, sorted, exact duplicates merged; two helpers on one (protocol, port) refused."""
     by_key: dict[tuple[Protocol, int], Assignment] = {}
+    checked_helpers: set[str] = set()  # a router's thousand rows share a handful of helpers
     for item in assignments:
-        assignment = check_assignment(item)
+        assignment = item if isinstance(item, Assignment) else check_assignment(item)
+        check_protocol(assignment.protocol)
+        check_port(assignment.port)
+        helper = assignment.helper
+        if type(helper) is not str or helper not in checked_helpers:
+            checked_helpers.add(check_helper_type(helper))
         key = (assignment.protocol, assignment.port)
         previous = by_key.get(key)
         if previous is not None and previous.helper != assignment.helper:
             raise UnsafeValue(
                 f"{key[0]} port {key[1]} assigned both {previous.helper} and {assignment.helper}"
             )
-        if assignment.binding_ids:  # ids are the store's business, not the kernel's
-            assignment = Assignment(assignment.protocol, assignment.port, assignment.helper)
         by_key[key] = assignment
     # Sorting on the (protocol, port) keys is much cheaper than on the dataclasses.
     return [by_key[key] for key in sorted(by_key)]
