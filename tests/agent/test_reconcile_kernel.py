@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from agent_support import FOREIGN_RULESET, World, foreign_ruleset, nft, table_handle
 
-from cthm.agent import Action
+from cthm.agent import Action, Agent, LocalStoreSource
 from cthm.domain import Assignment, Protocol, Status
 
 pytestmark = pytest.mark.kernel
@@ -179,3 +179,21 @@ def test_one_broken_router_does_not_block_others(world: World) -> None:
     for router in healthy:
         assert by_id[router.id].action is Action.APPLIED
         assert world.fresh(router)[0].status is Status.ACTIVE
+
+
+def test_periodic_resync_repairs_a_table_changed_behind_our_back(world: World) -> None:
+    router = world.router("r")
+    world.bind(router, "tcp", 21, "ftp")
+    agent = Agent(LocalStoreSource(world.store), world.backend, world.catalog, resync_interval=0.2)
+    agent.start()
+    try:
+        assert agent.wait_settled(10)
+        nft(router.namespace, "delete", "table", "inet", "cthm")  # drift: no event tells us
+
+        def repaired() -> bool:
+            table = world.backend.read(router.namespace)
+            return table is not None and table.assignments == (Assignment(Protocol.TCP, 21, "ftp"),)
+
+        assert agent.queue.wait_until(repaired, timeout=10), "drift was not repaired"
+    finally:
+        assert agent.stop(timeout=10)

@@ -304,19 +304,25 @@ class Repository:
     def set_router_status(
         self, router_id: str, status: Status, reason: str, *, revision_number: int
     ) -> bool:
-        result = self._session.execute(
-            update(RouterRow)
-            .where(RouterRow.id == router_id, RouterRow.revision_number == revision_number)
-            .values(status=status.value, status_reason=validate_status_reason(reason))
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return self._set_status(RouterRow, router_id, status, reason, revision_number)
 
     def set_binding_status(
         self, binding_id: str, status: Status, reason: str, *, revision_number: int
     ) -> bool:
+        return self._set_status(BindingRow, binding_id, status, reason, revision_number)
+
+    def _set_status(
+        self,
+        model: type[RouterRow] | type[BindingRow],
+        row_id: str,
+        status: Status,
+        reason: str,
+        revision_number: int,
+    ) -> bool:
+        """Written only if the row is still at the revision the agent reconciled."""
         result = self._session.execute(
-            update(BindingRow)
-            .where(BindingRow.id == binding_id, BindingRow.revision_number == revision_number)
+            update(model)
+            .where(model.id == row_id, model.revision_number == revision_number)
             .values(status=status.value, status_reason=validate_status_reason(reason))
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
