@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 from agent_support import FOREIGN_RULESET, World, foreign_ruleset, nft, table_handle
 
@@ -197,3 +200,19 @@ def test_periodic_resync_repairs_a_table_changed_behind_our_back(world: World) -
         assert agent.queue.wait_until(repaired, timeout=10), "drift was not repaired"
     finally:
         assert agent.stop(timeout=10)
+
+
+def test_agent_learns_the_kernels_helpers_at_start_in_a_namespace_of_its_own(
+    world: World,
+) -> None:
+    agent = Agent(LocalStoreSource(world.store), world.backend, world.catalog, probe_at_start=True)
+    agent.start()
+    try:
+        expected = {(s.name, p) for s in world.catalog.kernel_helpers for p in s.protocols}
+        assert agent.queue.wait_until(lambda: set(agent.capabilities.snapshot()) == expected, 10)
+        assert all(agent.capabilities.snapshot().values()), "every catalog helper exists here"
+    finally:
+        assert agent.stop(timeout=10)
+    ours = f"cthm-probe-{os.getpid()}-"
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    assert ours not in out.stdout, "the probe namespace must be deleted"

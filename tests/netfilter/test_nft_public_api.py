@@ -39,6 +39,7 @@ EXPECTED = {
     "render",
     "render_delete",
     "render_probe",
+    "scratch_namespace",
     "translate_error",
 }
 

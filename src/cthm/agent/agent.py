@@ -4,6 +4,7 @@ namespaces that routers are waiting on."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from cthm.agent.ports import DesiredStateSource, KernelBackend
 from cthm.agent.queue import ShutDown, WorkQueue
 from cthm.agent.reconciler import Action, Reconciler, ReconcileResult
 from cthm.domain import HelperCatalog
+from cthm.netfilter import NftError, scratch_namespace
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class Agent:
         resync_interval: float = 60.0,
         namespace_poll_interval: float = 0.25,
         netns_dir: Path = NETNS_DIR,
+        probe_at_start: bool = False,
     ) -> None:
         self._source = source
         self.capabilities = HelperCapabilities(backend)
@@ -41,6 +44,8 @@ class Agent:
         self._resync_interval = resync_interval
         self._poll_interval = namespace_poll_interval
         self._netns_dir = netns_dir
+        self._probe_at_start = probe_at_start
+        self._catalog = catalog
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -56,6 +61,8 @@ class Agent:
         for index in range(self._workers):
             self._spawn(self._work_loop, f"cthm-agent-worker-{index}")
         self._spawn(self._timer_loop, "cthm-agent-timer")
+        if self._probe_at_start:
+            self._spawn(self._probe_catalog, "cthm-agent-probe")
         self.resync()
 
     def stop(self, timeout: float = 10.0) -> bool:
@@ -142,6 +149,20 @@ class Agent:
                     self.resync()
                 except Exception:
                     log.exception("periodic resync failed")
+
+    def _probe_catalog(self) -> None:
+        """Learns which catalog helpers this kernel has before any router needs them, so the
+        catalog endpoint tells the truth from the start (dry run in a namespace of our own)."""
+        kinds = {(spec.name, p) for spec in self._catalog.kernel_helpers for p in spec.protocols}
+        try:
+            with scratch_namespace() as namespace:
+                lacking = self.capabilities.unavailable(namespace, kinds)
+        except (NftError, OSError, subprocess.SubprocessError) as exc:  # reconcile probes again
+            log.warning("could not probe the kernel's helpers: %s", exc)
+            return
+        if lacking:
+            names = ", ".join(f"{name}/{proto}" for name, proto in sorted(lacking))
+            log.warning("this kernel lacks conntrack helpers: %s", names)
 
     def _spawn(self, target: object, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]

@@ -78,6 +78,7 @@ class Service:
             self.settings.catalog(),
             workers=self.settings.agent_workers,
             resync_interval=self.settings.resync_interval,
+            probe_at_start=True,
         )
         # Every committed API change wakes the agent at once: no polling delay.
         store.subscribe(self.agent.enqueue)

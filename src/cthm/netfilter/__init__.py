@@ -40,6 +40,7 @@ from cthm.netfilter.model import (
 from cthm.netfilter.parse import parse_table
 from cthm.netfilter.render import desired_table, render, render_delete, render_probe
 from cthm.netfilter.runner import NftRunner
+from cthm.netfilter.scratch import scratch_namespace
 from cthm.netfilter.subprocess_runner import SubprocessRunner
 from cthm.netfilter.transaction import Operation, Transaction
 
@@ -74,5 +75,6 @@ __all__ = [
     "render",
     "render_delete",
     "render_probe",
+    "scratch_namespace",
     "translate_error",
 ]
