@@ -39,21 +39,45 @@ class Settings(BaseSettings):
     nft_backend: str = Field(default="auto", pattern="^(auto|libnftables|subprocess)$")
     agent_enabled: bool = True
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    # TLS: both or neither. Beyond loopback the API needs TLS, or an explicit opt-out.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    allow_insecure_listen: bool = False
+    # High-risk helpers (sip, h323/RAS/Q.931, irc) are admin-only unless allowed here per
+    # project: {"project-id": ["sip", "irc"]}, or ["*"] for every high-risk helper.
+    high_risk_projects: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("host")
     @classmethod
-    def _loopback_only(cls, value: str) -> str:
-        # Until authentication exists the API must not be reachable from other machines.
-        try:
-            is_loopback = value == "localhost" or ipaddress.ip_address(value).is_loopback
-        except ValueError:
-            is_loopback = False
-        if not is_loopback:
-            raise ValueError(
-                f"{value!r} is not a loopback address; cthm only listens on loopback until "
-                "authentication is configured"
-            )
+    def _host_is_an_address(cls, value: str) -> str:
+        if value != "localhost":
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(
+                    f"host {value!r} is not an IP address; use a loopback address, localhost, "
+                    "or an address of this machine"
+                ) from None
         return value
+
+    @model_validator(mode="after")
+    def _listen_safely(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if not self.is_loopback and not self.tls_enabled and not self.allow_insecure_listen:
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address: beyond loopback cthm needs TLS "
+                "(tls_cert_file and tls_key_file) or allow_insecure_listen = true"
+            )
+        return self
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None and self.tls_key_file is not None
 
     @model_validator(mode="after")
     def _catalog_is_valid(self) -> Settings:

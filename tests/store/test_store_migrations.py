@@ -16,7 +16,7 @@ from cthm.store import Store
 from cthm.store.store import alembic_config
 from cthm.store.tables import Base
 
-TABLES = {"routers", "conntrack_helpers", "router_tombstones"}
+TABLES = {"routers", "conntrack_helpers", "router_tombstones", "auth_tokens", "audit_events"}
 
 
 def head() -> str:
