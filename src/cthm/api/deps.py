@@ -16,7 +16,7 @@ from cthm.api.principal import Principal, local_admin
 from cthm.api.query import Params, reject_query
 from cthm.domain import HelperCatalog, InvalidInput, Protocol
 from cthm.settings import Settings
-from cthm.store import Repository, Store
+from cthm.store import AuditContext, Repository, Store
 
 HelperAvailability = Callable[[], Mapping[tuple[str, Protocol], bool]]
 
@@ -60,24 +60,32 @@ StoreDep = Annotated[Store, Depends(get_store)]
 CatalogDep = Annotated[HelperCatalog, Depends(get_catalog)]
 
 
-def get_repository(request: Request, store: StoreDep) -> Iterator[Repository]:
-    """One unit of work per request: committed before the response is sent, rolled back if the
-    request fails, so a failed request leaves the database as it was."""
-    with store.unit_of_work(write=request.method not in _READ_METHODS) as repository:
-        yield repository
-
-
-# scope="function": the transaction ends (commit or rollback) before the response goes out, so
-# a commit that fails becomes the response instead of being lost after a 2xx was sent.
-RepoDep = Annotated[Repository, Depends(get_repository, scope="function")]
-
-
 def get_principal() -> Principal:
     """Who is calling. Until authentication exists: the local administrator (loopback only)."""
     return local_admin()
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_repository(
+    request: Request, store: StoreDep, principal: PrincipalDep
+) -> Iterator[Repository]:
+    """One unit of work per request: committed before the response is sent, rolled back if the
+    request fails, so a failed request leaves the database as it was. Changes made through it
+    are audited in the same transaction, under the caller's identity."""
+    audit = AuditContext(
+        request_id=getattr(request.state, "request_id", ""),
+        token_id=principal.token_id,
+        project_id=principal.project_id,
+    )
+    with store.unit_of_work(write=request.method not in _READ_METHODS, audit=audit) as repository:
+        yield repository
+
+
+# scope="function": the transaction ends (commit or rollback) before the response goes out, so
+# a commit that fails becomes the response instead of being lost after a 2xx was sent.
+RepoDep = Annotated[Repository, Depends(get_repository, scope="function")]
 
 
 def get_query_params(request: Request) -> Params:

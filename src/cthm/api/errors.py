@@ -18,6 +18,7 @@ from cthm.domain import (
     InvalidInput,
     NotFound,
     PreconditionFailed,
+    RouterNotFound,
     Unavailable,
 )
 
@@ -26,14 +27,54 @@ VALUE_SHOWN_MAX = 40
 ERRORS_SHOWN_MAX = 3
 
 
-class Forbidden(CthmError):
+class Denial:
+    """Mixin of errors that deny a principal something: the audit trail records each one."""
+
+    action: str = ""
+    target_type: str = ""
+    target_id: str | None = None
+    target_project_id: str | None = None
+
+
+class Forbidden(Denial, CthmError):
     """The principal may see the target but the policy denies this action on it (403)."""
 
     kind = "PolicyNotAuthorized"
 
-    def __init__(self, action: str) -> None:
-        super().__init__(f"rule:{action} is disallowed by policy")
+    def __init__(
+        self,
+        action: str,
+        *,
+        message: str | None = None,
+        target_type: str = "",
+        target_id: str | None = None,
+        target_project_id: str | None = None,
+    ) -> None:
+        super().__init__(message or f"rule:{action} is disallowed by policy")
         self.action = action
+        self.target_type = target_type
+        self.target_id = target_id
+        self.target_project_id = target_project_id
+
+
+class HiddenRouter(Denial, RouterNotFound):
+    """A router that exists but the principal may not see: answered exactly as an unknown id."""
+
+    def __init__(self, router_id: str, action: str, project_id: str) -> None:
+        super().__init__(router_id)
+        self.action = action
+        self.target_type = "router"
+        self.target_id = router_id
+        self.target_project_id = project_id
+
+
+class Unauthenticated(CthmError):
+    """No valid token. The message says nothing about why (expired, revoked, unknown)."""
+
+    kind = "HTTPUnauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("Authentication required")
 
 
 class RequestTooLarge(CthmError):
@@ -46,6 +87,7 @@ class RequestTooLarge(CthmError):
 # Most specific first: the first class an error is an instance of decides its status.
 _STATUS_OF: tuple[tuple[type[CthmError], int], ...] = (
     (InvalidInput, 400),
+    (Unauthenticated, 401),
     (Forbidden, 403),
     (NotFound, 404),
     (Conflict, 409),
@@ -57,6 +99,7 @@ _STATUS_OF: tuple[tuple[type[CthmError], int], ...] = (
 # Neutron-style type names of errors that are not domain errors (unknown URL, wrong method...).
 _HTTP_KINDS: Mapping[int, str] = {
     400: "HTTPBadRequest",
+    401: "HTTPUnauthorized",
     403: "HTTPForbidden",
     404: "HTTPNotFound",
     405: "HTTPMethodNotAllowed",

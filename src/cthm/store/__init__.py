@@ -1,6 +1,16 @@
 """Persistent desired state: SQLAlchemy tables, Alembic migrations, repository, unit of work."""
 
+from cthm.store.audit import AuditContext, AuditLog
 from cthm.store.repository import BINDING_FIELDS, ROUTER_FIELDS, Repository
 from cthm.store.store import Store
+from cthm.store.tokens import TokenStore
 
-__all__ = ["BINDING_FIELDS", "ROUTER_FIELDS", "Repository", "Store"]
+__all__ = [
+    "BINDING_FIELDS",
+    "ROUTER_FIELDS",
+    "AuditContext",
+    "AuditLog",
+    "Repository",
+    "Store",
+    "TokenStore",
+]

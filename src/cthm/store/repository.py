@@ -24,8 +24,10 @@ from cthm.domain import (
     restore_binding,
     validate_status_reason,
 )
+from cthm.store.audit import AuditContext, AuditLog
 from cthm.store.listing import apply_query, columns_of
 from cthm.store.tables import BindingRow, RouterRow, RouterTombstoneRow
+from cthm.store.tokens import TokenStore
 
 ROUTER_FIELDS = (
     "id",
@@ -90,9 +92,11 @@ def _binding(row: Any) -> HelperBinding:
 class Repository:
     """All reads and writes of one unit of work. `changed_routers` feeds the change notification."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, audit: AuditContext | None = None) -> None:
         self._session = session
         self.changed_routers: set[str] = set()
+        self.audit = AuditLog(session, audit)
+        self.tokens = TokenStore(session)
 
     # --- routers -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cthm.domain import Conflict, Unavailable
+from cthm.store.audit import AuditContext
 from cthm.store.engine import WRITE_OPTION, make_engine
 from cthm.store.repository import Repository
 
@@ -54,15 +55,18 @@ class Store:
             self._subscribers.append(callback)
 
     @contextmanager
-    def unit_of_work(self, *, write: bool = True) -> Iterator[Repository]:
+    def unit_of_work(
+        self, *, write: bool = True, audit: AuditContext | None = None
+    ) -> Iterator[Repository]:
         """One transaction. Commits on normal exit, rolls back on any exception.
 
         write=False is for read-only requests: on SQLite they do not take the write lock.
+        audit: who acts; changes made through the repository are recorded in this transaction.
         """
         engine = self._write_engine if write else self._engine
         try:
             with Session(engine, expire_on_commit=False) as session:
-                repository = Repository(session)
+                repository = Repository(session, audit)
                 try:
                     yield repository
                     session.commit()

@@ -10,7 +10,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
 from cthm.api import policy
-from cthm.api.errors import shown
+from cthm.api.errors import HiddenRouter, shown
 from cthm.api.principal import Principal
 from cthm.domain import (
     InvalidInput,
@@ -35,7 +35,8 @@ def load_router(repo: Repository, principal: Principal, router_id: str, action: 
     """The router in the path, if the principal may see it and perform `action` on it."""
     router = repo.get_router(path_id(router_id, RouterNotFound))
     if not policy.can_see(principal, router.project_id):
-        raise RouterNotFound(router.id)  # never 403: that would say the router exists
+        # never 403: that would say the router exists; recorded as a denied attempt
+        raise HiddenRouter(router.id, action, router.project_id)
     policy.enforce(principal, action, router.project_id)
     return router
 
