@@ -3,6 +3,7 @@
 Imports nothing else of cthm; everything above builds on it.
 """
 
+from cthm.domain.auth import AuthToken, Role, TokenNotFound, parse_roles
 from cthm.domain.catalog import (
     ALIASES,
     KERNEL_HELPERS,
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_PAGE_LIMIT",
     "NAMESPACE_PREFIX",
     "Assignment",
+    "AuthToken",
     "BindingConflict",
     "BindingNotFound",
     "CatalogEntry",
@@ -67,10 +69,12 @@ __all__ = [
     "NotFound",
     "PreconditionFailed",
     "Protocol",
+    "Role",
     "Router",
     "RouterNotFound",
     "SortDir",
     "Status",
+    "TokenNotFound",
     "Unavailable",
     "assignments_for",
     "check_binding_fields",
@@ -78,6 +82,7 @@ __all__ = [
     "new_binding",
     "new_router",
     "parse_protocol",
+    "parse_roles",
     "restore_binding",
     "validate_name",
     "validate_namespace",
