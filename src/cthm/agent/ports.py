@@ -36,17 +36,30 @@ class KernelBackend(TypingProtocol):
 
 
 @dataclass(frozen=True, slots=True)
-class DesiredRouter:
-    router: Router
-    bindings: tuple[HelperBinding, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class BindingReport:
     binding_id: str
     revision_number: int
     status: Status
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredRouter:
+    router: Router
+    bindings: tuple[HelperBinding, ...]
+    # Rows that failed validation on the way out of the database: never rendered, marked ERROR.
+    rejected: tuple[BindingReport, ...] = ()
+
+
+class InvalidDesiredState(Exception):
+    """The stored router itself fails validation (e.g. a namespace edited in the database):
+    the agent must not touch any namespace on its behalf."""
+
+    def __init__(self, router_id: str, revision_number: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.router_id = router_id
+        self.revision_number = revision_number
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from cthm.agent.ports import (
     BindingReport,
     DesiredRouter,
     DesiredStateSource,
+    InvalidDesiredState,
     KernelBackend,
     RouterReport,
 )
@@ -58,7 +59,10 @@ class Reconciler:
         self._capabilities = capabilities
 
     def reconcile(self, router_id: str) -> ReconcileResult:
-        desired = self._source.load(router_id)
+        try:
+            desired = self._source.load(router_id)
+        except InvalidDesiredState as exc:
+            return self._refuse(exc)
         if desired is None:
             return self._remove(router_id)
         namespace = desired.router.namespace
@@ -91,8 +95,10 @@ class Reconciler:
             return ReconcileResult(router_id, Action.FAILED, reason, retry=True)
 
         summary = ""
-        if refused:
-            summary = f"{len(refused)} of {len(desired.bindings)} bindings could not be applied"
+        failed = len(refused) + len(desired.rejected)
+        if failed:
+            total = len(desired.bindings) + len(desired.rejected)
+            summary = f"{failed} of {total} bindings could not be applied"
         self._report(desired, Status.ACTIVE, summary, refused)
         if action is Action.APPLIED:
             log.info("router %s: applied %d assignments", router_id, len(assignments))
@@ -126,6 +132,17 @@ class Reconciler:
             if (b.helper, b.protocol) in problem
         }
 
+    def _refuse(self, exc: InvalidDesiredState) -> ReconcileResult:
+        """A stored router that fails validation: no namespace is touched on its behalf."""
+        log.error("router %s: %s", exc.router_id, exc.reason)
+        if exc.revision_number is not None:
+            self._source.report(
+                RouterReport(exc.router_id, exc.revision_number, Status.ERROR, exc.reason)
+            )
+        # Not retried on a timer: nothing changes until someone fixes the row (the periodic
+        # resync looks again).
+        return ReconcileResult(exc.router_id, Action.FAILED, exc.reason)
+
     def _remove(self, router_id: str) -> ReconcileResult:
         namespace = self._source.tombstones().get(router_id)
         if namespace is None:
@@ -155,6 +172,9 @@ class Reconciler:
             reason = binding_errors.get(b.id, "")
             if (b.status, b.status_reason) != (status, reason):
                 bindings.append(BindingReport(b.id, b.revision_number, status, reason))
+        # Rows rejected on the way out of the database are always (re)marked: their stored status
+        # was not read, and they are rare (a database edited behind the API's back).
+        bindings.extend(desired.rejected)
         router = desired.router
         if not bindings and (router.status, router.status_reason) == (router_status, router_reason):
             return

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cthm.agent.ports import DesiredRouter, RouterReport
-from cthm.domain import RouterNotFound
+from cthm.agent.ports import BindingReport, DesiredRouter, InvalidDesiredState, RouterReport
+from cthm.domain import InvalidInput, RouterNotFound, Status
 from cthm.store import Store
 
 
@@ -17,8 +17,16 @@ class LocalStoreSource:
                 router = repo.get_router(router_id)
             except RouterNotFound:
                 return None
-            bindings = repo.desired_bindings(router_id)
-        return DesiredRouter(router, tuple(bindings))
+            except InvalidInput as exc:  # the row was edited behind the API's back
+                raise InvalidDesiredState(
+                    router_id, repo.router_revision(router_id), f"refused: {exc.message}"
+                ) from exc
+            bindings, rejected = repo.desired_bindings(router_id)
+        return DesiredRouter(
+            router,
+            tuple(bindings),
+            tuple(BindingReport(b_id, rev, Status.ERROR, why) for b_id, rev, why in rejected),
+        )
 
     def router_ids(self) -> list[str]:
         with self._store.unit_of_work(write=False) as repo:

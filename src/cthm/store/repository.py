@@ -89,6 +89,18 @@ def _binding(row: Any) -> HelperBinding:
     )
 
 
+def _binding_row_problem(
+    protocols: dict[str, Protocol], protocol: object, port: object, helper: object
+) -> str:
+    if not isinstance(protocol, str) or protocol not in protocols:
+        return f"refused: invalid protocol {str(protocol)[:20]!r} in the database"
+    if type(port) is not int or not 1 <= port <= 65535:
+        return f"refused: invalid port {str(port)[:20]!r} in the database"
+    if not isinstance(helper, str):
+        return "refused: invalid helper in the database"
+    return ""
+
+
 class Repository:
     """All reads and writes of one unit of work. `changed_routers` feeds the change notification."""
 
@@ -216,10 +228,15 @@ class Repository:
         )
         return [_binding(row) for row in self._session.execute(statement)]
 
-    def desired_bindings(self, router_id: str) -> list[HelperBinding]:
-        """A router's bindings as the agent needs them: no timestamps, in (protocol, port) order.
+    def desired_bindings(
+        self, router_id: str
+    ) -> tuple[list[HelperBinding], list[tuple[str, int, str]]]:
+        """A router's bindings as the agent needs them: no timestamps, in (protocol, port) order,
+        and the rows that fail the checks as (binding id, revision, reason).
 
-        The agent's hot path: one narrow query, no ORM entities, no datetime parsing.
+        The agent's hot path: one narrow query, no ORM entities, no datetime parsing. Rows were
+        validated when written; the cheap checks here are defence in depth against a database
+        edited behind the API's back (the helper name is checked against the catalog later).
         """
         rows = self._session.execute(
             select(
@@ -237,22 +254,35 @@ class Repository:
         )
         protocols = {p.value: p for p in Protocol}
         statuses = {s.value: s for s in Status}
-        return [
-            restore_binding(
-                id=b_id,
-                router_id=router_id,
-                project_id=project_id,
-                protocol=protocols[protocol],
-                port=port,
-                helper=helper,
-                status=statuses[status],
-                status_reason=reason,
-                revision_number=revision,
-                created_at=None,
-                updated_at=None,
+        bindings: list[HelperBinding] = []
+        rejected: list[tuple[str, int, str]] = []
+        for b_id, project_id, protocol, port, helper, status, reason, revision in rows:
+            problem = _binding_row_problem(protocols, protocol, port, helper)
+            if problem:
+                rejected.append((b_id, revision, problem))
+                continue
+            bindings.append(
+                restore_binding(
+                    id=b_id,
+                    router_id=router_id,
+                    project_id=project_id,
+                    protocol=protocols[protocol],
+                    port=port,
+                    helper=helper,
+                    status=statuses.get(status, Status.PENDING),
+                    status_reason=reason,
+                    revision_number=revision,
+                    created_at=None,
+                    updated_at=None,
+                )
             )
-            for b_id, project_id, protocol, port, helper, status, reason, revision in rows
-        ]
+        return bindings, rejected
+
+    def router_revision(self, router_id: str) -> int | None:
+        """The stored revision without building (and so validating) the router."""
+        return self._session.scalar(
+            select(RouterRow.revision_number).where(RouterRow.id == router_id)
+        )
 
     def bindings_of(self, router_ids: Iterable[str]) -> dict[str, list[HelperBinding]]:
         ids = list(dict.fromkeys(router_ids))
