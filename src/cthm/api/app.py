@@ -71,7 +71,11 @@ def create_app(
         catalog=settings.catalog(),
         helper_availability=helper_availability,
     )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=MAX_BODY_BYTES,
+        extra_headers=security_headers(tls=settings.tls_enabled),
+    )
     app.add_exception_handler(CthmError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -124,13 +128,32 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, http_kind(status), message, headers=exc.headers)
 
 
+def security_headers(*, tls: bool) -> tuple[tuple[str, str], ...]:
+    """Headers on every response. The API serves JSON only: nothing may be sniffed, framed,
+    cached or referred; HSTS once the server speaks TLS."""
+    headers = (
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+        ("Referrer-Policy", "no-referrer"),
+        ("Cache-Control", "no-store"),
+        ("Cross-Origin-Resource-Policy", "same-origin"),
+    )
+    if tls:
+        headers += (("Strict-Transport-Security", "max-age=31536000"),)
+    return headers
+
+
 class RequestContextMiddleware:
     """Gives every response an X-Openstack-Request-Id, bounds request bodies, and turns an
     exception nothing else handled into a generic 500 body (never a traceback)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, extra_headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.extra_headers = extra_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -144,7 +167,10 @@ class RequestContextMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append(REQUEST_ID_HEADER, request_id)
+                for name, value in self.extra_headers:
+                    headers[name] = value
             await send(message)
 
         declared = _content_length(scope)

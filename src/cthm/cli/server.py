@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -38,9 +40,9 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def listener_url(sock: socket.socket) -> str:
+def listener_url(sock: socket.socket, *, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://{format_address(host, port)}"
+    return f"{'https' if tls else 'http'}://{format_address(host, port)}"
 
 
 def uvicorn_log_level(level: str) -> int:
@@ -50,8 +52,23 @@ def uvicorn_log_level(level: str) -> int:
     return numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
 
 
-def run_server(app: Any, sock: socket.socket, *, log_level: str) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down gracefully and returns normally."""
+def check_tls_files(cert_file: Path, key_file: Path) -> None:
+    """Loads the pair once before serving, so a bad certificate is one clear error at start."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise ServiceError(
+            f"cannot use TLS certificate {cert_file} with key {key_file}: {reason}"
+        ) from exc
+
+
+def run_server(
+    app: Any, sock: socket.socket, *, log_level: str, tls: tuple[Path, Path] | None = None
+) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully and returns normally.
+    tls: (certificate file, key file) to serve HTTPS."""
     level = uvicorn_log_level(log_level)
     config = uvicorn.Config(
         app,
@@ -59,6 +76,10 @@ def run_server(app: Any, sock: socket.socket, *, log_level: str) -> None:
         access_log=level <= logging.DEBUG,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
+        # Only modern protocol versions: TLS 1.2 at least.
+        ssl_version=ssl.PROTOCOL_TLS_SERVER,
     )
     server = uvicorn.Server(config)
     # After its graceful shutdown uvicorn raises the captured signal again against the handler

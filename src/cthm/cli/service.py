@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from cthm.agent import Agent, LocalStoreSource
 from cthm.cli.errors import ServiceError, ServiceSettingError
-from cthm.cli.server import bind_listener, listener_url, run_server
+from cthm.cli.server import bind_listener, check_tls_files, listener_url, run_server
 from cthm.domain import CthmError
 from cthm.netfilter import LibraryUnavailable, NftablesBackend, make_runner
 from cthm.settings import Settings
@@ -105,12 +105,16 @@ class Service:
 
     def serve(self, on_listening: Callable[[str], None] | None = None) -> None:
         """Serves the API until SIGTERM or SIGINT; `on_listening(url)` once connections queue."""
+        tls = None
+        if self.settings.tls_cert_file is not None and self.settings.tls_key_file is not None:
+            tls = (self.settings.tls_cert_file, self.settings.tls_key_file)
+            check_tls_files(*tls)
         app = self.app()
         sock = bind_listener(self.settings.host, self.settings.port)
         try:
             if on_listening is not None:
-                on_listening(listener_url(sock))
-            run_server(app, sock, log_level=self.settings.log_level)
+                on_listening(listener_url(sock, tls=tls is not None))
+            run_server(app, sock, log_level=self.settings.log_level, tls=tls)
         finally:
             sock.close()
 

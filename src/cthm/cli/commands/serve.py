@@ -28,7 +28,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     help="Where the database lives; created (mode 0700) if missing. [env CTHM_DATA_DIR]",
 )
 @click.option(
-    "--host", default=None, help="Loopback address to listen on. [127.0.0.1; env CTHM_HOST]"
+    "--host",
+    default=None,
+    help="Address to listen on; beyond loopback needs TLS. [127.0.0.1; env CTHM_HOST]",
 )
 @click.option("--port", type=int, default=None, help="TCP port to listen on. [9797; env CTHM_PORT]")
 @click.option(
@@ -44,16 +46,44 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     default=None,
     help="Seconds between full agent resyncs. [60; env CTHM_RESYNC_INTERVAL]",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate: serve HTTPS (with --tls-key). [env CTHM_TLS_CERT_FILE]",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key for --tls-cert. [env CTHM_TLS_KEY_FILE]",
+)
+@click.option(
+    "--allow-insecure-listen",
+    is_flag=True,
+    default=None,
+    help="Listen beyond loopback WITHOUT TLS (tokens cross the network in clear).",
+)
 def serve(
     data_dir: Path | None,
     host: str | None,
     port: int | None,
     config_file: Path | None,
     resync_interval: float | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    allow_insecure_listen: bool | None,
 ) -> None:
     """Run the cthm API server until SIGTERM or Ctrl-C."""
     settings = _settings(
-        config_file, data_dir=data_dir, host=host, port=port, resync_interval=resync_interval
+        config_file,
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        resync_interval=resync_interval,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        allow_insecure_listen=allow_insecure_listen,
     )
     configure_logging(settings.log_level)
     # Imported here: the server stack costs half a second that client commands need not pay.
