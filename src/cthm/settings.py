@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cthm.domain import HelperCatalog, InvalidInput
+from cthm.domain import ALIASES, KERNEL_HELPERS, HelperCatalog, InvalidInput
 
 
 def default_data_dir() -> Path:
@@ -78,6 +78,23 @@ class Settings(BaseSettings):
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert_file is not None and self.tls_key_file is not None
+
+    @field_validator("high_risk_projects")
+    @classmethod
+    def _high_risk_names_exist(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        high_risk = {spec.name for spec in KERNEL_HELPERS if spec.high_risk}
+        high_risk |= {
+            alias for alias, targets in ALIASES.items() if set(targets.values()) & high_risk
+        }
+        for project, helpers in value.items():
+            for helper in helpers:
+                if helper != "*" and helper not in high_risk:
+                    known = ", ".join(sorted(high_risk))
+                    raise ValueError(
+                        f"high_risk_projects[{project!r}]: {helper!r} is not a high-risk helper "
+                        f"(one of {known}, or *)"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _catalog_is_valid(self) -> Settings:

@@ -1,5 +1,7 @@
 """The API against a real SQLite file store, through the ASGI app (FastAPI's TestClient).
 
+Every API is authenticated as an admin by a real token in its store (`admin=False`: no token);
+failed authentications are slowed down by milliseconds only, so tests that fail it stay fast.
 Every client records the status of every response; a test that received a 5xx it did not
 declare (`api.allow_status(503)`) fails in teardown, so no request anywhere in this suite may
 produce a 500 unnoticed.
@@ -15,10 +17,18 @@ import httpx
 import pytest
 
 from cthm.api import create_app
+from cthm.api.auth import Authenticator, FailureThrottle
 from cthm.settings import Settings
 from cthm.store import Store
 
-from .support import JSON, Api, ApiFactory, TestClient, make_settings, make_store
+from .support import JSON, Api, ApiFactory, TestClient, issue_token, make_settings, make_store
+
+ADMIN_PROJECT = "admin"
+
+
+def fast_authenticator() -> Authenticator:
+    """The real authenticator with delays of milliseconds (the defaults reach 2 s)."""
+    return Authenticator(FailureThrottle(base_delay=0.001, max_delay=0.004))
 
 
 @pytest.fixture
@@ -32,17 +42,25 @@ def api_factory(tmp_path: Path) -> Iterator[ApiFactory]:
         store: Store | None = None,
         helper_availability: Callable[[], Any] | None = None,
         app_hook: Callable[[Any], None] | None = None,
+        admin: bool = True,
+        authenticator: Authenticator | None = None,
         **settings_overrides: Any,
     ) -> Api:
         directory = tmp_path / f"api{len(made)}"
         directory.mkdir()
         chosen = settings or make_settings(directory, **settings_overrides)
         chosen_store = store or make_store(chosen)
-        app = create_app(chosen, chosen_store, helper_availability=helper_availability)
+        app = create_app(
+            chosen,
+            chosen_store,
+            helper_availability=helper_availability,
+            authenticator=authenticator or fast_authenticator(),
+        )
         if app_hook is not None:
             app_hook(app)
         client = TestClient(app)
-        api = Api(client=client, store=chosen_store)
+        token = issue_token(chosen_store, ADMIN_PROJECT, ["admin"]) if admin else None
+        api = Api(client=client, store=chosen_store, token=token, admin_token=token)
 
         def record(response: httpx.Response) -> None:
             api.statuses.append(

@@ -1,10 +1,15 @@
-"""Helpers of the API tests: a recording client over a real store, error-body checks."""
+"""Helpers of the API tests: a recording client over a real store, error-body checks.
+
+Every `Api` sends a real token of its store (by default an admin's, made by `api_factory`);
+`api.as_token(secret)` is a view of the same app and store sending another token, or none.
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,8 @@ with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from cthm.domain import HelperBinding, ListQuery, Router
+from cthm.api.auth import TOKEN_HEADER
+from cthm.domain import HelperBinding, ListQuery, Router, parse_roles
 from cthm.settings import Settings
 from cthm.store import Store
 
@@ -28,6 +34,7 @@ __all__ = [
     "TestClient",
     "error_of",
     "helpers_url",
+    "issue_token",
     "make_settings",
     "make_store",
 ]
@@ -41,37 +48,65 @@ class Snapshot:
     bindings: list[HelperBinding]
 
 
+def issue_token(
+    store: Store, project_id: str, roles: list[str], expires_at: datetime | None = None
+) -> str:
+    """A real token in `store`; returns its secret."""
+    with store.unit_of_work() as repo:
+        _, secret = repo.tokens.create(
+            project_id=project_id, roles=parse_roles(roles), expires_at=expires_at
+        )
+    return secret
+
+
 @dataclass
 class Api:
-    """A TestClient plus the store behind it and helpers that assert success."""
+    """A TestClient plus the store behind it and helpers that assert success.
+
+    Requests carry `token` as X-Auth-Token, unless the request sets X-Auth-Token or
+    Authorization itself (token None: no token).
+    """
 
     client: TestClient = field(repr=False)
     store: Store = field(repr=False)
     statuses: list[tuple[str, str, int]] = field(default_factory=list, repr=False)
     allowed_5xx: set[int] = field(default_factory=set)
+    token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
 
     def allow_status(self, status: int) -> None:
         self.allowed_5xx.add(status)
 
+    # tokens
+    def issue_token(
+        self, project_id: str, roles: list[str], expires_at: datetime | None = None
+    ) -> str:
+        """A real token in this API's store; returns its secret."""
+        return issue_token(self.store, project_id, roles, expires_at)
+
+    def as_token(self, token: str | None) -> Api:
+        """This API (same app, store and 5xx bookkeeping) sending `token` (None: no token)."""
+        return replace(self, token=token)
+
     # plain requests (no assertion)
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
-        response: httpx.Response = self.client.get(url, **kwargs)
-        return response
+        return self.request("GET", url, **kwargs)
 
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
-        response: httpx.Response = self.client.post(url, **kwargs)
-        return response
+        return self.request("POST", url, **kwargs)
 
     def put(self, url: str, **kwargs: Any) -> httpx.Response:
-        response: httpx.Response = self.client.put(url, **kwargs)
-        return response
+        return self.request("PUT", url, **kwargs)
 
     def delete(self, url: str, **kwargs: Any) -> httpx.Response:
-        response: httpx.Response = self.client.delete(url, **kwargs)
-        return response
+        return self.request("DELETE", url, **kwargs)
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        response: httpx.Response = self.client.request(method, url, **kwargs)
+        headers = httpx.Headers(kwargs.pop("headers", None))
+        chosen = TOKEN_HEADER in headers or "Authorization" in headers
+        if self.token is not None and not chosen:
+            headers[TOKEN_HEADER] = self.token
+        response: httpx.Response = self.client.request(method, url, headers=headers, **kwargs)
         return response
 
     # helpers that must succeed

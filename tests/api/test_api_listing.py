@@ -356,3 +356,10 @@ def test_router_list_pages_and_shows_bindings(api: Api) -> None:
         body = _follow(api, links["next"])
     assert [r["name"] for r in seen] == [f"r{i}" for i in range(5)]
     assert all(len(r["conntrack_helpers"]) == 1 for r in seen)
+
+
+def test_a_timestamp_filter_out_of_range_is_a_400_not_a_500(api: Api, router: JSON) -> None:
+    for value in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        response = api.get("/v2.0/routers", params={"created_at": value})
+        assert response.status_code == 400, response.text
+        assert "out of the representable range" in response.json()["NeutronError"]["message"]

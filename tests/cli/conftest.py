@@ -1,4 +1,5 @@
-"""One real `cthm serve` per test module, and the real `cthm` command pointed at it."""
+"""One real `cthm serve` per test module, and the real `cthm` command pointed at it, holding the
+admin token the server wrote into its data directory."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def cthm(server: ServerProcess) -> Callable[..., Result]:
-    """Runs `cthm ARGS...` with CTHM_URL set to the module's server."""
-    return functools.partial(run, url=server.url)
+    """Runs `cthm ARGS...` with CTHM_URL set to the module's server, as its admin (CTHM_TOKEN)."""
+    return functools.partial(run, url=server.url, token=server.admin_token)
 
 
 @pytest.fixture

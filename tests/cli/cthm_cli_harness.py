@@ -26,8 +26,16 @@ class Result:
         return json.loads(self.stdout)
 
 
-def run(*args: str, url: str | None = None, env: dict[str, str] | None = None) -> Result:
+def run(
+    *args: str,
+    url: str | None = None,
+    env: dict[str, str] | None = None,
+    token: str | None = None,
+) -> Result:
+    """`cthm ARGS...` with a clean environment; url as CTHM_URL and token as CTHM_TOKEN."""
     full_env = clean_env(**({"CTHM_URL": url} if url else {}))
+    if token is not None:
+        full_env["CTHM_TOKEN"] = token
     full_env.update(env or {})
     proc = subprocess.run(
         [str(CTHM), *args],

@@ -84,7 +84,10 @@ def test_a_bad_url_is_a_usage_error(url: str) -> None:
 
 def test_the_url_option_wins_over_the_environment(server: ServerProcess, project: str) -> None:
     down = f"http://127.0.0.1:{free_port()}"
-    result = run("--url", server.url, "router", "list", "--project", project, url=down)
+    result = run(
+        "--url", server.url, "router", "list", "--project", project,
+        url=down, token=server.admin_token,
+    )  # fmt: skip
     assert result.returncode == 0, result
     assert_error(run("router", "list", url=down), 3, down)
 
@@ -94,7 +97,7 @@ def test_a_closed_stdout_is_not_a_traceback(server: ServerProcess) -> None:
         [str(CTHM), "catalog"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=clean_env(CTHM_URL=server.url),
+        env=clean_env(CTHM_URL=server.url, CTHM_TOKEN=server.admin_token),
     )
     assert process.stdout is not None
     process.stdout.close()  # the reader goes away before the command writes anything
@@ -104,7 +107,7 @@ def test_a_closed_stdout_is_not_a_traceback(server: ServerProcess) -> None:
 
 
 def test_the_client_raises_typed_errors(server: ServerProcess, project: str) -> None:
-    with CthmClient(server.url, timeout=10) as client:
+    with CthmClient(server.url, timeout=10, token=server.admin_token) as client:
         assert client.health()
         missing = str(uuid.uuid4())
         with pytest.raises(ClientError) as not_found:
@@ -135,7 +138,7 @@ def test_lists_are_read_page_by_page(
     server: ServerProcess, project: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(client_module, "PAGE_SIZE", 2)
-    with CthmClient(server.url) as client:
+    with CthmClient(server.url, token=server.admin_token) as client:
         created = {client.create_router(name=f"r{i}", project_id=project)["id"] for i in range(5)}
         listed = client.list_routers(project_id=project)
     assert sorted(r["id"] for r in listed) == sorted(created)

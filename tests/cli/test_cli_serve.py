@@ -76,12 +76,19 @@ def test_data_survives_a_restart_and_signals_stop_cleanly(tmp_path: Path) -> Non
     logs = tmp_path / "logs"
     with ServerProcess(data_dir, logs) as first:
         assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
-        assert first.stdout.splitlines() == [f"cthm listening on {first.url} (data in {data_dir})"]
-        router = run("router", "create", "kept", "--project", "p1", "--json", url=first.url)
+        token = first.admin_token  # the first start wrote it, and says so before listening
+        assert first.stdout.splitlines() == [
+            f"cthm created the first admin token: it is in {data_dir / 'admin.token'} "
+            "(readable only by its owner); use it as --token or CTHM_TOKEN",
+            f"cthm listening on {first.url} (data in {data_dir})",
+        ]
+        router = run(
+            "router", "create", "kept", "--project", "p1", "--json", url=first.url, token=token
+        )
         router_id = router.json()["router"]["id"]
         binding = run(
             "helper", "create", "kept", "--protocol", "udp", "--port", "69", "--helper", "tftp",
-            "--json", url=first.url,
+            "--json", url=first.url, token=token,
         ).json()["conntrack_helper"]  # fmt: skip
         assert (data_dir / "cthm.db-wal").exists()  # the store is open
         assert first.stop(signal.SIGTERM) == 0, first.logs()
@@ -91,7 +98,14 @@ def test_data_survives_a_restart_and_signals_stop_cleanly(tmp_path: Path) -> Non
     assert not (data_dir / "cthm.db-wal").exists()
 
     with ServerProcess(data_dir, logs) as second:
-        shown = run("router", "show", "kept", "--json", url=second.url).json()["router"]
+        # no second token: the first one still works
+        assert second.stdout.splitlines() == [
+            f"cthm listening on {second.url} (data in {data_dir})"
+        ]
+        assert second.admin_token == token
+        shown = run("router", "show", "kept", "--json", url=second.url, token=token).json()[
+            "router"
+        ]
         assert shown["id"] == router_id
         assert [h["id"] for h in shown["conntrack_helpers"]] == [binding["id"]]
         assert second.stop(signal.SIGINT) == 0, second.logs()
@@ -112,6 +126,8 @@ def test_settings_from_a_config_file(tmp_path: Path) -> None:
         args=("--config", str(config)),
         location_flags=False,  # only the file says where
     ) as server:
-        assert server.stdout.startswith(f"cthm listening on http://127.0.0.1:{port} ")
+        assert server.stdout.splitlines()[-1].startswith(
+            f"cthm listening on http://127.0.0.1:{port} "
+        )
         assert (data_dir / "cthm.db").exists()
         assert server.stop() == 0, server.logs()

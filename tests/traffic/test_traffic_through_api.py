@@ -44,7 +44,10 @@ def wait_active(client: httpx.Client, router_id: str, ids: list[str]) -> dict[st
 @pytest.fixture
 def assign_helpers(service: ServerProcess) -> HelperAssigner:
     def assign(topology: Topology) -> None:
-        with httpx.Client(base_url=service.url, timeout=5.0) as client:
+        # As the server's admin: the token its first start wrote into its data directory.
+        with httpx.Client(
+            base_url=service.url, timeout=5.0, headers=service.auth_headers()
+        ) as client:
             created = client.post(
                 "/v2.0/routers",
                 json={

@@ -15,21 +15,35 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cthm.api import audit
+from cthm.api.auth import CHALLENGE, AuthenticationMiddleware, Authenticator, openapi_security
 from cthm.api.deps import ApiContext, HelperAvailability, require_json_body
 from cthm.api.errors import (
     INTERNAL_ERROR_MESSAGE,
+    Denial,
     RequestTooLarge,
+    Unauthenticated,
     body_parse_message,
     domain_error_response,
     error_response,
     http_kind,
     validation_message,
 )
-from cthm.api.routes import catalog, conntrack_helpers, health, routers, versions
+from cthm.api.routes import (
+    audit_events,
+    auth_tokens,
+    catalog,
+    conntrack_helpers,
+    health,
+    routers,
+    versions,
+)
+from cthm.api.routes import status as router_status
 from cthm.api.schemas import ErrorResponse
 from cthm.domain import CthmError
 from cthm.settings import Settings
@@ -52,16 +66,22 @@ def create_app(
     store: Store,
     *,
     helper_availability: HelperAvailability | None = None,
+    authenticator: Authenticator | None = None,
 ) -> FastAPI:
     """The cthm REST API over `store`. helper_availability: which (kernel helper, protocol)
-    pairs this host's kernel has; None: unknown (the catalog shows kernel_available null)."""
+    pairs this host's kernel has; None: unknown (the catalog shows kernel_available null).
+    authenticator: how tokens are checked and failures slowed down (default: the defaults)."""
     app = FastAPI(
         title="cthm",
         summary="Conntrack helper manager: Neutron-compatible conntrack helper API",
         version="2.0",
+        # The OpenAPI document needs a token like everything else; no pages that cannot send one.
+        docs_url=None,
+        redoc_url=None,
         dependencies=[Depends(require_json_body)],
         responses={
             400: {"model": ErrorResponse, "description": "invalid request"},
+            401: {"model": ErrorResponse, "description": "authentication required"},
             404: {"model": ErrorResponse, "description": "not found"},
         },
     )
@@ -71,6 +91,9 @@ def create_app(
         catalog=settings.catalog(),
         helper_availability=helper_availability,
     )
+    app.state.authenticator = authenticator if authenticator is not None else Authenticator()
+    # Added before the request-context middleware, so it runs inside it: a 401 has a request id.
+    app.add_middleware(AuthenticationMiddleware, authenticator=app.state.authenticator, store=store)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=MAX_BODY_BYTES,
@@ -79,7 +102,16 @@ def create_app(
     app.add_exception_handler(CthmError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    for module in (versions, routers, conntrack_helpers, catalog, health):
+    for module in (
+        versions,
+        routers,
+        conntrack_helpers,
+        router_status,
+        catalog,
+        health,
+        audit_events,
+        auth_tokens,
+    ):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -97,6 +129,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schemas = document.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
+        openapi_security(document)
         app.openapi_schema = document
     return app.openapi_schema
 
@@ -106,7 +139,24 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     response = domain_error_response(exc)
     if response.status_code == 500:
         log.error("unexpected domain error %r", exc, exc_info=exc)
+    if isinstance(exc, Denial) or (isinstance(exc, Unauthenticated) and exc.audited):
+        await run_in_threadpool(_record_denial, request, exc, response.status_code)
+    if isinstance(exc, Unauthenticated):
+        response.headers.update(CHALLENGE)
     return response
+
+
+def _record_denial(request: Request, exc: Denial | Unauthenticated, status_code: int) -> None:
+    """Every denied attempt goes to the audit trail (in a transaction of its own)."""
+    store: Store = request.app.state.cthm.store
+    state = request.scope.get("state") or {}  # request id, principal (set by the middlewares)
+    detail = f"{request.method} {request.url.path}"
+    if isinstance(exc, Denial):
+        audit.record_denial(store, state, exc, status_code, detail)
+    else:
+        if exc.failures_in_a_row > 1:
+            detail += f" ({exc.failures_in_a_row} failures in a row from this client)"
+        audit.record_unauthenticated(store, state, exc.token_id, detail)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -131,7 +181,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 def security_headers(*, tls: bool) -> tuple[tuple[str, str], ...]:
     """Headers on every response. The API serves JSON only: nothing may be sniffed, framed,
     cached or referred; HSTS once the server speaks TLS."""
-    headers = (
+    headers: tuple[tuple[str, str], ...] = (
         ("X-Content-Type-Options", "nosniff"),
         ("X-Frame-Options", "DENY"),
         ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),

@@ -1,6 +1,6 @@
 """What a route needs, as named dependencies, so a route's signature declares it.
 
-`get_principal` is the one seam authentication (issue 4) replaces.
+The principal comes from authentication (cthm.api.auth): `PrincipalDep` is who is calling.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from cthm.api.principal import Principal, local_admin
+from cthm.api.auth import get_principal
+from cthm.api.principal import Principal
 from cthm.api.query import Params, reject_query
 from cthm.domain import HelperCatalog, InvalidInput, Protocol
 from cthm.settings import Settings
@@ -58,11 +59,6 @@ def get_catalog(context: ContextDep) -> HelperCatalog:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 CatalogDep = Annotated[HelperCatalog, Depends(get_catalog)]
-
-
-def get_principal() -> Principal:
-    """Who is calling. Until authentication exists: the local administrator (loopback only)."""
-    return local_admin()
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

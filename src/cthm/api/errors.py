@@ -73,8 +73,19 @@ class Unauthenticated(CthmError):
 
     kind = "HTTPUnauthorized"
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        token_id: str | None = None,
+        audited: bool = True,
+        failures_in_a_row: int = 1,
+    ) -> None:
         super().__init__("Authentication required")
+        # For the audit trail only (never in the response): the id of a revoked or expired
+        # token, whether this failure is stored, and the client's count so far.
+        self.token_id = token_id
+        self.audited = audited
+        self.failures_in_a_row = failures_in_a_row
 
 
 class RequestTooLarge(CthmError):

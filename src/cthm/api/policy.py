@@ -1,9 +1,14 @@
 """Authorization, decided here and nowhere else.
 
 Each action a route performs is named (Neutron's names where Neutron has the resource) and maps
-to one rule. Routes call `enforce`; what a principal may see at all is `can_see` (an object the
-principal cannot see is reported as not found, never as forbidden, so existence does not leak)
-and `list_scope` (the project a listing is narrowed to).
+to one rule in POLICY, the table to read to know who may do what. Routes call `enforce`. What a
+principal may see at all is `can_see`: an object of a project the principal cannot see is
+reported as not found, never as forbidden, so ids cannot be probed. `list_scope` is the project
+a listing is narrowed to.
+
+Roles (cthm.domain.Role): admin does everything in every project; member manages the bindings
+of its own project's routers and reads them; reader reads its own project; agent reads the
+desired state of every project and writes status, nothing else.
 """
 
 from __future__ import annotations
@@ -12,67 +17,169 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 
 from cthm.api.errors import Forbidden
-from cthm.api.principal import ADMIN_ROLE, MEMBER_ROLE, READER_ROLE, Principal
+from cthm.api.principal import Principal
+from cthm.domain import ALIASES, HelperSpec, Role
 
 
 class Rule(StrEnum):
-    ANYONE = "anyone"
+    """Who passes. "The project" is the target's project; None as a target means every project
+    (an unscoped listing), which only admin and agent may ask for."""
+
+    ANYONE = "any authenticated caller"
     ADMIN = "admin"
-    ADMIN_OR_PROJECT_MEMBER = "admin_or_project_member"
-    ADMIN_OR_PROJECT_READER = "admin_or_project_reader"
+    ADMIN_OR_AGENT = "admin, or agent"
+    ADMIN_OR_PROJECT_MEMBER = "admin, or member of the project"
+    READER = "admin, agent, or reader or member of the project"
+    ADMIN_OR_OPERATOR_ALLOWED = "admin, or the operator allows it for the project"
 
 
 POLICY: Mapping[str, Rule] = {
     "get_conntrack_helper_catalog": Rule.ANYONE,
-    "create_router": Rule.ADMIN_OR_PROJECT_MEMBER,
-    # A router's namespace is a host-wide name: letting a project pick one would let it bind
-    # helpers inside any namespace on the host, another project's router included.
-    "create_router:namespace": Rule.ADMIN,
-    "get_router": Rule.ADMIN_OR_PROJECT_READER,
-    "update_router": Rule.ADMIN_OR_PROJECT_MEMBER,
-    "delete_router": Rule.ADMIN_OR_PROJECT_MEMBER,
+    # A router stands for a namespace on a host: only an admin may register or remove one.
+    "create_router": Rule.ADMIN,
+    "get_router": Rule.READER,
+    "update_router": Rule.ADMIN_OR_PROJECT_MEMBER,  # its name only
+    "delete_router": Rule.ADMIN,
     "create_router_conntrack_helper": Rule.ADMIN_OR_PROJECT_MEMBER,
-    "get_router_conntrack_helper": Rule.ADMIN_OR_PROJECT_READER,
+    "get_router_conntrack_helper": Rule.READER,
     "update_router_conntrack_helper": Rule.ADMIN_OR_PROJECT_MEMBER,
     "delete_router_conntrack_helper": Rule.ADMIN_OR_PROJECT_MEMBER,
+    # In addition to the rule above, when the binding's helper (after the change) is high-risk.
+    "create_router_conntrack_helper:high_risk_helper": Rule.ADMIN_OR_OPERATOR_ALLOWED,
+    "update_router_conntrack_helper:high_risk_helper": Rule.ADMIN_OR_OPERATOR_ALLOWED,
+    # What an agent reports the kernel holds.
+    "update_router_status": Rule.ADMIN_OR_AGENT,
+    "get_audit_events": Rule.ADMIN,
+    # API tokens: whoever holds one of these can make a token of any project and role.
+    "create_auth_token": Rule.ADMIN,
+    "get_auth_token": Rule.ADMIN,
+    "delete_auth_token": Rule.ADMIN,
+}
+
+HIGH_RISK_SUFFIX = ":high_risk_helper"
+HIGH_RISK_WHY = "NAT slipstreaming, CVE history"
+ALL_HIGH_RISK = "*"
+
+_READ_ROLES = frozenset({Role.READER, Role.MEMBER})
+
+
+def _own(principal: Principal, project_id: str | None, roles: frozenset[Role]) -> bool:
+    return project_id == principal.project_id and bool(principal.roles & roles)
+
+
+def _admin(p: Principal) -> bool:
+    return Role.ADMIN in p.roles
+
+
+def _agent(p: Principal) -> bool:
+    return Role.AGENT in p.roles
+
+
+Check = Callable[[Principal, str | None, bool], bool]
+
+_CHECKS: Mapping[Rule, Check] = {
+    Rule.ANYONE: lambda p, project, allows: True,
+    Rule.ADMIN: lambda p, project, allows: _admin(p),
+    Rule.ADMIN_OR_AGENT: lambda p, project, allows: _admin(p) or _agent(p),
+    Rule.ADMIN_OR_PROJECT_MEMBER: lambda p, project, allows: (
+        _admin(p) or _own(p, project, frozenset({Role.MEMBER}))
+    ),
+    Rule.READER: lambda p, project, allows: _admin(p) or _agent(p) or _own(p, project, _READ_ROLES),
+    Rule.ADMIN_OR_OPERATOR_ALLOWED: lambda p, project, allows: _admin(p) or allows,
 }
 
 
-def _in_project(principal: Principal, target: str | None, roles: frozenset[str]) -> bool:
-    # target None: the action is about the principal's own scope (a listing narrowed to it).
-    own = target is None or target == principal.project_id
-    return own and bool(principal.roles & roles)
-
-
-_CHECKS: Mapping[Rule, Callable[[Principal, str | None], bool]] = {
-    Rule.ANYONE: lambda p, t: True,
-    Rule.ADMIN: lambda p, t: p.is_admin,
-    Rule.ADMIN_OR_PROJECT_MEMBER: lambda p, t: (
-        p.is_admin or _in_project(p, t, frozenset({MEMBER_ROLE}))
-    ),
-    Rule.ADMIN_OR_PROJECT_READER: lambda p, t: (
-        p.is_admin or _in_project(p, t, frozenset({READER_ROLE, MEMBER_ROLE, ADMIN_ROLE}))
-    ),
-}
-
-
-def allowed(principal: Principal, action: str, target_project_id: str | None) -> bool:
+def allowed(
+    principal: Principal,
+    action: str,
+    target_project_id: str | None,
+    *,
+    operator_allows: bool = False,
+) -> bool:
+    """Whether the principal may perform `action` on a target of `target_project_id` (None:
+    every project). operator_allows: the configuration allows it (high-risk helpers)."""
     rule = POLICY.get(action)
     if rule is None:  # a route naming an action missing here is a bug; fail closed, loudly
         raise LookupError(f"no policy rule for action {action!r}")
-    return _CHECKS[rule](principal, target_project_id)
+    return _CHECKS[rule](principal, target_project_id, operator_allows)
 
 
-def enforce(principal: Principal, action: str, target_project_id: str | None) -> None:
-    """Raises Forbidden (403) unless the principal may perform `action` on the target project."""
-    if not allowed(principal, action, target_project_id):
-        raise Forbidden(action)
+def enforce(
+    principal: Principal,
+    action: str,
+    target_project_id: str | None,
+    *,
+    target_type: str = "",
+    target_id: str | None = None,
+    operator_allows: bool = False,
+    message: str | None = None,
+) -> None:
+    """Raises Forbidden (403, the target filled in for the audit trail) unless allowed."""
+    if not allowed(principal, action, target_project_id, operator_allows=operator_allows):
+        raise Forbidden(
+            action,
+            message=message,
+            target_type=target_type,
+            target_id=target_id,
+            target_project_id=target_project_id,
+        )
 
 
 def can_see(principal: Principal, project_id: str) -> bool:
-    return principal.is_admin or project_id == principal.project_id
+    """Whether objects of `project_id` exist for this principal (if not: 404, never 403)."""
+    return _admin(principal) or _agent(principal) or project_id == principal.project_id
 
 
 def list_scope(principal: Principal) -> str | None:
     """The only project a principal's listings show; None: every project."""
-    return None if principal.is_admin else principal.project_id
+    return None if can_see_all(principal) else principal.project_id
+
+
+def can_see_all(principal: Principal) -> bool:
+    return _admin(principal) or _agent(principal)
+
+
+# --- high-risk helpers -------------------------------------------------------------------------
+
+
+def operator_allows_helper(
+    high_risk_projects: Mapping[str, list[str]],
+    project_id: str,
+    requested: str,
+    spec: HelperSpec,
+) -> bool:
+    """Whether settings.high_risk_projects allows this helper for the project. An entry names
+    the helper as bound (h323), its kernel name (RAS), an alias of it, or "*" for all."""
+    names = {ALL_HIGH_RISK, requested, spec.name}
+    names.update(alias for alias, targets in ALIASES.items() if spec.name in targets.values())
+    return any(entry in names for entry in high_risk_projects.get(project_id, ()))
+
+
+def enforce_helper(
+    principal: Principal,
+    action: str,
+    *,
+    requested: str,
+    spec: HelperSpec,
+    project_id: str,
+    high_risk_projects: Mapping[str, list[str]],
+    target_type: str,
+    target_id: str | None,
+) -> None:
+    """`action` (create/update of a binding) with helper `requested`, resolved to `spec`: a
+    high-risk helper is admin-only unless the operator allows it for the router's project."""
+    if not spec.high_risk:
+        return
+    shown = requested if requested == spec.name else f"{requested} ({spec.name})"
+    enforce(
+        principal,
+        action + HIGH_RISK_SUFFIX,
+        project_id,
+        target_type=target_type,
+        target_id=target_id,
+        operator_allows=operator_allows_helper(high_risk_projects, project_id, requested, spec),
+        message=(
+            f"helper {shown} is high-risk ({HIGH_RISK_WHY}): admin only unless the operator "
+            f"allows it for project {project_id}"
+        ),
+    )

@@ -100,7 +100,10 @@ def parse_timestamp(text: str, name: str) -> datetime:
         raise InvalidInput(
             f"{shown(text)} is not an ISO 8601 timestamp (e.g. 2024-05-01T12:00:00Z)", field=name
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC equivalent
+        raise InvalidInput(f"{shown(text)} is out of the representable range", field=name) from None
 
 
 def parse_bool(text: str, name: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 from pydantic_core import PydanticCustomError
@@ -149,6 +149,30 @@ class ConntrackHelperUpdateRequest(StrictModel):
     conntrack_helper: ConntrackHelperUpdate
 
 
+# An agent reports what it verified: never PENDING. Revisions fit the database's 64-bit integer;
+# the bound is 2**53 so that the OpenAPI document (JSON numbers, often doubles) states it exactly.
+ReportedStatus = Literal["ACTIVE", "ERROR"]
+Revision = Annotated[int, Field(ge=0, le=2**53)]
+
+
+class BindingStatusReport(StrictModel):
+    id: str
+    revision_number: Revision = Field(description="the binding revision the agent applied")
+    status: ReportedStatus
+    status_reason: str = ""
+
+
+class RouterStatusReport(StrictModel):
+    revision_number: Revision = Field(description="the router revision the agent applied")
+    status: ReportedStatus
+    status_reason: str = ""
+    conntrack_helpers: list[BindingStatusReport] = Field(default_factory=list)
+
+
+class RouterStatusRequest(StrictModel):
+    status: RouterStatusReport
+
+
 # --- responses ---------------------------------------------------------------------------------
 
 
@@ -212,6 +236,20 @@ class ConntrackHelperListResponse(BaseModel):
     conntrack_helpers_links: list[Link] | None = Field(
         default=None, description="only when paginated"
     )
+
+
+class StatusWritten(BaseModel):
+    id: str
+    revision_number: int
+    written: bool = Field(description="false: the object is at another revision (or gone)")
+
+
+class RouterStatusWritten(StatusWritten):
+    conntrack_helpers: list[StatusWritten]
+
+
+class RouterStatusResponse(BaseModel):
+    status: RouterStatusWritten
 
 
 class CatalogEntryPublic(BaseModel):

@@ -4,7 +4,8 @@ Errors, grouped by what the caller can do about them:
 
 CthmClientError
 ├── ClientError        the server (or the client, deciding for it) refused the request:
-│                      fix the input; carries status, Neutron type and message
+│   │                  fix the input; carries status, Neutron type and message
+│   └── AuthenticationFailed  401: no token, or one the server does not accept
 └── ServerUnreachable  no answer at all (refused, unknown host, timeout): check the URL or server
 """
 
@@ -21,6 +22,7 @@ import httpx
 JSONObject = dict[str, Any]
 
 DEFAULT_URL = "http://127.0.0.1:9797"
+TOKEN_HEADER = "X-Auth-Token"  # noqa: S105 (a header name)
 DEFAULT_TIMEOUT = 10.0
 # Lists are read page by page so that a server-side page limit never truncates them silently.
 PAGE_SIZE = 1000
@@ -46,6 +48,13 @@ class ClientError(CthmClientError):
         self.detail = detail
 
 
+class AuthenticationFailed(ClientError):
+    """The server did not accept the token (or none was sent). It never says why."""
+
+    def __init__(self, type_: str) -> None:
+        super().__init__(401, type_, "authentication failed")
+
+
 class ServerUnreachable(CthmClientError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach cthm at {url}: {reason}")
@@ -54,15 +63,27 @@ class ServerUnreachable(CthmClientError):
 
 
 class CthmClient:
-    """One connection pool to one cthm server. Use as a context manager, or call close()."""
+    """One connection pool to one cthm server. Use as a context manager, or call close().
 
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT) -> None:
+    token: sent as X-Auth-Token on every request (None: no token; only the health check and
+    the version documents answer then)."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        token: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        headers = {"Accept": "application/json", "User-Agent": "cthm-cli"}
+        if token is not None:
+            headers[TOKEN_HEADER] = token
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
-            headers={"Accept": "application/json", "User-Agent": "cthm-cli"},
+            headers=headers,
             # A proxy from the environment must not sit between the CLI and a loopback API.
             trust_env=False,
         )
@@ -153,6 +174,58 @@ class CthmClient:
     def delete_helper(self, router_id: str, helper_id: str) -> None:
         self._request("DELETE", _path("routers", router_id, "conntrack_helpers", helper_id))
 
+    # audit trail
+
+    def list_audit_events(
+        self,
+        *,
+        filters: dict[str, str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+    ) -> list[JSONObject]:
+        """Audit events, oldest first. filters: field -> value (action, outcome, target_type,
+        target_id, project_id, token_id, request_id). limit: only the `limit` most recent."""
+        params: dict[str, Any] = {k: v for k, v in (filters or {}).items() if v is not None}
+        params.update({k: v for k, v in (("since", since), ("until", until)) if v is not None})
+        if limit is None:
+            return self._list_all("/v2.0/audit_events", "audit_events", params)
+        params.update(sort_key="time", sort_dir="desc", limit=limit)
+        response = self._request("GET", "/v2.0/audit_events", params=params)
+        events = self._json(response).get("audit_events")
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise _invalid(response, "no list 'audit_events' in the body")
+        return events[::-1]
+
+    # API tokens (admin only)
+
+    def create_token(
+        self,
+        *,
+        project_id: str,
+        roles: list[str],
+        expires_at: str | None = None,
+        description: str | None = None,
+    ) -> JSONObject:
+        """The new token's record; its secret is `token` in it, returned this once only."""
+        token: JSONObject = {"project_id": project_id, "roles": roles}
+        if expires_at is not None:
+            token["expires_at"] = expires_at
+        if description is not None:
+            token["description"] = description
+        response = self._request("POST", "/v2.0/auth_tokens", body={"auth_token": token})
+        return self._member(response, "auth_token")
+
+    def list_tokens(self, *, project_id: str | None = None) -> list[JSONObject]:
+        params = {} if project_id is None else {"project_id": project_id}
+        return self._list_all("/v2.0/auth_tokens", "auth_tokens", params)
+
+    def get_token(self, token_id: str) -> JSONObject:
+        return self._member(self._request("GET", _path("auth_tokens", token_id)), "auth_token")
+
+    def revoke_token(self, token_id: str) -> None:
+        self._request("DELETE", _path("auth_tokens", token_id))
+
     # plumbing
 
     def _list_all(self, path: str, key: str, params: dict[str, Any]) -> list[JSONObject]:
@@ -215,6 +288,8 @@ def _path(*segments: str) -> str:
 
 def _api_error(response: httpx.Response) -> ClientError:
     status = response.status_code
+    if status == 401:
+        return AuthenticationFailed(_neutron_type(response) or "HTTPUnauthorized")
     fallback = f"HTTP {status} {response.reason_phrase}".strip()
     try:
         body = response.json()
@@ -233,6 +308,16 @@ def _api_error(response: httpx.Response) -> ClientError:
         text = detail if isinstance(detail, str) else json.dumps(detail)
         return ClientError(status, "HTTPError", one_line(f"{fallback}: {text}"))
     return ClientError(status, "HTTPError", fallback)
+
+
+def _neutron_type(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("NeutronError") if isinstance(body, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _invalid(response: httpx.Response, what: str) -> ClientError:

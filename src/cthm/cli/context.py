@@ -1,9 +1,17 @@
-"""What every client command shares: the server URL, the timeout and the output mode."""
+"""What every client command shares: the server URL, the token, the timeout and the output mode.
+
+The token is `--token`, else CTHM_TOKEN, else, when the server is on this machine (a loopback
+URL), the admin token `cthm serve` wrote into its data directory (CTHM_DATA_DIR or the default),
+if this user may read it.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -13,15 +21,20 @@ from cthm.cli.client import DEFAULT_TIMEOUT, DEFAULT_URL, CthmClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
+TOKEN_MAX = 512
+
 
 @dataclass(slots=True)
 class CliState:
     url: str = DEFAULT_URL
     timeout: float = DEFAULT_TIMEOUT
     json: bool = False
+    token: str | None = None
 
     def client(self) -> CthmClient:
-        return CthmClient(self.url, self.timeout)
+        token = self.token if self.token is not None else local_admin_token(self.url)
+        return CthmClient(self.url, self.timeout, token=token)
 
 
 pass_state = click.make_pass_decorator(CliState, ensure=True)
@@ -35,6 +48,53 @@ def validate_url(_ctx: click.Context, _param: click.Parameter, value: str) -> st
     if url.scheme not in ("http", "https") or not url.host:
         raise click.BadParameter(f"{value!r} is not an http(s)://HOST[:PORT] URL")
     return value
+
+
+def clean_token(value: str) -> str | None:
+    """The token in `value` (surrounding whitespace dropped), or None if it cannot be one: a
+    token is one header value, printable ASCII without spaces."""
+    token = value.strip()
+    if not token or len(token) > TOKEN_MAX or not all(33 <= ord(c) < 127 for c in token):
+        return None
+    return token
+
+
+def validate_token(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    token = clean_token(value)
+    if token is None:  # said without showing the value: it is a secret
+        raise click.BadParameter("is not a token (printable ASCII without spaces)")
+    return token
+
+
+def is_loopback_url(url: str) -> bool:
+    host = httpx.URL(url).host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def data_dir() -> Path:
+    from cthm.settings import default_data_dir
+
+    configured = os.environ.get("CTHM_DATA_DIR")
+    return Path(configured) if configured else default_data_dir()
+
+
+def local_admin_token(url: str) -> str | None:
+    """The admin token of a local `cthm serve`, if the URL is loopback and the file readable.
+    Never sent anywhere but to loopback: the file is this machine's admin credential."""
+    if not is_loopback_url(url):
+        return None
+    try:
+        text = (data_dir() / ADMIN_TOKEN_FILE).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return clean_token(text)
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

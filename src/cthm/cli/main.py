@@ -12,16 +12,19 @@ import click
 from cthm.cli.client import (
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    AuthenticationFailed,
     ClientError,
     ServerUnreachable,
     one_line,
 )
+from cthm.cli.commands.audit import audit_group
 from cthm.cli.commands.catalog import catalog
 from cthm.cli.commands.helpers import helper_group
 from cthm.cli.commands.routers import router_group
 from cthm.cli.commands.serve import serve
 from cthm.cli.commands.status import status
-from cthm.cli.context import CliState, validate_url
+from cthm.cli.commands.tokens import token_group
+from cthm.cli.context import CliState, validate_token, validate_url
 from cthm.cli.errors import EXIT_FAILURE, Failure, UnreachableFailure
 
 
@@ -33,6 +36,8 @@ class CthmGroup(click.Group):
             return super().invoke(ctx)
         except ServerUnreachable as exc:
             raise UnreachableFailure(exc.message) from None
+        except AuthenticationFailed:
+            raise Failure("authentication failed (check --token / CTHM_TOKEN)") from None
         except ClientError as exc:
             raise Failure(exc.message) from None
 
@@ -54,16 +59,25 @@ class CthmGroup(click.Group):
     show_default=True,
     help="Seconds to wait for the API. [env CTHM_TIMEOUT]",
 )
+@click.option(
+    "--token",
+    envvar="CTHM_TOKEN",
+    default=None,
+    callback=validate_token,
+    help="API token. [env CTHM_TOKEN; for a loopback URL, default: admin.token in the data "
+    "directory (CTHM_DATA_DIR)]",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print JSON bodies (for scripts).")
 @click.version_option(package_name="cthm", prog_name="cthm")
 @click.pass_context
-def cli(ctx: click.Context, url: str, timeout: float, json_output: bool) -> None:
+def cli(ctx: click.Context, url: str, timeout: float, token: str | None, json_output: bool) -> None:
     """cthm assigns Linux conntrack helpers to virtual routers (network namespaces).
 
     Exit status: 0 ok, 1 the request failed, 2 usage error, 3 the server cannot be reached.
     """
     state = ctx.ensure_object(CliState)
     state.url, state.timeout, state.json = url, timeout, json_output
+    state.token = token
 
 
 cli.add_command(serve)
@@ -71,6 +85,8 @@ cli.add_command(router_group)
 cli.add_command(helper_group)
 cli.add_command(catalog)
 cli.add_command(status)
+cli.add_command(token_group)
+cli.add_command(audit_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,10 +1,14 @@
 """The embedded cthm service: everything `cthm serve` runs in one process, built from settings.
 
-Start order: data directory, store (migrated), [in-process agent], API; stop in reverse.
+Start order: data directory, store (migrated), [in-process agent], API; stop in reverse. Once
+the API's socket is bound, the first admin token is made if no token exists at all (after every
+check that can refuse to start, so a start that fails creates nothing and prints nothing).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -17,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from cthm.agent import Agent, LocalStoreSource
 from cthm.cli.errors import ServiceError, ServiceSettingError
 from cthm.cli.server import bind_listener, check_tls_files, listener_url, run_server
-from cthm.domain import CthmError
+from cthm.domain import CthmError, Role
 from cthm.netfilter import LibraryUnavailable, NftablesBackend, make_runner
 from cthm.settings import Settings
 from cthm.store import Store
@@ -26,13 +30,21 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 DATA_DIR_MODE = 0o700
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
+ADMIN_TOKEN_MODE = 0o600
+BOOTSTRAP_PROJECT = "admin"
 
 
 class Service:
-    """Use as a context manager (start on enter, stop on exit), then call `serve()`."""
+    """Use as a context manager (start on enter, stop on exit), then call `serve()`.
 
-    def __init__(self, settings: Settings) -> None:
+    say: where one-line notices for the operator go (default: stdout).
+    """
+
+    def __init__(self, settings: Settings, *, say: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self._say = say or _echo
+        self.admin_token_file: Path | None = None  # set when this start created it
         self._store: Store | None = None
         self._backend: NftablesBackend | None = None
         self.agent: Agent | None = None
@@ -65,6 +77,17 @@ class Service:
             except BaseException:
                 self.stop()
                 raise
+
+    def bootstrap(self) -> Path | None:
+        """Makes the first admin token if the store holds none, and says where its secret is.
+        Returns that file, or None (tokens exist). ServiceError if it cannot."""
+        self.admin_token_file = bootstrap_admin_token(self.store, self.settings.data_dir)
+        if self.admin_token_file is not None:
+            self._say(
+                f"cthm created the first admin token: it is in {self.admin_token_file} "
+                "(readable only by its owner); use it as --token or CTHM_TOKEN"
+            )
+        return self.admin_token_file
 
     def _start_agent(self, store: Store) -> None:
         try:
@@ -112,6 +135,7 @@ class Service:
         app = self.app()
         sock = bind_listener(self.settings.host, self.settings.port)
         try:
+            self.bootstrap()
             if on_listening is not None:
                 on_listening(listener_url(sock, tls=tls is not None))
             run_server(app, sock, log_level=self.settings.log_level, tls=tls)
@@ -130,6 +154,78 @@ def prepare_data_dir(path: Path) -> None:
     except OSError as exc:
         raise ServiceError(f"cannot create data directory {path}: {exc.strerror or exc}") from exc
     path.chmod(DATA_DIR_MODE)  # mkdir's mode is masked by the umask
+
+
+def bootstrap_admin_token(store: Store, data_dir: Path) -> Path | None:
+    """On a database without any token: creates one admin token and writes its secret to
+    `<data_dir>/admin.token`, created new (never through an existing file or link) with mode
+    0600. Returns the file, or None when tokens exist (later starts create nothing).
+
+    A file left there while the database has no token is not overwritten: someone may rely on
+    it, and it is not ours to replace (ServiceError, saying what to do).
+    """
+    path = data_dir / ADMIN_TOKEN_FILE
+    written = False
+    try:
+        with store.unit_of_work() as repo:
+            if repo.tokens.count() > 0:
+                return None
+            token, secret = repo.tokens.create(
+                project_id=BOOTSTRAP_PROJECT,
+                roles=[Role.ADMIN],
+                description="first admin token, created by cthm serve",
+            )
+            repo.audit.record(
+                action="create_auth_token",
+                target_type="auth_token",
+                target_id=token.id,
+                target_project_id=token.project_id,
+                before=None,
+                after={"id": token.id, "project_id": token.project_id, "roles": ["admin"]},
+                status_code=201,
+                detail="bootstrap: no token existed",
+            )
+            _write_secret(path, secret)
+            written = True
+    except BaseException as exc:
+        # The commit happens as the block ends; if it failed, the file must not stay behind
+        # holding a secret the database never had.
+        if written:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, CthmError):
+            raise ServiceError(f"cannot create the first admin token: {exc.message}") from exc
+        raise
+    return path
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, ADMIN_TOKEN_MODE)
+    except FileExistsError:
+        raise ServiceError(
+            f"{path} exists but the database has no token: refusing to overwrite it; "
+            "move it away (its token cannot work with this database) and start again"
+        ) from None
+    except OSError as exc:
+        raise ServiceError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    try:
+        os.fchmod(fd, ADMIN_TOKEN_MODE)  # the mode given to open() is masked by the umask
+        data = (secret + "\n").encode("ascii")
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.EIO, "short write")
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise ServiceError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    os.close(fd)
+
+
+def _echo(message: str) -> None:
+    import click
+
+    click.echo(message)
 
 
 def open_store(url: str) -> Store:

@@ -1,11 +1,71 @@
-"""The audit trail: who changed what, and who was denied. (Being built for issue 4.)"""
+"""The audit trail: who changed what, and who was denied.
+
+A change's audit row is written in the change's own transaction, so a committed change always
+has its record and a rolled-back one leaves none. Once the transaction has committed, each row
+is also written as one JSON line on the `cthm.audit` logger (never before: a line must not tell
+of a change the database does not hold).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from cthm.domain import ListQuery
+from cthm.store.listing import apply_query, columns_of
+from cthm.store.tables import AuditEventRow
+
+audit_log = logging.getLogger("cthm.audit")
+
+AUDIT_FIELDS = (
+    "id",
+    "time",
+    "request_id",
+    "token_id",
+    "project_id",
+    "action",
+    "target_type",
+    "target_id",
+    "target_project_id",
+    "outcome",
+    "status_code",
+    "before",
+    "after",
+    "detail",
+)
+
+# Column sizes (tables.AuditEventRow): text longer than its column is cut, never refused, so a
+# long probe is still recorded.
+_LIMITS = {
+    "request_id": 64,
+    "token_id": 36,
+    "project_id": 64,
+    "action": 64,
+    "target_type": 32,
+    "target_id": 64,
+    "target_project_id": 64,
+    "detail": 1024,
+}
+
+# An API token's shape (cthm_ + 43 urlsafe characters): wherever one shows up in recorded text
+# (a path a client mistyped), it is masked.
+_SECRET = re.compile(r"cthm_[A-Za-z0-9_-]{20,}")
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    DENIED = "denied"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,12 +77,51 @@ class AuditContext:
     project_id: str | None
 
 
+def redact(text: str) -> str:
+    return _SECRET.sub("cthm_[redacted]", text)
+
+
+def _bounded(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    return redact(value)[: _LIMITS[name]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def event_of(row: AuditEventRow) -> dict[str, Any]:
+    """A row as a JSON-ready dict, keyed by its columns; time in ISO 8601 UTC ("Z")."""
+    event = {name: getattr(row, name) for name in AUDIT_FIELDS}
+    event["time"] = format_time(row.time)
+    return event
+
+
+def log_line(event: Mapping[str, Any]) -> str:
+    return json.dumps(event, sort_keys=False, separators=(",", ":"), default=str)
+
+
+def emit(events: Iterable[Mapping[str, Any]]) -> None:
+    """Writes each committed event as one JSON line on the `cthm.audit` logger."""
+    for event in events:
+        audit_log.info("%s", log_line(event))
+
+
 class AuditLog:
-    """Audit rows of one unit of work, written in its transaction."""
+    """Audit rows of one unit of work, written in its transaction.
+
+    `committed_events()` are the rows recorded so far, for the store to log once it committed.
+    """
 
     def __init__(self, session: Session, context: AuditContext | None) -> None:
         self._session = session
         self.context = context
+        self._recorded: list[AuditEventRow] = []
 
     def record(
         self,
@@ -37,4 +136,50 @@ class AuditLog:
         status_code: int = 200,
         detail: str = "",
     ) -> None:
-        """Placeholder until the audit trail lands: records nothing yet."""
+        """Adds one row to this transaction (flushed now, so a refused insert fails the change).
+
+        Without a context (a change made outside a request), request_id is "" and token_id and
+        project_id are None.
+        """
+        context = self.context or AuditContext(request_id="", token_id=None, project_id=None)
+        row = AuditEventRow(
+            id=str(uuid.uuid4()),
+            time=_now(),
+            request_id=_bounded("request_id", context.request_id) or "",
+            token_id=_bounded("token_id", context.token_id),
+            project_id=_bounded("project_id", context.project_id),
+            action=_bounded("action", action) or "",
+            target_type=_bounded("target_type", target_type) or "",
+            target_id=_bounded("target_id", target_id),
+            target_project_id=_bounded("target_project_id", target_project_id),
+            outcome=Outcome(outcome).value,
+            status_code=status_code,
+            before=before,
+            after=after,
+            detail=_bounded("detail", detail) or "",
+        )
+        self._session.add(row)
+        self._session.flush()
+        self._recorded.append(row)
+
+    def committed_events(self) -> list[dict[str, Any]]:
+        """The recorded rows as events; call only after the transaction committed."""
+        return [event_of(row) for row in self._recorded]
+
+    def list(
+        self,
+        query: ListQuery,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Events matching `query` with since <= time < until, in the query's order."""
+        statement = select(AuditEventRow)
+        if since is not None:
+            statement = statement.where(AuditEventRow.time >= since)
+        if until is not None:
+            statement = statement.where(AuditEventRow.time < until)
+        statement = apply_query(
+            self._session, statement, columns_of(AuditEventRow, AUDIT_FIELDS), query
+        )
+        return [event_of(row) for row in self._session.scalars(statement)]

@@ -59,6 +59,29 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _router_values(router: Router) -> dict[str, Any]:
+    """What the audit trail records of a router (everything a user sets or sees change)."""
+    return {
+        "id": router.id,
+        "name": router.name,
+        "project_id": router.project_id,
+        "namespace": router.namespace,
+        "revision_number": router.revision_number,
+    }
+
+
+def _binding_values(binding: HelperBinding) -> dict[str, Any]:
+    return {
+        "id": binding.id,
+        "router_id": binding.router_id,
+        "project_id": binding.project_id,
+        "protocol": binding.protocol.value,
+        "port": binding.port,
+        "helper": binding.helper,
+        "revision_number": binding.revision_number,
+    }
+
+
 def _router(row: RouterRow) -> Router:
     return Router(
         id=row.id,
@@ -142,7 +165,9 @@ class Repository:
         self._session.add(row)
         self._flush_or_conflict(lambda: self._namespace_conflict(router.namespace))
         self.changed_routers.add(router.id)
-        return _router(row)
+        created = _router(row)
+        self._audit_router("create_router", 201, None, created)
+        return created
 
     def get_router(self, router_id: str) -> Router:
         return _router(self._router_row(router_id))
@@ -159,13 +184,17 @@ class Repository:
     def update_router(self, router_id: str, *, name: str) -> Router:
         row = self._router_row(router_id)
         if row.name != name:
+            before = _router(row)
             row.name = name
             self._touch_router(row)
+            self._audit_router("update_router", 200, before, _router(row))
         return _router(row)
 
     def delete_router(self, router_id: str) -> Router:
         row = self._router_row(router_id)
         router = _router(row)
+        # The bindings go with it: the record keeps them, as they were.
+        removed = [_binding_values(b) for b in self.bindings_of([router_id])[router_id]]
         self._session.execute(delete(BindingRow).where(BindingRow.router_id == router_id))
         self._session.delete(row)
         # The agent removes the kernel table and then clears this record.
@@ -174,6 +203,16 @@ class Repository:
         )
         self._session.flush()
         self.changed_routers.add(router_id)
+        before = {**_router_values(router), "conntrack_helpers": removed}
+        self.audit.record(
+            action="delete_router",
+            target_type="router",
+            target_id=router.id,
+            target_project_id=router.project_id,
+            before=before,
+            after=None,
+            status_code=204,
+        )
         return router
 
     def tombstones(self) -> dict[str, str]:
@@ -212,7 +251,9 @@ class Repository:
             lambda: self._raise_if_taken(binding.router_id, binding.protocol, binding.port, None)
         )
         self._touch_router(router_row)
-        return _binding(row)
+        created = _binding(row)
+        self._audit_binding("create_router_conntrack_helper", 201, None, created)
+        return created
 
     def get_binding(self, router_id: str, binding_id: str) -> HelperBinding:
         return _binding(self._binding_row(router_id, binding_id))
@@ -315,6 +356,7 @@ class Repository:
             return _binding(row)
         if (new_protocol, new_port) != (row.protocol, row.port):
             self._raise_if_taken(router_id, Protocol(new_protocol), new_port, exclude=binding_id)
+        before = _binding(row)
         row.protocol, row.port, row.helper = new_protocol, new_port, new_helper
         row.status, row.status_reason = Status.PENDING.value, ""
         row.revision_number += 1
@@ -323,7 +365,9 @@ class Repository:
             lambda: self._raise_if_taken(router_id, Protocol(new_protocol), new_port, binding_id)
         )
         self._touch_router(self._router_row(router_id))
-        return _binding(row)
+        updated = _binding(row)
+        self._audit_binding("update_router_conntrack_helper", 200, before, updated)
+        return updated
 
     def delete_binding(self, router_id: str, binding_id: str) -> HelperBinding:
         row = self._binding_row(router_id, binding_id)
@@ -331,6 +375,7 @@ class Repository:
         self._session.delete(row)
         self._session.flush()
         self._touch_router(self._router_row(router_id))
+        self._audit_binding("delete_router_conntrack_helper", 204, binding, None)
         return binding
 
     # --- status (agents) -----------------------------------------------------------------
@@ -383,6 +428,40 @@ class Repository:
         self._session.connection().execute(statement, rows)  # one executemany
 
     # --- internals -----------------------------------------------------------------------
+
+    def _audit_router(
+        self, action: str, status_code: int, before: Router | None, after: Router | None
+    ) -> None:
+        subject = after or before
+        assert subject is not None
+        self.audit.record(
+            action=action,
+            target_type="router",
+            target_id=subject.id,
+            target_project_id=subject.project_id,
+            before=None if before is None else _router_values(before),
+            after=None if after is None else _router_values(after),
+            status_code=status_code,
+        )
+
+    def _audit_binding(
+        self,
+        action: str,
+        status_code: int,
+        before: HelperBinding | None,
+        after: HelperBinding | None,
+    ) -> None:
+        subject = after or before
+        assert subject is not None
+        self.audit.record(
+            action=action,
+            target_type="conntrack_helper",
+            target_id=subject.id,
+            target_project_id=subject.project_id,
+            before=None if before is None else _binding_values(before),
+            after=None if after is None else _binding_values(after),
+            status_code=status_code,
+        )
 
     def _router_row(self, router_id: str) -> RouterRow:
         row = self._session.get(RouterRow, router_id)

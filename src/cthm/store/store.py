@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cthm.domain import Conflict, Unavailable
-from cthm.store.audit import AuditContext
+from cthm.store.audit import AuditContext, Outcome, emit
 from cthm.store.engine import WRITE_OPTION, make_engine
 from cthm.store.repository import Repository
 
@@ -79,8 +79,36 @@ class Store:
         except DBAPIError as exc:
             log.error("database error: %s", exc.__class__.__name__, exc_info=exc)
             raise Unavailable(_describe(exc)) from exc
+        # After the commit, never before: a log line must not tell of a change that was undone.
+        emit(repository.audit.committed_events())
         if repository.changed_routers:
             self._notify(frozenset(repository.changed_routers))
+
+    def record_denied(
+        self,
+        context: AuditContext,
+        *,
+        action: str,
+        target_type: str,
+        target_id: str | None,
+        target_project_id: str | None,
+        status_code: int,
+        detail: str = "",
+    ) -> None:
+        """Records a denied attempt in a short transaction of its own (the attempt's own, if it
+        had one, was rolled back: nothing changed). Logged as soon as it is committed."""
+        with self.unit_of_work(write=True, audit=context) as repository:
+            repository.audit.record(
+                action=action,
+                target_type=target_type,
+                target_id=target_id,
+                target_project_id=target_project_id,
+                before=None,
+                after=None,
+                outcome=Outcome.DENIED,
+                status_code=status_code,
+                detail=detail,
+            )
 
     def check_health(self) -> None:
         database = self._engine.url.database

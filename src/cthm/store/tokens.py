@@ -1,8 +1,72 @@
-"""API tokens: only hashes are stored. (Being built for issue 4.)"""
+"""API tokens. Only a SHA-256 of each secret is stored; the secret is returned once, at creation.
+
+Secrets are 256 random bits, so a fast hash is enough: nothing can be guessed, and the hash only
+has to keep a copy of the database from being a list of working tokens.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+
+from cthm.domain import (
+    AuthToken,
+    InvalidInput,
+    ListQuery,
+    Role,
+    TokenNotFound,
+    parse_roles,
+    validate_name,
+    validate_project_id,
+)
+from cthm.store.listing import apply_query, columns_of
+from cthm.store.tables import TokenRow
+
+SECRET_PREFIX = "cthm_"  # noqa: S105 (marks a string as a cthm token)
+SECRET_BYTES = 32  # 256 bits -> 43 urlsafe base64 characters
+# Every field of a token that a listing may filter or sort on (the hash is never one).
+TOKEN_FIELDS = (
+    "id",
+    "project_id",
+    "description",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "created_by",
+)
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _token(row: TokenRow) -> AuthToken:
+    return AuthToken(
+        id=row.id,
+        project_id=row.project_id,
+        roles=frozenset(Role(name) for name in row.roles.split()),
+        description=row.description,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        created_by=row.created_by,
+    )
+
+
+def _aware(value: datetime, field: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput("must include a timezone", field=field)
+    return value.astimezone(UTC)
 
 
 class TokenStore:
@@ -10,3 +74,70 @@ class TokenStore:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+
+    def create(
+        self,
+        *,
+        project_id: str,
+        roles: Iterable[Role],
+        expires_at: datetime | None = None,
+        description: str = "",
+        created_by: str | None = None,
+    ) -> tuple[AuthToken, str]:
+        """A new token and its secret. The secret is not kept: this is the only time it exists."""
+        parsed_roles = parse_roles(list(roles))
+        now = datetime.now(UTC)
+        row = TokenRow(
+            id=str(uuid.uuid4()),
+            project_id=validate_project_id(project_id),
+            roles=" ".join(sorted(r.value for r in parsed_roles)),
+            description=validate_name(description, "description"),
+            created_at=now,
+            expires_at=None if expires_at is None else _aware(expires_at, "expires_at"),
+            revoked_at=None,
+            created_by=created_by,
+        )
+        secret = new_secret()
+        row.secret_hash = hash_secret(secret)
+        self._session.add(row)
+        self._session.flush()
+        return _token(row), secret
+
+    def lookup(self, secret: str) -> AuthToken | None:
+        """The token with this secret, whether usable or not (None: no such token)."""
+        row = self._session.scalar(
+            select(TokenRow).where(TokenRow.secret_hash == hash_secret(secret))
+        )
+        return None if row is None else _token(row)
+
+    def authenticate(self, secret: str, now: datetime) -> AuthToken | None:
+        """The token with this secret if it can be used at `now`; None: unknown, expired or
+        revoked (callers must not tell which)."""
+        token = self.lookup(secret)
+        return token if token is not None and token.usable_at(now) else None
+
+    def get(self, token_id: str) -> AuthToken:
+        return _token(self._row(token_id))
+
+    def list(self, query: ListQuery) -> list[AuthToken]:
+        statement = apply_query(
+            self._session, select(TokenRow), columns_of(TokenRow, TOKEN_FIELDS), query
+        )
+        return [_token(row) for row in self._session.scalars(statement)]
+
+    def revoke(self, token_id: str, now: datetime) -> AuthToken:
+        """Revokes the token from `now` on; a token revoked before keeps its first revocation."""
+        row = self._row(token_id)
+        if row.revoked_at is None:
+            row.revoked_at = _aware(now, "now")
+            self._session.flush()
+        return _token(row)
+
+    def count(self) -> int:
+        return int(self._session.scalar(select(func.count()).select_from(TokenRow)) or 0)
+
+    def _row(self, token_id: str) -> TokenRow:
+        row = self._session.get(TokenRow, token_id)
+        if row is None:
+            raise TokenNotFound(token_id)
+        return row

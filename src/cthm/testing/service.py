@@ -1,4 +1,5 @@
-"""A real `cthm serve` process for tests: free loopback port, health wait, stop by pid."""
+"""A real `cthm serve` process for tests: free loopback port, health wait, stop by pid, and the
+admin token the server wrote into its data directory on its first start."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 POLL_INTERVAL = 0.05
 PORT_ATTEMPTS = 3
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name; cthm.cli.service writes it)
+TOKEN_HEADER = "X-Auth-Token"  # noqa: S105 (a header name)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -133,6 +136,15 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=STOP_TIMEOUT)
+
+    @property
+    def admin_token(self) -> str:
+        """The secret of the admin token this server's first start wrote (mode 0600)."""
+        return (self.data_dir / ADMIN_TOKEN_FILE).read_text(encoding="ascii").strip()
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a request as this server's admin."""
+        return {TOKEN_HEADER: self.admin_token}
 
     @property
     def stdout(self) -> str:

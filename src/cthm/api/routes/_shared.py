@@ -10,10 +10,14 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
 from cthm.api import policy
-from cthm.api.errors import HiddenRouter, shown
+from cthm.api.errors import Denial, HiddenRouter, shown
 from cthm.api.principal import Principal
+from cthm.api.schemas import ErrorResponse
 from cthm.domain import (
+    BindingNotFound,
+    HelperBinding,
     InvalidInput,
+    ListQuery,
     NotFound,
     PreconditionFailed,
     Router,
@@ -21,6 +25,11 @@ from cthm.domain import (
     validate_uuid,
 )
 from cthm.store import Repository
+
+# For routes where some role may see the target but not act on it.
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "the policy denies this action"}
+}
 
 
 def path_id(value: str, not_found: Callable[[str], NotFound]) -> str:
@@ -33,12 +42,56 @@ def path_id(value: str, not_found: Callable[[str], NotFound]) -> str:
 
 def load_router(repo: Repository, principal: Principal, router_id: str, action: str) -> Router:
     """The router in the path, if the principal may see it and perform `action` on it."""
+    router = _visible_router(repo, principal, router_id, action)
+    policy.enforce(principal, action, router.project_id, target_type="router", target_id=router.id)
+    return router
+
+
+def load_binding(
+    repo: Repository, principal: Principal, router_id: str, binding_id: str, action: str
+) -> tuple[Router, HelperBinding]:
+    """The router and binding in the path, if the principal may see both and perform `action`.
+
+    Both are looked up before the action is checked: a binding of another project is not found
+    (404) even for a principal that may not perform the action on its own router's bindings."""
+    router = _visible_router(repo, principal, router_id, action)
+    checked = path_id(binding_id, lambda text: BindingNotFound(text, router.id))
+    try:
+        binding = repo.get_binding(router.id, checked)
+    except BindingNotFound:
+        # Only on this (rare) path: is it another project's binding? Then it is a probe.
+        elsewhere = repo.list_bindings(ListQuery(filters={"id": (checked,)}))
+        if elsewhere and not policy.can_see(principal, elsewhere[0].project_id):
+            raise HiddenBinding(checked, router.id, action, elsewhere[0].project_id) from None
+        raise
+    policy.enforce(
+        principal,
+        action,
+        router.project_id,
+        target_type="conntrack_helper",
+        target_id=binding.id,
+    )
+    return router, binding
+
+
+def _visible_router(repo: Repository, principal: Principal, router_id: str, action: str) -> Router:
     router = repo.get_router(path_id(router_id, RouterNotFound))
     if not policy.can_see(principal, router.project_id):
         # never 403: that would say the router exists; recorded as a denied attempt
         raise HiddenRouter(router.id, action, router.project_id)
-    policy.enforce(principal, action, router.project_id)
     return router
+
+
+class HiddenBinding(Denial, BindingNotFound):
+    """A binding of a project the principal may not see, asked for through one of its own
+    routers: answered exactly as an unknown id, recorded as a denied attempt."""
+
+    def __init__(self, binding_id: str, router_id: str, action: str, project_id: str) -> None:
+        super().__init__(binding_id, router_id)
+        self.action = action
+        self.target_type = "conntrack_helper"
+        self.target_id = binding_id
+        self.target_project_id = project_id
 
 
 def check_revision(expected: int | None, current: int) -> None:

@@ -9,7 +9,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from cthm.api.deps import CatalogDep, IfMatchDep, PrincipalDep, QueryDep, RepoDep, no_query
+from cthm.api import policy
+from cthm.api.deps import (
+    CatalogDep,
+    IfMatchDep,
+    PrincipalDep,
+    QueryDep,
+    RepoDep,
+    SettingsDep,
+    no_query,
+)
+from cthm.api.principal import Principal
 from cthm.api.query import (
     openapi_parameters,
     pagination_links,
@@ -18,11 +28,12 @@ from cthm.api.query import (
     select_fields,
 )
 from cthm.api.routes._shared import (
+    FORBIDDEN,
     check_revision,
     collection_url,
+    load_binding,
     load_router,
     no_content,
-    path_id,
     respond,
 )
 from cthm.api.schemas import (
@@ -34,23 +45,50 @@ from cthm.api.schemas import (
     binding_body,
 )
 from cthm.domain import (
-    BindingNotFound,
     HelperBinding,
+    HelperCatalog,
     InvalidInput,
+    Protocol,
     Router,
     check_binding_fields,
     new_binding,
 )
+from cthm.settings import Settings
 
 router = APIRouter(prefix="/v2.0/routers/{router_id}/conntrack_helpers", tags=["conntrack helpers"])
 
 
-def _binding_id(value: str, owner: Router) -> str:
-    return path_id(value, lambda shown_id: BindingNotFound(shown_id, owner.id))
+def _check_high_risk(
+    principal: Principal,
+    action: str,
+    catalog: HelperCatalog,
+    settings: Settings,
+    owner: Router,
+    *,
+    protocol: Protocol,
+    helper: str,
+    binding_id: str | None,
+) -> None:
+    """Binding a high-risk helper (creating one, or updating one to one) needs more.
+    binding_id: the binding updated (None: one being created)."""
+    policy.enforce_helper(
+        principal,
+        action,
+        requested=helper,
+        spec=catalog.resolve(helper, protocol),
+        project_id=owner.project_id,
+        high_risk_projects=settings.high_risk_projects,
+        target_type="conntrack_helper",
+        target_id=binding_id,
+    )
 
 
 @router.post(
-    "", status_code=201, response_model=ConntrackHelperResponse, dependencies=[Depends(no_query)]
+    "",
+    status_code=201,
+    response_model=ConntrackHelperResponse,
+    dependencies=[Depends(no_query)],
+    responses=FORBIDDEN,
 )
 def create_conntrack_helper(
     router_id: str,
@@ -58,15 +96,26 @@ def create_conntrack_helper(
     repo: RepoDep,
     principal: PrincipalDep,
     catalog: CatalogDep,
+    settings: SettingsDep,
 ) -> JSONResponse:
-    owner = load_router(repo, principal, router_id, "create_router_conntrack_helper")
+    action = "create_router_conntrack_helper"
+    owner = load_router(repo, principal, router_id, action)
     data = body.conntrack_helper
     for name, value in (("project_id", data.project_id), ("tenant_id", data.tenant_id)):
         if value is not None and value != owner.project_id:
             raise InvalidInput("a conntrack helper belongs to its router's project", field=name)
-    created = repo.add_binding(
-        new_binding(catalog, owner, protocol=data.protocol, port=data.port, helper=data.helper)
+    wanted = new_binding(catalog, owner, protocol=data.protocol, port=data.port, helper=data.helper)
+    _check_high_risk(
+        principal,
+        action,
+        catalog,
+        settings,
+        owner,
+        protocol=wanted.protocol,
+        helper=wanted.helper,
+        binding_id=None,
     )
+    created = repo.add_binding(wanted)
     return respond(201, {"conntrack_helper": binding_body(created)})
 
 
@@ -99,13 +148,15 @@ def show_conntrack_helper(
     router_id: str, binding_id: str, params: QueryDep, repo: RepoDep, principal: PrincipalDep
 ) -> JSONResponse:
     fields = parse_show_request(params, BINDING_SPEC)
-    owner = load_router(repo, principal, router_id, "get_router_conntrack_helper")
-    found = repo.get_binding(owner.id, _binding_id(binding_id, owner))
+    _, found = load_binding(repo, principal, router_id, binding_id, "get_router_conntrack_helper")
     return respond(200, {"conntrack_helper": select_fields(binding_body(found), fields)})
 
 
 @router.put(
-    "/{binding_id}", response_model=ConntrackHelperResponse, dependencies=[Depends(no_query)]
+    "/{binding_id}",
+    response_model=ConntrackHelperResponse,
+    dependencies=[Depends(no_query)],
+    responses=FORBIDDEN,
 )
 def update_conntrack_helper(
     router_id: str,
@@ -114,10 +165,11 @@ def update_conntrack_helper(
     repo: RepoDep,
     principal: PrincipalDep,
     catalog: CatalogDep,
+    settings: SettingsDep,
     if_match: IfMatchDep,
 ) -> JSONResponse:
-    owner = load_router(repo, principal, router_id, "update_router_conntrack_helper")
-    current = repo.get_binding(owner.id, _binding_id(binding_id, owner))
+    action = "update_router_conntrack_helper"
+    owner, current = load_binding(repo, principal, router_id, binding_id, action)
     check_revision(if_match, current.revision_number)
     data = body.conntrack_helper
     # The combined result must be a valid binding, not each changed field alone.
@@ -127,11 +179,23 @@ def update_conntrack_helper(
         current.port if data.port is None else data.port,
         current.helper if data.helper is None else data.helper,
     )
+    _check_high_risk(
+        principal,
+        action,
+        catalog,
+        settings,
+        owner,
+        protocol=protocol,
+        helper=helper,
+        binding_id=current.id,
+    )
     updated = repo.update_binding(owner.id, current.id, protocol=protocol, port=port, helper=helper)
     return respond(200, {"conntrack_helper": binding_body(updated)})
 
 
-@router.delete("/{binding_id}", status_code=204, dependencies=[Depends(no_query)])
+@router.delete(
+    "/{binding_id}", status_code=204, dependencies=[Depends(no_query)], responses=FORBIDDEN
+)
 def delete_conntrack_helper(
     router_id: str,
     binding_id: str,
@@ -139,8 +203,8 @@ def delete_conntrack_helper(
     principal: PrincipalDep,
     if_match: IfMatchDep,
 ) -> Response:
-    owner = load_router(repo, principal, router_id, "delete_router_conntrack_helper")
-    current = repo.get_binding(owner.id, _binding_id(binding_id, owner))
+    action = "delete_router_conntrack_helper"
+    owner, current = load_binding(repo, principal, router_id, binding_id, action)
     check_revision(if_match, current.revision_number)
     repo.delete_binding(owner.id, current.id)
     return no_content()

@@ -15,6 +15,7 @@ from cthm.api.query import (
     select_fields,
 )
 from cthm.api.routes._shared import (
+    FORBIDDEN,
     check_revision,
     collection_url,
     load_router,
@@ -46,13 +47,12 @@ def _project_of(project_id: str | None, tenant_id: str | None, default: str) -> 
     status_code=201,
     response_model=RouterResponse,
     dependencies=[Depends(no_query)],
+    responses=FORBIDDEN,
 )
 def create_router(body: RouterCreateRequest, repo: RepoDep, principal: PrincipalDep) -> Response:
     data = body.router
     project_id = _project_of(data.project_id, data.tenant_id, principal.project_id)
-    policy.enforce(principal, "create_router", project_id)
-    if data.namespace is not None:
-        policy.enforce(principal, "create_router:namespace", project_id)
+    policy.enforce(principal, "create_router", project_id, target_type="router")
     created = repo.add_router(
         new_router(name=data.name, project_id=project_id, namespace=data.namespace)
     )
@@ -63,8 +63,9 @@ def create_router(body: RouterCreateRequest, repo: RepoDep, principal: Principal
 def list_routers(
     request: Request, params: QueryDep, repo: RepoDep, principal: PrincipalDep
 ) -> JSONResponse:
-    listing = parse_list_request(params, ROUTER_SPEC).narrowed_to(policy.list_scope(principal))
-    policy.enforce(principal, "get_router", None)
+    scope = policy.list_scope(principal)
+    policy.enforce(principal, "get_router", scope, target_type="router")
+    listing = parse_list_request(params, ROUTER_SPEC).narrowed_to(scope)
     page = listing.page(repo.list_routers(listing.query))
     bindings = (
         repo.bindings_of(r.id for r in page.items) if listing.wants("conntrack_helpers") else {}
@@ -94,7 +95,12 @@ def show_router(
     return respond(200, {"router": select_fields(_with_bindings(repo, found), fields)})
 
 
-@router.put("/{router_id}", response_model=RouterResponse, dependencies=[Depends(no_query)])
+@router.put(
+    "/{router_id}",
+    response_model=RouterResponse,
+    dependencies=[Depends(no_query)],
+    responses=FORBIDDEN,
+)
 def update_router(
     router_id: str,
     body: RouterUpdateRequest,
@@ -109,7 +115,9 @@ def update_router(
     return respond(200, {"router": _with_bindings(repo, found)})
 
 
-@router.delete("/{router_id}", status_code=204, dependencies=[Depends(no_query)])
+@router.delete(
+    "/{router_id}", status_code=204, dependencies=[Depends(no_query)], responses=FORBIDDEN
+)
 def delete_router(
     router_id: str, repo: RepoDep, principal: PrincipalDep, if_match: IfMatchDep
 ) -> Response:

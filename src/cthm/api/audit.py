@@ -1,0 +1,84 @@
+"""The API's side of the audit trail: denied attempts.
+
+A change is recorded by the store in the change's own transaction. A denied attempt changes
+nothing, and the request's transaction (if it had one) was rolled back, so it is recorded here
+in a short transaction of its own: a 403 from the policy, a 404 that hides another project's
+object (`Denial` errors), and a 401 (no usable token). Recording must never change the answer:
+a failure to record is logged and the caller still gets the denial.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from cthm.api.errors import Denial
+from cthm.api.principal import Principal
+from cthm.store import AuditContext, Store
+
+log = logging.getLogger(__name__)
+
+# A 401 happens before routing: there is no target but the request itself.
+UNAUTHENTICATED_ACTION = "authenticate"
+UNAUTHENTICATED_TARGET = "api"
+
+
+def context_of(state: Mapping[str, Any]) -> AuditContext:
+    """Who was denied, from a request's state: its request id and, once authenticated, the
+    principal (its token id, never the token)."""
+    principal = state.get("principal")
+    if not isinstance(principal, Principal):
+        principal = None
+    return AuditContext(
+        request_id=str(state.get("request_id", "")),
+        token_id=principal.token_id if principal is not None else None,
+        project_id=principal.project_id if principal is not None else None,
+    )
+
+
+def record_denial(
+    store: Store, state: Mapping[str, Any], error: Denial, status_code: int, detail: str
+) -> None:
+    """A request the policy refused (403) or answered as if its target did not exist (404)."""
+    _record(
+        store,
+        context_of(state),
+        action=error.action,
+        target_type=error.target_type,
+        target_id=error.target_id,
+        target_project_id=error.target_project_id,
+        status_code=status_code,
+        detail=detail,
+    )
+
+
+def record_unauthenticated(
+    store: Store, state: Mapping[str, Any], token_id: str | None, detail: str
+) -> None:
+    """A request without a usable token (401). token_id: the id of the token it carried when
+    that token exists (revoked or expired); the secret itself is never recorded."""
+    context = context_of(state)
+    if token_id is not None:
+        context = AuditContext(context.request_id, token_id, context.project_id)
+    _record(
+        store,
+        context,
+        action=UNAUTHENTICATED_ACTION,
+        target_type=UNAUTHENTICATED_TARGET,
+        target_id=None,
+        target_project_id=None,
+        status_code=401,
+        detail=detail,
+    )
+
+
+def _record(store: Store, context: AuditContext, **fields: Any) -> None:
+    try:
+        store.record_denied(context, **fields)
+    except Exception:
+        log.exception(
+            "could not record a denied %s in the audit trail (request %s)",
+            fields.get("action"),
+            context.request_id,
+        )
