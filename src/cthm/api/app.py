@@ -45,7 +45,7 @@ from cthm.api.routes import (
 )
 from cthm.api.routes import status as router_status
 from cthm.api.schemas import ErrorResponse
-from cthm.domain import CthmError
+from cthm.domain import CthmError, HelperCatalog
 from cthm.settings import Settings
 from cthm.store import Store
 
@@ -83,6 +83,10 @@ def create_app(
             400: {"model": ErrorResponse, "description": "invalid request"},
             401: {"model": ErrorResponse, "description": "authentication required"},
             404: {"model": ErrorResponse, "description": "not found"},
+            409: {"model": ErrorResponse, "description": "conflicts with stored state"},
+            412: {"model": ErrorResponse, "description": "If-Match revision is stale"},
+            413: {"model": ErrorResponse, "description": "request body too large"},
+            503: {"model": ErrorResponse, "description": "database unavailable"},
         },
     )
     app.state.cthm = ApiContext(
@@ -129,9 +133,26 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schemas = document.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
+        _declare_catalog(schemas, app.state.cthm.catalog)
         openapi_security(document)
         app.openapi_schema = document
     return app.openapi_schema
+
+
+def _declare_catalog(schemas: dict[str, Any], catalog: HelperCatalog) -> None:
+    """Request bodies name the helpers this deployment's catalog accepts, so clients (and the
+    fuzzer) see them; which helper goes with which protocol stays a 400 with its reason."""
+    helpers = sorted({entry.helper for entry in catalog.entries()})
+    for name in ("ConntrackHelperCreate", "ConntrackHelperUpdate"):
+        helper = schemas.get(name, {}).get("properties", {}).get("helper")
+        if helper is None:
+            continue
+        variants = helper.get("anyOf")
+        target = (
+            next((v for v in variants if v.get("type") == "string"), None) if variants else helper
+        )
+        if target is not None:
+            target["enum"] = helpers
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
