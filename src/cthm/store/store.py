@@ -31,6 +31,7 @@ class Store:
         self._engine = make_engine(url)
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
         self._subscribers: list[ChangeCallback] = []
+        self._file_identity: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
     def migrate(self, revision: str = "head") -> None:
@@ -69,6 +70,8 @@ class Store:
                 repository = Repository(session, audit)
                 try:
                     yield repository
+                    if write:
+                        self._check_file()  # never acknowledge a write into a vanished file
                     session.commit()
                 except BaseException:
                     session.rollback()
@@ -110,16 +113,34 @@ class Store:
                 detail=detail,
             )
 
-    def check_health(self) -> None:
+    def _sqlite_path(self) -> Path | None:
         database = self._engine.url.database
-        # Pooled connections keep an unlinked SQLite file working: writes would be acknowledged
-        # into a file no restart can find.
-        if (
-            self._engine.dialect.name == "sqlite"
-            and database not in (None, "", ":memory:")
-            and not Path(str(database)).exists()
-        ):
-            raise Unavailable("the database file is missing")
+        if self._engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+            return None
+        return Path(str(database).removeprefix("file:").split("?", 1)[0])
+
+    def _check_file(self) -> None:
+        """Pooled connections keep an unlinked (or replaced) SQLite file working: writes would
+        be acknowledged into a file no restart can find. Refuse them, and drop the pool so a
+        restored file is opened afresh."""
+        path = self._sqlite_path()
+        if path is None:
+            return
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self._engine.dispose()
+            raise Unavailable("the database file is missing") from None
+        identity = (stat.st_dev, stat.st_ino)
+        if self._file_identity is None:
+            self._file_identity = identity
+        elif identity != self._file_identity:
+            self._engine.dispose()
+            self._file_identity = identity
+            raise Unavailable("the database file was replaced; retry")
+
+    def check_health(self) -> None:
+        self._check_file()
         try:
             with self._engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
@@ -149,6 +170,8 @@ def _describe(exc: BaseException) -> str:
     text_ = str(getattr(exc, "orig", exc)) or exc.__class__.__name__
     if "readonly" in text_ or "read-only" in text_:
         return "the database is read-only"
+    if "disk is full" in text_ or "disk I/O error" in text_:
+        return "the database disk is full or failing; nothing was written"
     if "locked" in text_:
         return "the database is busy; retry"
     return "the database is unavailable"
