@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     agent_workers: int = Field(default=2, ge=1, le=64)
     nft_backend: str = Field(default="auto", pattern="^(auto|libnftables|subprocess)$")
     agent_enabled: bool = True
+    # At agent start, delete `table inet cthm` from namespaces no router claims. Turn off only
+    # where several cthm instances share a host (each would take the others' tables as orphans).
+    sweep_orphans: bool = True
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     # TLS: both or neither. Beyond loopback the API needs TLS, or an explicit opt-out.
     tls_cert_file: Path | None = None

@@ -81,8 +81,8 @@ def foreign_ruleset(namespace: str) -> str:
 
 def table_handle(namespace: str) -> str | None:
     """The kernel handle of our table: it changes whenever the table is rewritten."""
-    text = nft(namespace, "-a", "list", "tables")
-    match = re.search(r"table inet cthm # handle (\d+)", text)
+    text = nft(namespace, "-a", "list", "ruleset")
+    match = re.search(r"table inet cthm \{ # handle (\d+)", text)
     return match.group(1) if match else None
 
 

@@ -38,6 +38,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "router create":              (Y, Y, F, F, F, F, F, F),
     "router list":                (Y, Y, Y, H, Y, H, Y, Y),
     "router show":                (Y, Y, Y, H, Y, H, Y, Y),
+    "router kernel state":        (Y, Y, Y, H, Y, H, Y, Y),
     "router update":              (Y, Y, Y, H, F, H, F, F),
     "router delete":              (Y, Y, F, H, F, H, F, F),
     "binding create":             (Y, Y, Y, H, F, H, F, F),
@@ -188,6 +189,14 @@ def actions(t: Targets) -> dict[str, Action]:
             ("get_router",), "GET", "/v2.0/routers", None, 200, _read_only, "routers", rid
         ),
         "router show": Action(("get_router",), "GET", router_url, None, 200, _shows("router", rid)),
+        "router kernel state": Action(
+            ("get_router_kernel_state",),
+            "GET",
+            f"{router_url}/kernel_state",
+            None,
+            200,
+            lambda b, a, r: b == a and r.json()["kernel_state"]["router_id"] == rid,
+        ),
         "router update": Action(
             ("update_router",),
             "PUT",

@@ -1,4 +1,5 @@
-"""`cthm status ROUTER`: desired state from the API beside the kernel's table, read now."""
+"""`cthm status ROUTER`: desired state from the API beside the kernel's table, read now, and the
+server's agent view (GET .../kernel_state: last verification, last error, drift repairs)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from cthm_cli_harness import Result
@@ -15,15 +17,23 @@ from cthm.testing import NamespaceFactory
 pytestmark = pytest.mark.kernel
 
 
-def wait_in_sync(cthm: Callable[..., Result], router: str) -> dict[str, object]:
+def wait_report(
+    cthm: Callable[..., Result], router: str, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
     deadline = time.monotonic() + 10
-    report: dict[str, object] = {}
+    report: dict[str, Any] = {}
     while time.monotonic() < deadline:
         report = cthm("--json", "status", router).json()
-        if report["in_sync"]:
+        if done(report):
             return report
         time.sleep(0.05)
     return report
+
+
+def wait_in_sync(cthm: Callable[..., Result], router: str) -> dict[str, Any]:
+    return wait_report(
+        cthm, router, lambda r: bool(r["in_sync"] and r["agent"] and r["agent"]["in_sync"])
+    )
 
 
 def test_status_shows_desired_beside_kernel_and_reveals_drift(
@@ -49,7 +59,17 @@ def test_status_shows_desired_beside_kernel_and_reveals_drift(
 
     report = wait_in_sync(cthm, "st-router")
     assert report["in_sync"] is True, report
-    rows = {(r["protocol"], r["port"]): r for r in report["bindings"]}  # type: ignore[attr-defined]
+    assert report["source"] == "local"
+    agent = report["agent"]
+    assert agent["in_sync"] is True
+    assert agent["verified_at"] is not None
+    assert agent["last_error"] is None
+    assert agent["drift_repairs"] == 0
+    assert {(a["port"], a["helper"], a["kernel_helper"]) for a in agent["actual"]} == {
+        (21, "ftp", "ftp"),
+        (1719, "h323", "RAS"),
+    }
+    rows = {(r["protocol"], r["port"]): r for r in report["bindings"]}
     assert rows[("tcp", 21)]["kernel"] == "ftp"
     assert rows[("udp", 1719)]["desired"] == "h323"
     assert rows[("udp", 1719)]["kernel"] == "RAS"
@@ -58,6 +78,7 @@ def test_status_shows_desired_beside_kernel_and_reveals_drift(
     assert table.returncode == 0, table
     assert "kernel in sync" in table.stdout
     assert "RAS" in table.stdout
+    assert "last verified 20" in table.stdout
 
     # Someone empties our table behind cthm's back: status tells the truth at once.
     subprocess.run(
@@ -81,3 +102,13 @@ def test_status_of_a_router_whose_namespace_is_missing(
     report = cthm("--json", "status", "ghost").json()
     assert report["in_sync"] is False
     assert report["kernel_error"] == "namespace cthm-nowhere-x1 not found on this host"
+
+    # Once the server's agent has looked, its view (and its error) is shown.
+    seen = wait_report(cthm, "ghost", lambda r: r["source"] == "agent")
+    assert seen["source"] == "agent", seen
+    assert seen["in_sync"] is False
+    assert seen["agent"]["last_error"] == "namespace cthm-nowhere-x1 not found"
+    assert seen["agent"]["last_error_at"] is not None
+    text = cthm("status", "ghost")
+    assert "as last read by the agent" in text.stdout
+    assert "last error" in text.stdout

@@ -2,6 +2,7 @@
 
 from cthm.agent.agent import Agent
 from cthm.agent.capabilities import HelperCapabilities
+from cthm.agent.kernel_state import KernelStateBook, RouterKernelState
 from cthm.agent.ports import (
     BindingReport,
     DesiredRouter,
@@ -25,9 +26,11 @@ __all__ = [
     "InvalidDesiredState",
     "KernelBackend",
     "KernelState",
+    "KernelStateBook",
     "LocalStoreSource",
     "ReconcileResult",
     "Reconciler",
+    "RouterKernelState",
     "RouterReport",
     "ShutDown",
     "WorkQueue",

@@ -1,5 +1,11 @@
 """The agent: worker threads draining the work queue, a periodic full resync, and a watch for
-namespaces that routers are waiting on."""
+namespaces that routers are waiting on.
+
+At start (and only then) it removes orphaned tables: `table inet cthm` in namespaces under
+/run/netns that no router (and no pending tombstone) of this database claims. Only at start,
+because another cthm with another database may run on the same host afterwards (the test suite
+runs several, one after the other): a sweep on every resync would delete their tables.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,16 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cthm.agent.capabilities import HelperCapabilities
-from cthm.agent.ports import DesiredStateSource, KernelBackend
+from cthm.agent.kernel_state import KernelStateBook, RouterKernelState
+from cthm.agent.ports import DesiredStateSource, InvalidDesiredState, KernelBackend
 from cthm.agent.queue import ShutDown, WorkQueue
 from cthm.agent.reconciler import Action, Reconciler, ReconcileResult
 from cthm.domain import HelperCatalog
-from cthm.netfilter import NftError, scratch_namespace
+from cthm.netfilter import NftError, UnsafeValue, scratch_namespace
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +42,18 @@ class Agent:
         namespace_poll_interval: float = 0.25,
         netns_dir: Path = NETNS_DIR,
         probe_at_start: bool = False,
+        sweep_orphans: bool = True,
+        orphan_scope: Callable[[str], bool] | None = None,
     ) -> None:
+        """sweep_orphans: remove orphaned cthm tables at start(); orphan_scope: which namespace
+        names the sweep may look at (default: all of them; tests narrow it to their own)."""
         self._source = source
+        self._backend = backend
         self.capabilities = HelperCapabilities(backend)
-        self.reconciler = Reconciler(source, backend, catalog, self.capabilities)
+        self.book = KernelStateBook()
+        self.reconciler = Reconciler(source, backend, catalog, self.capabilities, self.book)
+        self._sweep_orphans = sweep_orphans
+        self._orphan_scope = orphan_scope
         self.queue = WorkQueue()
         self._workers = workers
         self._resync_interval = resync_interval
@@ -58,6 +73,12 @@ class Agent:
     def start(self) -> None:
         if self._threads:
             raise RuntimeError("agent already started")
+        if self._sweep_orphans:
+            # Before any worker runs: no apply can race with the deletions.
+            try:
+                self.remove_orphans()
+            except Exception:  # cleanup must never keep the agent from starting
+                log.exception("could not remove orphaned tables")
         for index in range(self._workers):
             self._spawn(self._work_loop, f"cthm-agent-worker-{index}")
         self._spawn(self._timer_loop, "cthm-agent-timer")
@@ -102,6 +123,52 @@ class Agent:
         with self._lock:
             return self._last.get(router_id)
 
+    def kernel_state(self, router_id: str) -> RouterKernelState | None:
+        """What this agent last saw in the router's kernel table; None if it has not looked."""
+        return self.book.get(router_id)
+
+    def remove_orphans(self) -> list[str]:
+        """Deletes `table inet cthm` (nothing else) in every namespace under the netns
+        directory that no router or pending tombstone claims; returns those namespaces.
+
+        Meant for start() only (see the module's docstring). Does nothing if any stored router
+        cannot be read: its namespace is unknown, and its table must not be taken for an orphan.
+        """
+        claimed = set(self._source.tombstones().values())
+        for router_id in self._source.router_ids():
+            try:
+                desired = self._source.load(router_id)
+            except InvalidDesiredState as exc:
+                log.warning(
+                    "not removing orphaned tables: router %s cannot be read (%s)",
+                    router_id,
+                    exc.reason,
+                )
+                return []
+            if desired is not None:
+                claimed.add(desired.router.namespace)
+        try:
+            names = sorted(entry.name for entry in self._netns_dir.iterdir())
+        except FileNotFoundError:
+            return []
+        removed = []
+        for name in names:
+            if name in claimed or (self._orphan_scope is not None and not self._orphan_scope(name)):
+                continue
+            try:
+                if self._backend.read(name) is None or not self._backend.delete(name):
+                    continue
+            except (NftError, UnsafeValue, OSError) as exc:
+                log.warning(
+                    "namespace %s: could not check for an orphaned cthm table: %s", name, exc
+                )
+                continue
+            log.info(
+                "removed orphaned table inet cthm from namespace %s (no router claims it)", name
+            )
+            removed.append(name)
+        return removed
+
     def _reconcile(self, router_id: str) -> ReconcileResult:
         try:
             result = self.reconciler.reconcile(router_id)
@@ -111,6 +178,8 @@ class Agent:
         with self._lock:
             self._last[router_id] = result
             self.counts[result.action.value] += 1
+            if result.drift:
+                self.counts["drift"] += 1
             if result.missing_namespace:
                 self._waiting_for_namespace[router_id] = result.missing_namespace
             else:

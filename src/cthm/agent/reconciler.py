@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cthm.agent.capabilities import HelperCapabilities
+from cthm.agent.kernel_state import KernelStateBook, describe_difference
 from cthm.agent.ports import (
     BindingReport,
     DesiredRouter,
@@ -39,6 +40,7 @@ class ReconcileResult:
     reason: str = ""
     retry: bool = False
     missing_namespace: str | None = None
+    drift: bool = False  # the kernel had changed behind cthm's back since it was verified
 
 
 class VerificationFailed(Exception):
@@ -52,11 +54,13 @@ class Reconciler:
         backend: KernelBackend,
         catalog: HelperCatalog,
         capabilities: HelperCapabilities,
+        book: KernelStateBook | None = None,
     ) -> None:
         self._source = source
         self._backend = backend
         self._catalog = catalog
         self._capabilities = capabilities
+        self.book = book if book is not None else KernelStateBook()
 
     def reconcile(self, router_id: str) -> ReconcileResult:
         try:
@@ -66,33 +70,56 @@ class Reconciler:
         if desired is None:
             return self._remove(router_id)
         namespace = desired.router.namespace
+        revision = desired.router.revision_number
+        kernel_read = False  # whether this call read the kernel (else its state is unknown)
+        drift = False
         try:
             refused = self._refused_bindings(desired)
             usable = [b for b in desired.bindings if b.id not in refused]
             assignments = assignments_for(self._catalog, usable)
             want = self._backend.desired(assignments)
             action = Action.NOOP
-            if self._backend.read(namespace) != want:
+            have = self._backend.read(namespace)
+            kernel_read = True
+            # Asked before observed(): a mismatch makes the book forget the verification.
+            drift = have != want and self.book.is_drift(router_id, namespace, revision, want)
+            if not self.book.observed(router_id, namespace, revision, want, have):
+                if drift:
+                    self.book.drift_detected(router_id)
+                    log.warning(
+                        "router %s: drift in namespace %s (changed behind cthm's back): %s; "
+                        "repairing",
+                        router_id,
+                        namespace,
+                        describe_difference(want, have),
+                    )
                 self._backend.apply(namespace, assignments)
                 action = Action.APPLIED
                 have = self._backend.read(namespace)
-                if have != want:
+                if not self.book.observed(router_id, namespace, revision, want, have):
                     raise VerificationFailed(
                         f"kernel table differs from what was applied (garbage: "
                         f"{', '.join(getattr(have, 'garbage', ())) or 'none'})"
                     )
         except NamespaceNotFound:
             reason = f"namespace {namespace} not found"
+            self.book.failed(router_id, reason, namespace=namespace, namespace_missing=True)
             self._report(desired, Status.ERROR, reason, {b.id: reason for b in desired.bindings})
             return ReconcileResult(
-                router_id, Action.FAILED, reason, retry=True, missing_namespace=namespace
+                router_id,
+                Action.FAILED,
+                reason,
+                retry=True,
+                missing_namespace=namespace,
+                drift=drift,
             )
         except (NftError, VerificationFailed) as exc:
             self._capabilities.invalidate()  # a helper may have gone; probe again next time
             reason = f"kernel refused the change: {_message(exc)}"
             log.warning("router %s: %s", router_id, reason)
+            self.book.failed(router_id, reason, namespace=namespace, kernel_unknown=not kernel_read)
             self._report(desired, Status.ERROR, reason, {b.id: reason for b in desired.bindings})
-            return ReconcileResult(router_id, Action.FAILED, reason, retry=True)
+            return ReconcileResult(router_id, Action.FAILED, reason, retry=True, drift=drift)
 
         summary = ""
         failed = len(refused) + len(desired.rejected)
@@ -102,7 +129,7 @@ class Reconciler:
         self._report(desired, Status.ACTIVE, summary, refused)
         if action is Action.APPLIED:
             log.info("router %s: applied %d assignments", router_id, len(assignments))
-        return ReconcileResult(router_id, action, summary)
+        return ReconcileResult(router_id, action, summary, drift=drift)
 
     def _refused_bindings(self, desired: DesiredRouter) -> dict[str, str]:
         """Bindings that cannot be in the kernel, with the reason a person can act on."""
@@ -135,6 +162,7 @@ class Reconciler:
     def _refuse(self, exc: InvalidDesiredState) -> ReconcileResult:
         """A stored router that fails validation: no namespace is touched on its behalf."""
         log.error("router %s: %s", exc.router_id, exc.reason)
+        self.book.failed(exc.router_id, exc.reason, kernel_unknown=True)
         if exc.revision_number is not None:
             self._source.report(
                 RouterReport(exc.router_id, exc.revision_number, Status.ERROR, exc.reason)
@@ -146,6 +174,7 @@ class Reconciler:
     def _remove(self, router_id: str) -> ReconcileResult:
         namespace = self._source.tombstones().get(router_id)
         if namespace is None:
+            self.book.forget(router_id)
             return ReconcileResult(router_id, Action.NOOP)
         try:
             self._backend.delete(namespace)
@@ -155,6 +184,7 @@ class Reconciler:
             reason = f"could not delete table in {namespace}: {_message(exc)}"
             return ReconcileResult(router_id, Action.FAILED, reason, retry=True)
         self._source.clear_tombstone(router_id)
+        self.book.forget(router_id)
         log.info("router %s deleted: removed its table from %s", router_id, namespace)
         return ReconcileResult(router_id, Action.REMOVED)
 

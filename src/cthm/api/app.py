@@ -43,7 +43,9 @@ from cthm.api.routes import (
     routers,
     versions,
 )
+from cthm.api.routes import kernel_state as kernel_state_routes
 from cthm.api.routes import status as router_status
+from cthm.api.routes.kernel_state import KernelStateProvider
 from cthm.api.schemas import ErrorResponse
 from cthm.domain import CthmError, HelperCatalog
 from cthm.settings import Settings
@@ -67,10 +69,12 @@ def create_app(
     *,
     helper_availability: HelperAvailability | None = None,
     authenticator: Authenticator | None = None,
+    kernel_state: KernelStateProvider | None = None,
 ) -> FastAPI:
     """The cthm REST API over `store`. helper_availability: which (kernel helper, protocol)
     pairs this host's kernel has; None: unknown (the catalog shows kernel_available null).
-    authenticator: how tokens are checked and failures slowed down (default: the defaults)."""
+    authenticator: how tokens are checked and failures slowed down (default: the defaults).
+    kernel_state: the in-process agent's view of a router's kernel table; None: no agent."""
     app = FastAPI(
         title="cthm",
         summary="Conntrack helper manager: Neutron-compatible conntrack helper API",
@@ -96,6 +100,7 @@ def create_app(
         helper_availability=helper_availability,
     )
     app.state.authenticator = authenticator if authenticator is not None else Authenticator()
+    app.state.kernel_state = kernel_state
     # Added before the request-context middleware, so it runs inside it: a 401 has a request id.
     app.add_middleware(AuthenticationMiddleware, authenticator=app.state.authenticator, store=store)
     app.add_middleware(
@@ -111,6 +116,7 @@ def create_app(
         routers,
         conntrack_helpers,
         router_status,
+        kernel_state_routes,
         catalog,
         health,
         audit_events,

@@ -38,6 +38,7 @@ POLICY: Mapping[str, Rule] = {
     # A router stands for a namespace on a host: only an admin may register or remove one.
     "create_router": Rule.ADMIN,
     "get_router": Rule.READER,
+    "get_router_kernel_state": Rule.READER,  # the same rule as get_router
     "update_router": Rule.ADMIN_OR_PROJECT_MEMBER,  # its name only
     "delete_router": Rule.ADMIN,
     "create_router_conntrack_helper": Rule.ADMIN_OR_PROJECT_MEMBER,

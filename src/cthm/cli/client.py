@@ -138,6 +138,11 @@ class CthmClient:
     def delete_router(self, router_id: str) -> None:
         self._request("DELETE", _path("routers", router_id))
 
+    def kernel_state(self, router_id: str) -> JSONObject:
+        """The router's desired state beside what the server's agent last read from the kernel."""
+        path = _path("routers", router_id, "kernel_state")
+        return self._member(self._request("GET", path), "kernel_state")
+
     # conntrack helpers (bindings)
 
     def list_helpers(self, router_id: str) -> list[JSONObject]:

@@ -102,6 +102,7 @@ class Service:
             workers=self.settings.agent_workers,
             resync_interval=self.settings.resync_interval,
             probe_at_start=True,
+            sweep_orphans=self.settings.sweep_orphans,
         )
         # Every committed API change wakes the agent at once: no polling delay.
         store.subscribe(self.agent.enqueue)
@@ -124,7 +125,10 @@ class Service:
 
         agent = self.agent
         availability = agent.capabilities.snapshot if agent is not None else None
-        return create_app(self.settings, self.store, helper_availability=availability)
+        kernel_state = agent.kernel_state if agent is not None else None
+        return create_app(
+            self.settings, self.store, helper_availability=availability, kernel_state=kernel_state
+        )
 
     def serve(self, on_listening: Callable[[str], None] | None = None) -> None:
         """Serves the API until SIGTERM or SIGINT; `on_listening(url)` once connections queue."""

@@ -1,7 +1,10 @@
-"""`cthm status ROUTER`: desired state (from the API) beside kernel state (read here, now).
+"""`cthm status ROUTER`: desired state (from the API) beside kernel state.
 
-Runs on the router's host, as root: the kernel side is read from the namespace directly, so it
-shows what the kernel holds at this moment, not what an agent last reported.
+Two views of the kernel, both shown: what the server's agent last read back
+(GET .../kernel_state: when it last verified the table, its last error, drift repairs), and,
+when this host has the namespace (run on the router's host, as root), the table read here, now.
+The rows and the verdict come from the read made now when there is one (an agent's view may be
+up to one resync old); otherwise from the agent's view.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import click
 from rich.text import Text
 
 from cthm.cli import render
+from cthm.cli.client import ClientError, CthmClient, JSONObject
 from cthm.cli.context import CliState, json_option, pass_state
 from cthm.cli.errors import Failure
 from cthm.cli.resolve import resolve_router
-from cthm.domain import HelperCatalog, InvalidInput, Protocol
+from cthm.domain import Assignment, HelperCatalog, InvalidInput, Protocol
 from cthm.netfilter import (
     KernelTable,
     LibraryUnavailable,
@@ -26,6 +30,7 @@ from cthm.netfilter import (
 )
 
 Key = tuple[str, int]
+NO_AGENT_PREFIX = "no agent in this process"
 
 
 @click.command("status")
@@ -37,8 +42,14 @@ def status(state: CliState, router: str) -> None:
     with state.client() as client:
         body = resolve_router(client, router)
         bindings = client.list_helpers(body["id"])
-    kernel, kernel_error = _read_kernel(body["namespace"])
+        agent = _agent_view(client, body["id"])
+    kernel, kernel_error = _read_kernel(body["namespace"], required=agent is None)
     report = compare(bindings, kernel, kernel_error)
+    report["source"] = "local"
+    if agent is not None and (kernel_error is not None and agent["in_sync"] is not None):
+        # Nothing readable here, but the agent has looked: its view is the best there is.
+        report.update(_from_agent(bindings, agent))
+    report["agent"] = agent
     report["router"] = {k: body.get(k) for k in ("id", "name", "namespace", "status")}
     report["router"]["status_reason"] = body.get("status_reason", "")
     if state.json:
@@ -47,10 +58,46 @@ def status(state: CliState, router: str) -> None:
     _print(report)
 
 
-def _read_kernel(namespace: str) -> tuple[KernelTable | None, str | None]:
+def _agent_view(client: CthmClient, router_id: str) -> JSONObject | None:
+    """The server's agent view of the router; None without an agent (or an older server)."""
+    try:
+        view = client.kernel_state(router_id)
+    except ClientError as exc:
+        if exc.status == 404:  # a server without the endpoint: the router itself was found
+            return None
+        raise
+    if view.get("in_sync") is None and str(view.get("last_error") or "").startswith(
+        NO_AGENT_PREFIX
+    ):
+        return None
+    return view
+
+
+def _from_agent(bindings: list[dict[str, Any]], agent: JSONObject) -> dict[str, Any]:
+    actual = agent.get("actual") or []
+    kernel = KernelTable(
+        tuple(
+            Assignment(Protocol(a["protocol"]), int(a["port"]), str(a["kernel_helper"]))
+            for a in actual
+        ),
+        frozenset(),
+        tuple(agent.get("garbage") or ()),
+    )
+    report = compare(bindings, kernel, None)
+    del report["kernel_error"]  # the note on why nothing was read here stays
+    report["in_sync"] = agent["in_sync"]
+    report["source"] = "agent"
+    return report
+
+
+def _read_kernel(namespace: str, *, required: bool = True) -> tuple[KernelTable | None, str | None]:
+    """The table read here, now, or why not. required: no other view exists, so a host that
+    cannot read nftables at all is a failure rather than a note."""
     try:
         backend = NftablesBackend(make_runner("auto"))
     except (LibraryUnavailable, OSError) as exc:
+        if not required:
+            return None, f"cannot read nftables on this host: {exc}"
         raise Failure(f"cannot read nftables on this host: {exc}") from exc
     try:
         return backend.read(namespace), None
@@ -105,15 +152,25 @@ def compare(
 
 def _print(report: dict[str, Any]) -> None:
     router = report["router"]
-    verdict = "in sync" if report["in_sync"] else "DIFFERS"
+    verdict = {True: "in sync", False: "DIFFERS", None: "unknown"}[report["in_sync"]]
+    seen = "as last read by the agent" if report["source"] == "agent" else "read here now"
     render.print_line(
         f"router {router['name'] or router['id']} ({router['id']}) in {router['namespace']}: "
-        f"status {router['status']}; kernel {verdict}"
+        f"status {router['status']}; kernel {verdict} ({seen})"
     )
     if router.get("status_reason"):
         render.print_line(f"  reason: {router['status_reason']}")
     if report["kernel_error"]:
         render.print_line(f"  kernel: {report['kernel_error']}")
+    agent = report.get("agent")
+    if agent is not None:
+        agent_verdict = {True: "in sync", False: "DIFFERS", None: "unknown"}[agent["in_sync"]]
+        render.print_line(
+            f"  agent: kernel {agent_verdict}; last verified {agent['verified_at'] or 'never'}; "
+            f"drift repairs {agent['drift_repairs']}"
+        )
+        if agent.get("last_error"):
+            render.print_line(f"  last error ({agent['last_error_at']}): {agent['last_error']}")
     table = render.make_table(
         None,
         (

@@ -1,0 +1,182 @@
+"""What the agent last saw in each router's kernel table: the verified state, kept in memory.
+
+Kept here and not in the database on purpose: a no-op resync must write nothing to the DB, yet
+`verified_at` moves on every successful read-back. The record also carries what drift detection
+needs: the desired state (router revision and expected table) this agent last verified.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from cthm.agent.ports import KernelState
+from cthm.domain import Assignment
+
+
+@dataclass(frozen=True, slots=True)
+class RouterKernelState:
+    """One router's kernel view as this agent last observed it.
+
+    in_sync: True when the last read equals the desired table, False when it differs (or the
+    namespace is missing), None when unknown (never read, or the read itself failed).
+    actual: the assignments read back; None when unknown, () when there is no table.
+    """
+
+    router_id: str
+    namespace: str | None = None
+    revision_number: int | None = None
+    desired: tuple[Assignment, ...] | None = None
+    actual: tuple[Assignment, ...] | None = None
+    table_present: bool | None = None
+    garbage: tuple[str, ...] = ()
+    in_sync: bool | None = None
+    checked_at: datetime | None = None  # last read of the kernel, whatever it showed
+    verified_at: datetime | None = None  # last read that equalled the desired table
+    last_error: str | None = None  # kept after recovery: compare last_error_at with verified_at
+    last_error_at: datetime | None = None
+    drift_repairs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """The desired state last verified in the kernel: the same one again means drift."""
+
+    namespace: str
+    revision_number: int
+    want: object  # the backend's desired form, compared with ==
+
+
+class KernelStateBook:
+    """Thread-safe records, one per router; workers write, the API reads snapshots."""
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or _utcnow
+        self._lock = threading.Lock()
+        self._states: dict[str, RouterKernelState] = {}
+        self._verified: dict[str, _Verified] = {}
+        self._drifting: set[str] = set()  # drift seen, not yet repaired
+
+    def get(self, router_id: str) -> RouterKernelState | None:
+        with self._lock:
+            return self._states.get(router_id)
+
+    def observed(
+        self,
+        router_id: str,
+        namespace: str,
+        revision_number: int,
+        want: KernelState | None,
+        have: KernelState | None,
+    ) -> bool:
+        """Records a read of the kernel. True when it matches the desired state (verified).
+        A mismatch forgets the last verification, so drift is counted once per occurrence."""
+        now = self._clock()
+        matches = have == want
+        with self._lock:
+            state = self._state(router_id)
+            state = replace(
+                state,
+                namespace=namespace,
+                revision_number=revision_number,
+                desired=_assignments(want),
+                actual=_assignments(have) if have is not None else (),
+                table_present=have is not None,
+                garbage=tuple(have.garbage) if have is not None else (),
+                in_sync=matches,
+                checked_at=now,
+                verified_at=now if matches else state.verified_at,
+            )
+            if matches and router_id in self._drifting:
+                self._drifting.discard(router_id)
+                state = replace(state, drift_repairs=state.drift_repairs + 1)
+            self._states[router_id] = state
+            if matches:
+                self._verified[router_id] = _Verified(namespace, revision_number, want)
+            else:
+                self._verified.pop(router_id, None)
+        return matches
+
+    def is_drift(
+        self, router_id: str, namespace: str, revision_number: int, want: KernelState | None
+    ) -> bool:
+        """Whether this exact desired state was verified before (so a difference now was made
+        behind cthm's back, not by a user's change)."""
+        with self._lock:
+            last = self._verified.get(router_id)
+        return last == _Verified(namespace, revision_number, want)
+
+    def drift_detected(self, router_id: str) -> None:
+        """Counted as repaired (`drift_repairs`) at the next successful verification."""
+        with self._lock:
+            self._drifting.add(router_id)
+
+    def failed(
+        self,
+        router_id: str,
+        reason: str,
+        *,
+        namespace: str | None = None,
+        kernel_unknown: bool = False,
+        namespace_missing: bool = False,
+    ) -> None:
+        """Records an error. kernel_unknown: the kernel could not be read (in_sync unknown);
+        namespace_missing: the kernel holds nothing for the router (in_sync False)."""
+        now = self._clock()
+        with self._lock:
+            state = self._state(router_id)
+            changes: dict[str, object] = {"last_error": reason, "last_error_at": now}
+            if namespace is not None:
+                changes["namespace"] = namespace
+            if namespace_missing:
+                changes.update(
+                    actual=(), table_present=False, garbage=(), in_sync=False, checked_at=now
+                )
+            elif kernel_unknown:
+                changes.update(actual=None, table_present=None, garbage=(), in_sync=None)
+            self._states[router_id] = replace(state, **changes)  # type: ignore[arg-type]
+
+    def forget(self, router_id: str) -> None:
+        """The router is gone (its table removed): nothing left to show."""
+        with self._lock:
+            self._states.pop(router_id, None)
+            self._verified.pop(router_id, None)
+            self._drifting.discard(router_id)
+
+    def _state(self, router_id: str) -> RouterKernelState:
+        return self._states.get(router_id) or RouterKernelState(router_id)
+
+
+def describe_difference(want: KernelState | None, have: KernelState | None) -> str:
+    """What differs between the desired and the actual table, for one log line."""
+    if have is None:
+        return "our table is missing"
+    if want is None:
+        return "a table exists where none should"
+    wanted, held = set(want.assignments), set(have.assignments)
+    parts = []
+    missing = sorted(wanted - held)
+    extra = sorted(held - wanted)
+    if missing:
+        parts.append("missing " + ", ".join(_shown(a) for a in missing))
+    if extra:
+        parts.append("unexpected " + ", ".join(_shown(a) for a in extra))
+    if have.garbage:
+        parts.append("not ours: " + "; ".join(have.garbage))
+    if not parts:
+        parts.append("helper objects or chain differ")
+    return "; ".join(parts)[:1000]
+
+
+def _shown(assignment: Assignment) -> str:
+    return f"{assignment.protocol}/{assignment.port}={assignment.helper}"
+
+
+def _assignments(state: KernelState | None) -> tuple[Assignment, ...] | None:
+    return tuple(state.assignments) if state is not None else None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)

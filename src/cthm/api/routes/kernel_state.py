@@ -1,0 +1,166 @@
+"""GET /v2.0/routers/{router_id}/kernel_state: the router's desired assignments beside what the
+agent last read back from its kernel table, the difference, when it last verified them, and the
+last error.
+
+The agent is reached through a callable given to create_app (the API never imports the agent).
+Without one (no agent in this process) the kernel side is unknown: in_sync is null and
+last_error says so. Desired comes from the database as it is now, so a change the agent has
+not applied yet shows as a difference (in_sync false): the answer is about the kernel, not
+about intentions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Protocol as TypingProtocol
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from cthm.api.deps import CatalogDep, PrincipalDep, RepoDep, no_query
+from cthm.api.routes._shared import load_router, respond
+from cthm.api.schemas import format_timestamp
+from cthm.domain import Assignment, HelperBinding, HelperCatalog, InvalidInput
+
+NO_AGENT = "no agent in this process: the kernel state is unknown to this server"
+
+router = APIRouter(prefix="/v2.0/routers/{router_id}", tags=["kernel state"])
+
+
+class KernelView(TypingProtocol):
+    """What the agent's record of one router offers (cthm.agent.RouterKernelState)."""
+
+    @property
+    def actual(self) -> Sequence[Assignment] | None: ...
+
+    @property
+    def garbage(self) -> Sequence[str]: ...
+
+    @property
+    def in_sync(self) -> bool | None: ...
+
+    @property
+    def verified_at(self) -> datetime | None: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    @property
+    def last_error_at(self) -> datetime | None: ...
+
+    @property
+    def drift_repairs(self) -> int: ...
+
+
+# router id -> the agent's record, or None when the agent has not looked at the router yet
+KernelStateProvider = Callable[[str], KernelView | None]
+
+
+class KernelAssignment(BaseModel):
+    protocol: str
+    port: int
+    helper: str = Field(description="the helper as bound (an alias such as h323 included)")
+    kernel_helper: str | None = Field(
+        description="the kernel's helper; null when the bound helper is no longer allowed"
+    )
+
+
+class KernelStatePublic(BaseModel):
+    router_id: str
+    namespace: str
+    desired: list[KernelAssignment]
+    actual: list[KernelAssignment] = Field(description="as last read back; empty when unknown")
+    missing: list[KernelAssignment] = Field(description="desired, not in the kernel")
+    unexpected: list[KernelAssignment] = Field(description="in the kernel, not desired")
+    garbage: list[str] = Field(description="anything else in cthm's table, described")
+    in_sync: bool | None = Field(description="null: unknown (no agent, or not read yet)")
+    verified_at: str | None = Field(description="last read-back equal to the desired state")
+    last_error: str | None
+    last_error_at: str | None
+    drift_repairs: int
+
+
+class KernelStateResponse(BaseModel):
+    kernel_state: KernelStatePublic
+
+
+Row = dict[str, object]
+
+
+@router.get("/kernel_state", response_model=KernelStateResponse, dependencies=[Depends(no_query)])
+def show_kernel_state(
+    router_id: str,
+    request: Request,
+    repo: RepoDep,
+    principal: PrincipalDep,
+    catalog: CatalogDep,
+) -> JSONResponse:
+    found = load_router(repo, principal, router_id, "get_router_kernel_state")
+    bindings, _rejected = repo.desired_bindings(found.id)
+    desired = [_desired_row(catalog, b) for b in bindings]
+    provider: KernelStateProvider | None = getattr(request.app.state, "kernel_state", None)
+    view = provider(found.id) if provider is not None else None
+    body: dict[str, object] = {
+        "router_id": found.id,
+        "namespace": found.namespace,
+        "desired": desired,
+        "actual": [],
+        "missing": [],
+        "unexpected": [],
+        "garbage": [],
+        "in_sync": None,
+        "verified_at": None,
+        "last_error": NO_AGENT if provider is None else None,
+        "last_error_at": None,
+        "drift_repairs": 0,
+    }
+    if view is not None:
+        body.update(_compared(desired, view))
+    return respond(200, {"kernel_state": body})
+
+
+def _desired_row(catalog: HelperCatalog, binding: HelperBinding) -> Row:
+    try:
+        kernel_helper: str | None = catalog.resolve(binding.helper, binding.protocol).name
+    except InvalidInput:
+        kernel_helper = None
+    return {
+        "protocol": binding.protocol.value,
+        "port": binding.port,
+        "helper": binding.helper,
+        "kernel_helper": kernel_helper,
+    }
+
+
+def _compared(desired: list[Row], view: KernelView) -> dict[str, object]:
+    def key(row: Row) -> tuple[object, object, object]:
+        return row["protocol"], row["port"], row["kernel_helper"]
+
+    # An assignment read back is shown under the name it is bound as, when a binding wants it.
+    bound = {key(row): row["helper"] for row in desired}
+    actual: list[Row] = []
+    for a in sorted(view.actual or ()):
+        row: Row = {"protocol": a.protocol.value, "port": a.port, "kernel_helper": a.helper}
+        actual.append({**row, "helper": bound.get(key(row), a.helper)})
+    held = {key(row) for row in actual}
+    missing = [row for row in desired if key(row) not in held]
+    unexpected = [row for row in actual if key(row) not in bound]
+    garbage = list(view.garbage)
+    in_sync = view.in_sync
+    if in_sync is not None and view.actual is not None:
+        # The agent compared with the desired state it last enforced; the database may have
+        # moved on since, or hold bindings the kernel cannot take.
+        in_sync = in_sync and not (missing or unexpected or garbage)
+    return {
+        "actual": actual,
+        "missing": missing,
+        "unexpected": unexpected,
+        "garbage": garbage,
+        "in_sync": in_sync,
+        "verified_at": format_timestamp(view.verified_at),
+        "last_error": view.last_error,
+        "last_error_at": format_timestamp(view.last_error_at),
+        "drift_repairs": view.drift_repairs,
+    }
