@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     resync_interval: float = Field(default=60.0, gt=0, le=86400)
     agent_workers: int = Field(default=2, ge=1, le=64)
     nft_backend: str = Field(default="auto", pattern="^(auto|libnftables|subprocess)$")
+    # How rules reach the kernel: nftables (`table inet cthm`) or iptables (`raw` table chains).
+    backend: str = Field(default="nftables", pattern="^(nftables|iptables)$")
     agent_enabled: bool = True
     # At agent start, delete `table inet cthm` from namespaces no router claims. Turn off only
     # where several cthm instances share a host (each would take the others' tables as orphans).

@@ -10,6 +10,7 @@ import cthm.netfilter
 
 EXPECTED = {
     "CHAIN_NAME",
+    "IPTABLES_FLAVOURS",
     "RUNNER_KINDS",
     "TABLE_FAMILY",
     "TABLE_NAME",
@@ -17,6 +18,7 @@ EXPECTED = {
     "FakeRun",
     "FakeUnsupported",
     "HelperObject",
+    "IptablesBackend",
     "KernelTable",
     "LibNftablesRunner",
     "LibraryUnavailable",

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cthm.testing import HelperAssigner, HelperTraffic, Topology
+from cthm.testing import HelperAssigner, HelperTraffic, Topology, run_in_namespace
 from cthm.testing.service import ServerProcess
 
 pytestmark = [pytest.mark.kernel, pytest.mark.traffic]
@@ -22,9 +22,16 @@ pytestmark = [pytest.mark.kernel, pytest.mark.traffic]
 SETTLE_TIMEOUT = 10.0
 
 
+@pytest.fixture(params=["nftables", "iptables"])
+def backend(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path / "data", tmp_path / "logs") as server:
+def service(tmp_path: Path, backend: str) -> Iterator[ServerProcess]:
+    args = ("--backend", backend)
+    with ServerProcess(tmp_path / "data", tmp_path / "logs", args=args) as server:
         yield server
 
 
@@ -83,6 +90,16 @@ def assign_helpers(service: ServerProcess) -> HelperAssigner:
 
 
 def test_helpers_created_through_the_api_make_active_ftp_and_tftp_work(
-    helper_traffic: HelperTraffic, assign_helpers: HelperAssigner
+    helper_traffic: HelperTraffic, assign_helpers: HelperAssigner, topology: Topology, backend: str
 ) -> None:
     helper_traffic.prove(assign_helpers)
+    # And the helpers came from the backend asked for, not from the other one.
+    nft_tables = run_in_namespace(topology.router_ns, ["nft", "list", "tables"]).stdout.splitlines()
+    raw = run_in_namespace(topology.router_ns, ["iptables-save", "-t", "raw"]).stdout
+    if backend == "nftables":
+        assert "table inet cthm" in nft_tables  # whole lines: not cthm_test_fw
+        assert "cthm-PREROUTING" not in raw
+    else:
+        assert "table inet cthm" not in nft_tables
+        assert "-A cthm-PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp" in raw
+        assert "-A cthm-PREROUTING -p udp -m udp --dport 69 -j CT --helper tftp" in raw

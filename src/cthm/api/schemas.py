@@ -286,6 +286,9 @@ class ApiResource(BaseModel):
 
 class ResourcesResponse(BaseModel):
     resources: list[ApiResource]
+    # keystoneauth's single-version discovery reads this; without it openstacksdk and the
+    # `openstack` CLI refuse an endpoint override ending in /v2.0.
+    version: Version
 
 
 class HealthResponse(BaseModel):

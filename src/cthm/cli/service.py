@@ -22,7 +22,7 @@ from cthm.agent import Agent, LocalStoreSource
 from cthm.cli.errors import ServiceError, ServiceSettingError
 from cthm.cli.server import bind_listener, check_tls_files, listener_url, run_server
 from cthm.domain import CthmError, Role
-from cthm.netfilter import LibraryUnavailable, NftablesBackend, make_runner
+from cthm.netfilter import IptablesBackend, LibraryUnavailable, NftablesBackend, make_runner
 from cthm.settings import Settings
 from cthm.store import Store
 
@@ -46,7 +46,7 @@ class Service:
         self._say = say or _echo
         self.admin_token_file: Path | None = None  # set when this start created it
         self._store: Store | None = None
-        self._backend: NftablesBackend | None = None
+        self._backend: NftablesBackend | IptablesBackend | None = None
         self.agent: Agent | None = None
 
     def __enter__(self) -> Service:
@@ -94,7 +94,11 @@ class Service:
             runner = make_runner(self.settings.nft_backend)
         except (LibraryUnavailable, OSError) as exc:
             raise ServiceError(f"cannot program nftables: {exc}") from exc
-        self._backend = NftablesBackend(runner)
+        self._backend = (
+            IptablesBackend(self.settings.nft_backend)
+            if self.settings.backend == "iptables"
+            else NftablesBackend(runner)
+        )
         self.agent = Agent(
             LocalStoreSource(store),
             self._backend,

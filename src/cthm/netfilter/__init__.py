@@ -28,6 +28,7 @@ from cthm.netfilter.errors import (
 )
 from cthm.netfilter.factory import RUNNER_KINDS, make_runner
 from cthm.netfilter.fake import FakeNftables, FakeRun, FakeUnsupported
+from cthm.netfilter.iptables import IPTABLES_FLAVOURS, IptablesBackend
 from cthm.netfilter.libnftables import LibNftablesRunner, LibraryUnavailable
 from cthm.netfilter.model import (
     CHAIN_NAME,
@@ -46,6 +47,7 @@ from cthm.netfilter.transaction import Operation, Transaction
 
 __all__ = [
     "CHAIN_NAME",
+    "IPTABLES_FLAVOURS",
     "RUNNER_KINDS",
     "TABLE_FAMILY",
     "TABLE_NAME",
@@ -53,6 +55,7 @@ __all__ = [
     "FakeRun",
     "FakeUnsupported",
     "HelperObject",
+    "IptablesBackend",
     "KernelTable",
     "LibNftablesRunner",
     "LibraryUnavailable",

@@ -23,10 +23,11 @@ def _base(request: Request) -> str:
 
 @router.get("/", response_model=VersionsResponse)
 def list_versions(request: Request) -> VersionsResponse:
-    href = f"{_base(request)}{API_VERSION}/"
-    return VersionsResponse(
-        versions=[Version(id=API_VERSION, status="CURRENT", links=[Link(href=href, rel="self")])]
-    )
+    return VersionsResponse(versions=[_current(f"{_base(request)}{API_VERSION}/")])
+
+
+def _current(href: str) -> Version:
+    return Version(id=API_VERSION, status="CURRENT", links=[Link(href=href, rel="self")])
 
 
 @router.get("/v2.0", response_model=ResourcesResponse)
@@ -34,6 +35,7 @@ def list_versions(request: Request) -> VersionsResponse:
 def list_resources(request: Request) -> ResourcesResponse:
     base = f"{_base(request)}{API_VERSION}"
     return ResourcesResponse(
+        version=_current(f"{base}/"),
         resources=[
             ApiResource(
                 name=name,
@@ -41,5 +43,5 @@ def list_resources(request: Request) -> ResourcesResponse:
                 links=[Link(href=f"{base}/{collection}", rel="self")],
             )
             for name, collection in RESOURCES
-        ]
+        ],
     )

@@ -41,6 +41,12 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     help="TOML settings file. [env CTHM_CONFIG]",
 )
 @click.option(
+    "--backend",
+    type=click.Choice(["nftables", "iptables"]),
+    default=None,
+    help="How rules reach the kernel. [nftables; env CTHM_BACKEND]",
+)
+@click.option(
     "--resync-interval",
     type=float,
     default=None,
@@ -70,6 +76,7 @@ def serve(
     port: int | None,
     config_file: Path | None,
     resync_interval: float | None,
+    backend: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     allow_insecure_listen: bool | None,
@@ -81,6 +88,7 @@ def serve(
         host=host,
         port=port,
         resync_interval=resync_interval,
+        backend=backend,
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
         allow_insecure_listen=allow_insecure_listen,
