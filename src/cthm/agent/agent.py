@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cthm.agent.capabilities import HelperCapabilities
@@ -44,6 +44,7 @@ class Agent:
         probe_at_start: bool = False,
         sweep_orphans: bool = True,
         orphan_scope: Callable[[str], bool] | None = None,
+        retired_backends: Sequence[KernelBackend] = (),
     ) -> None:
         """sweep_orphans: remove orphaned cthm tables at start(); orphan_scope: which namespace
         names the sweep may look at (default: all of them; tests narrow it to their own)."""
@@ -51,7 +52,9 @@ class Agent:
         self._backend = backend
         self.capabilities = HelperCapabilities(backend)
         self.book = KernelStateBook()
-        self.reconciler = Reconciler(source, backend, catalog, self.capabilities, self.book)
+        self.reconciler = Reconciler(
+            source, backend, catalog, self.capabilities, self.book, retired=retired_backends
+        )
         self._sweep_orphans = sweep_orphans
         self._orphan_scope = orphan_scope
         self.queue = WorkQueue()

@@ -7,6 +7,7 @@ enforces the whole of it (Kubernetes controller style). Nothing is written when 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -55,12 +56,17 @@ class Reconciler:
         catalog: HelperCatalog,
         capabilities: HelperCapabilities,
         book: KernelStateBook | None = None,
+        retired: Sequence[KernelBackend] = (),
     ) -> None:
         self._source = source
         self._backend = backend
         self._catalog = catalog
         self._capabilities = capabilities
         self.book = book if book is not None else KernelStateBook()
+        # Backends this node used before (nftables <-> iptables): their rules are removed once
+        # ours are verified, so switching a node's backend migrates its routers.
+        self._retired = tuple(retired)
+        self._migration_checked: set[str] = set()
 
     def reconcile(self, router_id: str) -> ReconcileResult:
         try:
@@ -121,6 +127,11 @@ class Reconciler:
             self._report(desired, Status.ERROR, reason, {b.id: reason for b in desired.bindings})
             return ReconcileResult(router_id, Action.FAILED, reason, retry=True, drift=drift)
 
+        if self._retired and (action is Action.APPLIED or router_id not in self._migration_checked):
+            # Once per router per run, and after each change: never on a no-op resync.
+            self._migration_checked.add(router_id)
+            if self._remove_retired(router_id, namespace):
+                action = Action.APPLIED
         summary = ""
         failed = len(refused) + len(desired.rejected)
         if failed:
@@ -171,6 +182,33 @@ class Reconciler:
         # resync looks again).
         return ReconcileResult(exc.router_id, Action.FAILED, exc.reason)
 
+    def _remove_retired(self, router_id: str, namespace: str) -> bool:
+        """Deletes what retired backends hold in the namespace; True if anything was removed.
+        A failure here is logged, never fatal: our own table is already verified."""
+        removed = False
+        for retired in self._retired:
+            try:
+                if retired.read(namespace) is not None:
+                    retired.delete(namespace)
+                    removed = True
+                    log.info(
+                        "router %s: migrated: removed %s rules from %s",
+                        router_id,
+                        type(retired).__name__,
+                        namespace,
+                    )
+            except NamespaceNotFound:
+                return removed
+            except (NftError, OSError) as exc:
+                log.warning(
+                    "router %s: could not check %s rules in %s: %s",
+                    router_id,
+                    type(retired).__name__,
+                    namespace,
+                    _message(exc),
+                )
+        return removed
+
     def _remove(self, router_id: str) -> ReconcileResult:
         namespace = self._source.tombstones().get(router_id)
         if namespace is None:
@@ -183,6 +221,7 @@ class Reconciler:
         except NftError as exc:
             reason = f"could not delete table in {namespace}: {_message(exc)}"
             return ReconcileResult(router_id, Action.FAILED, reason, retry=True)
+        self._remove_retired(router_id, namespace)
         self._source.clear_tombstone(router_id)
         self.book.forget(router_id)
         log.info("router %s deleted: removed its table from %s", router_id, namespace)

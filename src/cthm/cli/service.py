@@ -47,6 +47,7 @@ class Service:
         self.admin_token_file: Path | None = None  # set when this start created it
         self._store: Store | None = None
         self._backend: NftablesBackend | IptablesBackend | None = None
+        self._retired: NftablesBackend | IptablesBackend | None = None
         self.agent: Agent | None = None
 
     def __enter__(self) -> Service:
@@ -94,11 +95,14 @@ class Service:
             runner = make_runner(self.settings.nft_backend)
         except (LibraryUnavailable, OSError) as exc:
             raise ServiceError(f"cannot program nftables: {exc}") from exc
-        self._backend = (
-            IptablesBackend(self.settings.nft_backend)
-            if self.settings.backend == "iptables"
-            else NftablesBackend(runner)
-        )
+        nftables = NftablesBackend(runner)
+        iptables = IptablesBackend(self.settings.nft_backend)
+        # The backend in use, and the other one retired: switching a node's backend migrates
+        # its routers (the other backend's rules go once ours are verified).
+        if self.settings.backend == "iptables":
+            self._backend, self._retired = iptables, nftables
+        else:
+            self._backend, self._retired = nftables, iptables
         self.agent = Agent(
             LocalStoreSource(store),
             self._backend,
@@ -107,6 +111,7 @@ class Service:
             resync_interval=self.settings.resync_interval,
             probe_at_start=True,
             sweep_orphans=self.settings.sweep_orphans,
+            retired_backends=(self._retired,),
         )
         # Every committed API change wakes the agent at once: no polling delay.
         store.subscribe(self.agent.enqueue)
@@ -117,9 +122,10 @@ class Service:
         agent, self.agent = self.agent, None
         if agent is not None:
             agent.stop()
-        backend, self._backend = self._backend, None
-        if backend is not None:
-            backend.close()
+        for backend in (self._backend, self._retired):
+            if backend is not None:
+                backend.close()
+        self._backend = self._retired = None
         store, self._store = self._store, None
         if store is not None:
             store.close()
