@@ -14,14 +14,10 @@ never reaches the kernel and accepts helper types the kernel lacks.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Iterable, Sequence
 
 from cthm.domain import Assignment, Protocol
 from cthm.netfilter.backend import NftablesBackend
-from cthm.netfilter.errors import NftOther, translate_error
 from cthm.netfilter.factory import make_runner
 from cthm.netfilter.iptables_parse import SavedChain, parse_save
 from cthm.netfilter.iptables_render import (
@@ -35,6 +31,7 @@ from cthm.netfilter.iptables_render import (
 )
 from cthm.netfilter.model import KernelTable
 from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR, namespace_path
+from cthm.netfilter.subprocess_runner import run_argv, which
 
 IPTABLES_FLAVOURS = ("default", "nft", "legacy")
 _FAMILIES = (False, True)  # ipv6?
@@ -137,33 +134,7 @@ class IptablesBackend:
     def _run(self, namespace: str, program: str, args: list[str], stdin: str | None) -> str:
         """`ip netns exec NS program args`, stdin text, no shell; failures as NftError."""
         namespace_path(namespace, NETNS_DIR)  # UnsafeValue / NamespaceNotFound first
-        argv = [_which("ip"), "netns", "exec", namespace, _which(program), *args]
-        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        try:
-            done = subprocess.run(
-                argv,
-                input=stdin,
-                stdin=subprocess.DEVNULL if stdin is None else None,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                env=env,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            message = f"{program} did not finish within {self.timeout:g} s in {namespace}"
-            raise NftOther(message, namespace=namespace) from exc
-        except OSError as exc:
-            raise NftOther(f"cannot run {program}: {exc}", namespace=namespace) from exc
-        if done.returncode != 0:
-            failure = subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
-            message = done.stderr or f"{program} exited with status {done.returncode}"
-            raise translate_error(message, namespace=namespace) from failure
-        return done.stdout
-
-
-def _which(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        raise NftOther(f"{program} not found on PATH ({os.environ.get('PATH', '')})")
-    return path
+        argv = [which("ip"), "netns", "exec", namespace, which(program), *args]
+        return run_argv(
+            argv, program=program, namespace=namespace, stdin=stdin, timeout=self.timeout
+        )

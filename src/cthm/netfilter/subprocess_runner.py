@@ -28,7 +28,7 @@ class SubprocessRunner:
 
     def argv(self, namespace: str, commands: str, *, json: bool, dry_run: bool) -> list[str]:
         """The exact argv `run` executes (stdin is `commands` unless json)."""
-        ip, nft = _which("ip"), _which("nft")
+        ip, nft = which("ip"), which("nft")
         argv = [ip, "netns", "exec", namespace, nft]
         if dry_run:
             argv.append("-c")
@@ -44,35 +44,50 @@ class SubprocessRunner:
     ) -> str:
         namespace_path(namespace, self._netns_dir)
         argv = self.argv(namespace, commands, json=json, dry_run=dry_run)
-        # The C locale: error classes are recognised by strerror's English text.
-        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        try:
-            done = subprocess.run(
-                argv,
-                input=None if json else commands,
-                stdin=subprocess.DEVNULL if json else None,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                env=env,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            message = f"nft did not finish within {self.timeout:g} s in namespace {namespace}"
-            raise NftOther(message, namespace=namespace) from exc
-        except OSError as exc:
-            raise NftOther(f"cannot run {argv[0]}: {exc}", namespace=namespace) from exc
-        if done.returncode != 0:
-            failure = subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
-            message = done.stderr or f"nft exited with status {done.returncode}"
-            raise translate_error(message, namespace=namespace) from failure
-        return done.stdout
+        return run_argv(
+            argv,
+            program="nft",
+            namespace=namespace,
+            stdin=None if json else commands,
+            timeout=self.timeout,
+        )
 
     def close(self) -> None:
         """Nothing to release: each call is its own process."""
 
 
-def _which(program: str) -> str:
+def run_argv(
+    argv: list[str], *, program: str, namespace: str, stdin: str | None, timeout: float
+) -> str:
+    """Runs a netfilter tool's argv (no shell) and returns its stdout; every failure is
+    translated in one place into the NftError hierarchy, carrying the tool's message."""
+    # The C locale: error classes are recognised by strerror's English text.
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+    try:
+        done = subprocess.run(
+            argv,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        message = f"{program} did not finish within {timeout:g} s in namespace {namespace}"
+        raise NftOther(message, namespace=namespace) from exc
+    except OSError as exc:
+        raise NftOther(f"cannot run {argv[0]}: {exc}", namespace=namespace) from exc
+    if done.returncode != 0:
+        failure = subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
+        message = done.stderr or f"{program} exited with status {done.returncode}"
+        raise translate_error(message, namespace=namespace) from failure
+    return done.stdout
+
+
+def which(program: str) -> str:
+    """`program`'s path on PATH now (a changed PATH takes effect at once)."""
     path = shutil.which(program)
     if path is None:
         raise NftOther(f"{program} not found on PATH ({os.environ.get('PATH', '')})")

@@ -3,7 +3,7 @@ If-Match revisions and JSON responses."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import Request, Response
@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from cthm.api import policy
 from cthm.api.errors import Denial, HiddenRouter, shown
 from cthm.api.principal import Principal
+from cthm.api.query import ListRequest, Page, pagination_links, select_fields
 from cthm.api.schemas import ErrorResponse
 from cthm.domain import (
     BindingNotFound,
@@ -103,6 +104,23 @@ def check_revision(expected: int | None, current: int) -> None:
 
 def collection_url(request: Request) -> str:
     return str(request.url.replace(query=""))
+
+
+def list_response(
+    request: Request,
+    collection: str,
+    items: Iterable[dict[str, Any]],
+    listing: ListRequest,
+    page: Page[Any],
+    id_of: Callable[[Any], str],
+) -> JSONResponse:
+    """A Neutron list body: `{collection: [...]}` with the requested fields, plus
+    `<collection>_links` when there are pages before or after this one."""
+    body: dict[str, object] = {collection: [select_fields(item, listing.fields) for item in items]}
+    links = pagination_links(collection_url(request), listing, page, id_of)
+    if links:
+        body[f"{collection}_links"] = links
+    return respond(200, body)
 
 
 def respond(status: int, body: dict[str, Any]) -> JSONResponse:

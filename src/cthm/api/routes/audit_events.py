@@ -22,16 +22,14 @@ from cthm.api.query import (
     Params,
     ResourceSpec,
     openapi_parameters,
-    pagination_links,
     parse_int,
     parse_list_request,
     parse_project_id,
     parse_text,
     parse_timestamp,
     parse_uuid,
-    select_fields,
 )
-from cthm.api.routes._shared import FORBIDDEN, collection_url, respond
+from cthm.api.routes._shared import FORBIDDEN, list_response
 from cthm.api.schemas import Link
 from cthm.domain import InvalidInput, SortDir
 from cthm.store.audit import Outcome
@@ -149,13 +147,9 @@ def list_audit_events(
     page = listing.page(
         repo.audit.list(listing.query, since=bounds.get("since"), until=bounds.get("until"))
     )
-    body: dict[str, object] = {
-        "audit_events": [select_fields(event, listing.fields) for event in page.items]
-    }
-    links = pagination_links(collection_url(request), listing, page, _id)
-    if links:
-        body["audit_events_links"] = links
-    return respond(200, body)
+    return list_response(
+        request, "audit_events", (event for event in page.items), listing, page, _id
+    )
 
 
 def _id(event: dict[str, Any]) -> str:

@@ -21,7 +21,6 @@ from cthm.api.query import (
     FieldSpec,
     ResourceSpec,
     openapi_parameters,
-    pagination_links,
     parse_list_request,
     parse_name,
     parse_project_id,
@@ -30,7 +29,7 @@ from cthm.api.query import (
     parse_uuid,
     select_fields,
 )
-from cthm.api.routes._shared import collection_url, no_content, path_id, respond
+from cthm.api.routes._shared import list_response, no_content, path_id, respond
 from cthm.api.schemas import Link, StrictModel, Timestamp
 from cthm.domain import AuthToken, InvalidInput, Role, TokenNotFound, parse_roles
 
@@ -189,13 +188,9 @@ def list_auth_tokens(
     policy.enforce(principal, "get_auth_token", None, target_type=TARGET_TYPE)
     listing = parse_list_request(params, AUTH_TOKEN_SPEC)
     page = listing.page(repo.tokens.list(listing.query))
-    body: dict[str, object] = {
-        "auth_tokens": [select_fields(token_body(t), listing.fields) for t in page.items]
-    }
-    links = pagination_links(collection_url(request), listing, page, _id)
-    if links:
-        body["auth_tokens_links"] = links
-    return respond(200, body)
+    return list_response(
+        request, "auth_tokens", (token_body(t) for t in page.items), listing, page, _id
+    )
 
 
 @router.get(

@@ -22,7 +22,6 @@ from cthm.api.deps import (
 from cthm.api.principal import Principal
 from cthm.api.query import (
     openapi_parameters,
-    pagination_links,
     parse_list_request,
     parse_show_request,
     select_fields,
@@ -30,7 +29,7 @@ from cthm.api.query import (
 from cthm.api.routes._shared import (
     FORBIDDEN,
     check_revision,
-    collection_url,
+    list_response,
     load_binding,
     load_router,
     no_content,
@@ -130,13 +129,9 @@ def list_conntrack_helpers(
     listing = parse_list_request(params, BINDING_SPEC)
     owner = load_router(repo, principal, router_id, "get_router_conntrack_helper")
     page = listing.page(repo.list_bindings(listing.query, router_id=owner.id))
-    body: dict[str, object] = {
-        "conntrack_helpers": [select_fields(binding_body(b), listing.fields) for b in page.items]
-    }
-    links = pagination_links(collection_url(request), listing, page, _id)
-    if links:
-        body["conntrack_helpers_links"] = links
-    return respond(200, body)
+    return list_response(
+        request, "conntrack_helpers", (binding_body(b) for b in page.items), listing, page, _id
+    )
 
 
 @router.get(

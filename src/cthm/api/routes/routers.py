@@ -9,7 +9,6 @@ from cthm.api import policy
 from cthm.api.deps import IfMatchDep, PrincipalDep, QueryDep, RepoDep, no_query
 from cthm.api.query import (
     openapi_parameters,
-    pagination_links,
     parse_list_request,
     parse_show_request,
     select_fields,
@@ -17,7 +16,7 @@ from cthm.api.query import (
 from cthm.api.routes._shared import (
     FORBIDDEN,
     check_revision,
-    collection_url,
+    list_response,
     load_router,
     no_content,
     respond,
@@ -70,16 +69,14 @@ def list_routers(
     bindings = (
         repo.bindings_of(r.id for r in page.items) if listing.wants("conntrack_helpers") else {}
     )
-    body: dict[str, object] = {
-        "routers": [
-            select_fields(router_body(r, bindings.get(r.id, [])), listing.fields)
-            for r in page.items
-        ]
-    }
-    links = pagination_links(collection_url(request), listing, page, _id)
-    if links:
-        body["routers_links"] = links
-    return respond(200, body)
+    return list_response(
+        request,
+        "routers",
+        (router_body(r, bindings.get(r.id, [])) for r in page.items),
+        listing,
+        page,
+        _id,
+    )
 
 
 @router.get(
