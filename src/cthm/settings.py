@@ -37,8 +37,12 @@ class Settings(BaseSettings):
     resync_interval: float = Field(default=60.0, gt=0, le=86400)
     agent_workers: int = Field(default=2, ge=1, le=64)
     nft_backend: str = Field(default="auto", pattern="^(auto|libnftables|subprocess)$")
-    # How rules reach the kernel: nftables (`table inet cthm`) or iptables (`raw` table chains).
-    backend: str = Field(default="nftables", pattern="^(nftables|iptables)$")
+    # How rules reach the kernel: nftables (`table inet cthm`), iptables (`raw` table chains),
+    # or auto: decided once at start by looking (read-only) at what the node's routers use.
+    backend: str = Field(default="nftables", pattern="^(nftables|iptables|auto)$")
+    # Which iptables tools: "default" (the system's `iptables-restore`; where both flavours are
+    # installed, the one holding the node's rules), "nft" (iptables-nft-*) or "legacy".
+    iptables_flavour: str = Field(default="default", pattern="^(default|nft|legacy)$")
     agent_enabled: bool = True
     # At agent start, delete `table inet cthm` from namespaces no router claims. Turn off only
     # where several cthm instances share a host (each would take the others' tables as orphans).

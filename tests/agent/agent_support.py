@@ -41,7 +41,12 @@ class World:
         self.backend = backend
         self.netns = netns
         self.agent = Agent(
-            LocalStoreSource(store), backend, self.catalog, resync_interval=3600, workers=2
+            LocalStoreSource(store),
+            backend,
+            self.catalog,
+            resync_interval=3600,
+            workers=2,
+            sweep_orphans=False,  # a started agent must not touch the host's other namespaces
         )
 
     def router(self, label: str, *, create_namespace: bool = True) -> Router:

@@ -123,3 +123,36 @@ def test_many_threads_each_key_processed_serially() -> None:
         thread.join(10)
     assert not overlaps
     assert {"a", "b", "c", "d"} <= set(processed)
+
+
+def test_an_added_key_wakes_a_worker_even_while_someone_waits_for_the_queue() -> None:
+    """wait_until() shares the queue's condition with the workers: the wake-up add() sends must
+    reach the worker, not only the waiter (which would leave the key unclaimed)."""
+    queue = WorkQueue()
+    stop_waiting = threading.Event()
+    waiter = threading.Thread(target=queue.wait_until, args=(stop_waiting.is_set, 5.0))
+    waiter.start()  # queued on the condition first
+    got: list[str | None] = []
+    worker_waiting = threading.Event()
+
+    def worker() -> None:
+        worker_waiting.set()
+        try:
+            got.append(queue.get())  # no timeout: only a notification wakes it
+        except ShutDown:
+            got.append("never woken")
+
+    worker_thread = threading.Thread(target=worker)
+    worker_thread.start()
+    assert worker_waiting.wait(2.0)
+    for _ in range(100):  # bounded: until the worker is blocked in get()
+        if len(queue._cond._waiters) >= 2:  # type: ignore[attr-defined]
+            break
+        threading.Event().wait(0.005)
+    queue.add("r1")
+    worker_thread.join(2.0)
+    stop_waiting.set()
+    queue.shutdown()  # releases a worker that was never woken
+    worker_thread.join(5.0)
+    waiter.join(5.0)
+    assert got == ["r1"]

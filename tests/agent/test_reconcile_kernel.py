@@ -187,7 +187,13 @@ def test_one_broken_router_does_not_block_others(world: World) -> None:
 def test_periodic_resync_repairs_a_table_changed_behind_our_back(world: World) -> None:
     router = world.router("r")
     world.bind(router, "tcp", 21, "ftp")
-    agent = Agent(LocalStoreSource(world.store), world.backend, world.catalog, resync_interval=0.2)
+    agent = Agent(
+        LocalStoreSource(world.store),
+        world.backend,
+        world.catalog,
+        resync_interval=0.2,
+        sweep_orphans=False,  # the host's other namespaces are not this test's
+    )
     agent.start()
     try:
         assert agent.wait_settled(10)
@@ -205,7 +211,13 @@ def test_periodic_resync_repairs_a_table_changed_behind_our_back(world: World) -
 def test_agent_learns_the_kernels_helpers_at_start_in_a_namespace_of_its_own(
     world: World,
 ) -> None:
-    agent = Agent(LocalStoreSource(world.store), world.backend, world.catalog, probe_at_start=True)
+    agent = Agent(
+        LocalStoreSource(world.store),
+        world.backend,
+        world.catalog,
+        probe_at_start=True,
+        sweep_orphans=False,
+    )
     agent.start()
     try:
         expected = {(s.name, p) for s in world.catalog.kernel_helpers for p in s.protocols}

@@ -119,9 +119,17 @@ class Api:
         return router
 
     def create_helper(
-        self, router_id: str, protocol: str = "tcp", port: int = 21, helper: str = "ftp"
+        self,
+        router_id: str,
+        protocol: str = "tcp",
+        port: int = 21,
+        helper: str = "ftp",
+        direction: str | None = None,
     ) -> JSON:
-        body = {"conntrack_helper": {"protocol": protocol, "port": port, "helper": helper}}
+        fields: JSON = {"protocol": protocol, "port": port, "helper": helper}
+        if direction is not None:  # absent, not null: the server's default
+            fields["direction"] = direction
+        body = {"conntrack_helper": fields}
         response = self.post(f"/v2.0/routers/{router_id}/conntrack_helpers", json=body)
         assert response.status_code == 201, response.text
         binding: JSON = response.json()["conntrack_helper"]

@@ -66,7 +66,8 @@ def router_values(body: JSON) -> JSON:
 
 
 def binding_values(body: JSON) -> JSON:
-    keys = ("id", "router_id", "project_id", "protocol", "port", "helper", "revision_number")
+    keys = ("id", "router_id", "project_id", "protocol", "port", "helper", "direction")
+    keys += ("revision_number",)
     return {k: body[k] for k in keys}
 
 

@@ -16,6 +16,7 @@ BINDING_KEYS = {
     "protocol",
     "port",
     "helper",
+    "direction",
     "router_id",
     "project_id",
     "status",
@@ -47,6 +48,7 @@ def test_crud_round_trip(api: Api, router: JSON) -> None:
     assert created["protocol"] == "udp"
     assert created["port"] == 69
     assert created["helper"] == "tftp"
+    assert created["direction"] == "ingress"
     assert created["router_id"] == rid
     assert created["project_id"] == router["project_id"]
     assert created["status"] == "PENDING"

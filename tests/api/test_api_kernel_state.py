@@ -96,7 +96,13 @@ def test_without_an_agent_the_kernel_is_unknown(api: Api) -> None:
     assert body["router_id"] == router["id"]
     assert body["namespace"] == "cthm-nowhere-ks"
     assert body["desired"] == [
-        {"protocol": "udp", "port": 1719, "helper": "h323", "kernel_helper": "RAS"}
+        {
+            "protocol": "udp",
+            "port": 1719,
+            "direction": "ingress",
+            "helper": "h323",
+            "kernel_helper": "RAS",
+        }
     ]
     assert body["in_sync"] is None
     assert NO_AGENT in body["last_error"]
@@ -124,6 +130,7 @@ def test_verified_state_drift_and_pending_changes(
     verified = iso(body["verified_at"])
     ras = {"protocol": "udp", "port": 1719, "helper": "h323", "kernel_helper": "RAS"}
     ftp = {"protocol": "tcp", "port": 21, "helper": "ftp", "kernel_helper": "ftp"}
+    ras["direction"] = ftp["direction"] = "ingress"
     assert sorted(body["desired"], key=str) == sorted([ras, ftp], key=str)
     assert sorted(body["actual"], key=str) == sorted([ras, ftp], key=str)
     assert (body["missing"], body["unexpected"], body["garbage"]) == ([], [], [])
@@ -134,7 +141,13 @@ def test_verified_state_drift_and_pending_changes(
     pending = kernel_state(api, router["id"])
     assert pending["in_sync"] is False
     assert pending["missing"] == [
-        {"protocol": "udp", "port": 69, "helper": "tftp", "kernel_helper": "tftp"}
+        {
+            "protocol": "udp",
+            "port": 69,
+            "direction": "ingress",
+            "helper": "tftp",
+            "kernel_helper": "tftp",
+        }
     ]
     agent.sync_all()
     assert kernel_state(api, router["id"])["in_sync"] is True
@@ -185,3 +198,55 @@ def test_policy_is_that_of_get_router(api_factory: ApiFactory) -> None:
     assert error_of(hidden)["type"] == error_of(unknown)["type"] == "RouterNotFound"
     assert api.as_token(None).get(url).status_code == 401
     assert api.get(url + "?fields=id").status_code == 400
+
+
+@pytest.mark.kernel
+def test_assignments_carry_their_direction(agent_api: AgentApi, netns: NamespaceFactory) -> None:
+    api, agent = agent_api.api, agent_api.agent
+    namespace = netns.create("ksdir")
+    router = api.create_router(name="edge", project_id="p1", namespace=namespace)
+    api.create_helper(router["id"], "tcp", 21, "ftp")
+    api.create_helper(router["id"], "tcp", 21, "ftp", direction="output")
+    api.create_helper(router["id"], "udp", 69, "tftp", direction="output")
+
+    agent.sync_all()
+    body = kernel_state(api, router["id"])
+
+    def row(protocol: str, port: int, helper: str, direction: str) -> JSON:
+        return {
+            "protocol": protocol,
+            "port": port,
+            "direction": direction,
+            "helper": helper,
+            "kernel_helper": helper,
+        }
+
+    expected = [
+        row("tcp", 21, "ftp", "ingress"),
+        row("tcp", 21, "ftp", "output"),
+        row("udp", 69, "tftp", "output"),
+    ]
+    assert sorted(body["desired"], key=str) == sorted(expected, key=str)
+    assert sorted(body["actual"], key=str) == sorted(expected, key=str), body
+    assert (body["missing"], body["unexpected"], body["garbage"]) == ([], [], [])
+    assert body["in_sync"] is True
+
+    # Only the direction of one binding changes: the kernel must move it to the other hook.
+    tftp = next(
+        b
+        for b in api.get(f"/v2.0/routers/{router['id']}").json()["router"]["conntrack_helpers"]
+        if b["port"] == 69
+    )
+    moved = api.put(
+        f"/v2.0/routers/{router['id']}/conntrack_helpers/{tftp['id']}",
+        json={"conntrack_helper": {"direction": "ingress"}},
+    )
+    assert moved.status_code == 200, moved.text
+    pending = kernel_state(api, router["id"])
+    assert pending["in_sync"] is False
+    assert pending["missing"] == [row("udp", 69, "tftp", "ingress")]
+    assert pending["unexpected"] == [row("udp", 69, "tftp", "output")]
+    agent.sync_all()
+    settled = kernel_state(api, router["id"])
+    assert settled["in_sync"] is True
+    assert row("udp", 69, "tftp", "ingress") in settled["actual"]

@@ -174,8 +174,14 @@ def test_router_body_lists_its_conntrack_helpers(api: Api, router: JSON) -> None
     tftp = api.create_helper(router["id"], "udp", 69, "tftp")
     shown = api.get(f"/v2.0/routers/{router['id']}").json()["router"]
     assert sorted(shown["conntrack_helpers"], key=lambda h: h["port"]) == [
-        {"id": ftp["id"], "protocol": "tcp", "port": 21, "helper": "ftp"},
-        {"id": tftp["id"], "protocol": "udp", "port": 69, "helper": "tftp"},
+        {"id": ftp["id"], "protocol": "tcp", "port": 21, "helper": "ftp", "direction": "ingress"},
+        {
+            "id": tftp["id"],
+            "protocol": "udp",
+            "port": 69,
+            "helper": "tftp",
+            "direction": "ingress",
+        },
     ]
     other = api.create_router(name="other")
     listed = {r["id"]: r for r in api.get("/v2.0/routers").json()["routers"]}

@@ -16,7 +16,7 @@ from cthm.settings import load_settings
 
 def test_start_prepares_a_private_data_dir_and_a_migrated_store(tmp_path: Path) -> None:
     data_dir = tmp_path / "a" / "b"
-    service = Service(load_settings(data_dir=data_dir))
+    service = Service(load_settings(data_dir=data_dir, sweep_orphans=False))
     with service:
         assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
         with service.store.unit_of_work() as repo:
@@ -37,7 +37,7 @@ def test_start_prepares_a_private_data_dir_and_a_migrated_store(tmp_path: Path) 
 
 def test_an_existing_data_dir_is_left_as_it_is(tmp_path: Path) -> None:
     tmp_path.chmod(0o750)
-    with Service(load_settings(data_dir=tmp_path)):
+    with Service(load_settings(data_dir=tmp_path, sweep_orphans=False)):
         pass
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o750
 

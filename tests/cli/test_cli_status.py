@@ -112,3 +112,46 @@ def test_status_of_a_router_whose_namespace_is_missing(
     text = cthm("status", "ghost")
     assert "as last read by the agent" in text.stdout
     assert "last error" in text.stdout
+
+
+def test_status_keys_bindings_by_direction(
+    cthm: Callable[..., Result], netns: NamespaceFactory, project: str
+) -> None:
+    namespace = netns.create("sd")
+    name = f"sd-{project}"
+    ftp = ("--protocol", "tcp", "--port", "21", "--helper", "ftp")
+    for args in (
+        ("router", "create", name, "--project", project, "--namespace", namespace),
+        ("helper", "create", name, *ftp),
+        ("helper", "create", name, *ftp, "--direction", "output"),
+    ):
+        assert cthm(*args).returncode == 0
+
+    report = wait_in_sync(cthm, name)
+    assert report["in_sync"] is True, report
+    rows = {(r["protocol"], r["port"], r["direction"]): r for r in report["bindings"]}
+    assert set(rows) == {("tcp", 21, "ingress"), ("tcp", 21, "output")}
+    assert all(r["kernel"] == "ftp" and r["match"] for r in rows.values())
+    assert {(a["port"], a["direction"]) for a in report["agent"]["actual"]} == {
+        (21, "ingress"),
+        (21, "output"),
+    }
+
+    table = cthm("status", name)
+    assert table.returncode == 0, table
+    lines = [line.split() for line in table.stdout.splitlines()]
+    assert any(line[:3] == ["Protocol", "Port", "Direction"] for line in lines), table.stdout
+    assert ["tcp", "21", "output", "ftp"] in [line[:4] for line in lines]
+    assert ["tcp", "21", "ingress", "ftp"] in [line[:4] for line in lines]
+
+    # Only the output rule goes: status names that row, the ingress one still matches.
+    subprocess.run(
+        ["ip", "netns", "exec", namespace, "nft", "delete", "chain", "inet", "cthm", "output"],
+        check=True,
+        timeout=10,
+    )
+    drifted = cthm("--json", "status", name).json()
+    assert drifted["in_sync"] is False
+    by_direction = {r["direction"]: r for r in drifted["bindings"]}
+    assert by_direction["output"]["kernel"] is None
+    assert by_direction["ingress"]["kernel"] == "ftp"

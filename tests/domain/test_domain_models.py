@@ -11,6 +11,7 @@ import pytest
 from cthm.domain import (
     NAMESPACE_PREFIX,
     Assignment,
+    Direction,
     HelperBinding,
     HelperCatalog,
     InvalidInput,
@@ -22,6 +23,7 @@ from cthm.domain import (
     default_namespace,
     new_binding,
     new_router,
+    parse_direction,
 )
 
 MESSAGE_MAX = 300
@@ -429,3 +431,40 @@ def test_assignments_never_pass_on_a_helper_the_catalog_refuses(helper: str) -> 
 
 def test_assignments_of_nothing() -> None:
     assert assignments_for(CATALOG, []) == []
+
+
+def test_assignments_sort_by_protocol_port_direction_then_helper() -> None:
+    ingress_irc = Assignment(Protocol.TCP, 21, "irc")
+    output_ftp = Assignment(Protocol.TCP, 21, "ftp", Direction.OUTPUT)
+    udp = Assignment(Protocol.UDP, 20, "tftp")
+    assert sorted([udp, output_ftp, ingress_irc]) == [ingress_irc, output_ftp, udp]
+
+
+def test_a_binding_defaults_to_ingress_and_takes_output() -> None:
+    router = new_router(name="r", project_id="p", router_id=RID)
+    catalog = HelperCatalog()
+    assert new_binding(catalog, router, protocol="tcp", port=21, helper="ftp").direction is (
+        Direction.INGRESS
+    )
+    output = new_binding(catalog, router, protocol="tcp", port=21, helper="ftp", direction="output")
+    assert output.direction is Direction.OUTPUT
+
+
+@pytest.mark.parametrize("value", ["OUTPUT", "egress", "", " output", 1, None, ["output"]])
+def test_anything_but_ingress_or_output_is_refused(value: object) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_direction(value)
+    assert caught.value.field == "direction"
+
+
+def test_same_port_in_both_directions_gives_two_assignments() -> None:
+    router = new_router(name="r", project_id="p", router_id=RID)
+    catalog = HelperCatalog()
+    bindings = [
+        new_binding(catalog, router, protocol="tcp", port=21, helper="ftp"),
+        new_binding(catalog, router, protocol="tcp", port=21, helper="irc", direction="output"),
+    ]
+    assert assignments_for(catalog, bindings) == [
+        Assignment(Protocol.TCP, 21, "ftp"),
+        Assignment(Protocol.TCP, 21, "irc", Direction.OUTPUT),
+    ]

@@ -129,7 +129,7 @@ def test_service_start_stop_leaks_no_thread_or_descriptor(
 ) -> None:
     namespace = netns.create("leak")
     catalog = HelperCatalog()
-    settings = Settings(data_dir=tmp_path / "data", resync_interval=0.5)
+    settings = Settings(data_dir=tmp_path / "data", resync_interval=0.5, sweep_orphans=False)
 
     def cycle(port: int) -> None:
         with Service(settings, say=lambda _: None) as service:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cthm.domain import KERNEL_HELPERS, Assignment, Protocol
+from cthm.domain import KERNEL_HELPERS, Assignment, Direction, Protocol
 from cthm.netfilter import IptablesBackend, NamespaceNotFound, NftError, UnsafeValue
 from cthm.testing import NamespaceFactory, run_in_namespace
 
@@ -18,6 +18,8 @@ TCP, UDP = Protocol.TCP, Protocol.UDP
 KINDS = [(spec.name, protocol) for spec in KERNEL_HELPERS for protocol in sorted(spec.protocols)]
 ALL = [Assignment(protocol, 10000 + i, name) for i, (name, protocol) in enumerate(KINDS)]
 FTP = [Assignment(TCP, 21, "ftp"), Assignment(UDP, 69, "tftp")]
+# Every helper in both directions, the output ones on the same ports.
+BOTH = [*ALL, *(Assignment(a.protocol, a.port, a.helper, Direction.OUTPUT) for a in ALL)]
 
 # Neutron's layout and a firewall: never cthm's to touch.
 FOREIGN = """\
@@ -83,11 +85,28 @@ def test_apply_then_read_equals_desired(backend: IptablesBackend, ns: str) -> No
     assert len(lines) == 2 + len(ALL)
 
 
-def test_reapply_changes_no_rule(backend: IptablesBackend, ns: str) -> None:
-    backend.apply(ns, ALL)
+def test_every_helper_in_both_directions(backend: IptablesBackend, ns: str) -> None:
+    backend.apply(ns, BOTH)
+    assert backend.read(ns) == backend.desired(BOTH)
+    lines = save(backend, ns).splitlines()
+    assert "-A OUTPUT -j cthm-OUTPUT" in lines
+    assert "-A cthm-OUTPUT -p tcp -m tcp --dport 10001 -j CT --helper ftp" in lines
+    assert sum(line.startswith("-A cthm-OUTPUT ") for line in lines) == len(ALL)
+    v6 = save(backend, ns, ipv6=True).splitlines()
+    assert sum(line.startswith("-A cthm-OUTPUT ") for line in v6) == sum(
+        line.startswith("-A cthm-PREROUTING ") for line in v6
+    )
+    assert not any(line.startswith("-A cthm-OUTPUT ") and "irc" in line for line in v6)
+
+
+@pytest.mark.parametrize("assignments", [ALL, BOTH], ids=["ingress", "both directions"])
+def test_reapply_changes_no_rule(
+    backend: IptablesBackend, ns: str, assignments: list[Assignment]
+) -> None:
+    backend.apply(ns, assignments)
     first = (save(backend, ns), save(backend, ns, ipv6=True))
     handles = _nft_handles(ns) if backend.flavour == "nft" else None
-    backend.apply(ns, list(reversed(ALL)))
+    backend.apply(ns, list(reversed(assignments)))
     assert (save(backend, ns), save(backend, ns, ipv6=True)) == first
     if handles is not None:
         # With iptables-nft the rule handles prove no rule was deleted and re-added.

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cthm.domain import KERNEL_HELPERS, Assignment, Protocol
+from cthm.domain import KERNEL_HELPERS, Assignment, Direction, Protocol
 from cthm.netfilter import (
     FakeNftables,
     HelperObject,
@@ -47,6 +47,9 @@ ALL = [
 ]
 FTP = [Assignment(TCP, 21, "ftp"), Assignment(TCP, 2121, "ftp")]
 TFTP = [Assignment(UDP, 69, "tftp")]
+OUT = Direction.OUTPUT
+MIXED = [*FTP, Assignment(TCP, 21, "irc", OUT), Assignment(UDP, 69, "tftp", OUT)]
+OUTPUT_CHAIN = "add chain inet cthm output { type filter hook output priority filter; }\n"
 BAD_TYPE = 'add ct helper inet cthm x { type "nosuchhelper" protocol tcp; l3proto inet; }\n'
 CHAIN = "add chain inet cthm prerouting { type filter hook prerouting priority filter; }\n"
 
@@ -161,7 +164,7 @@ CASES: dict[str, Case] = {
         ),
         garbage_table(
             FTP,
-            "chain extra (cthm renders only chain prerouting)",
+            "chain extra (cthm renders only chains prerouting and output)",
             "rule in chain prerouting that cthm did not render: counter",
             "rule in chain prerouting that cthm did not render: tcp dport == 21, "
             "ct helper set ftp-tcp",
@@ -201,12 +204,15 @@ CASES: dict[str, Case] = {
             "cthm renders type filter hook prerouting prio 0 policy accept",
         ),
     ),
-    "flush table leaves unused objects": Case(
+    "flush table leaves unused objects and an empty chain": Case(
         (rendered(FTP), Step("flush table inet cthm\n")),
         KernelTable(
             (),
             frozenset({HelperObject("ftp-tcp", "ftp", TCP, "inet")}),
-            ("ct helper ftp-tcp is not used by any cthm rule",),
+            (
+                "chain prerouting is empty (cthm renders no empty chain)",
+                "ct helper ftp-tcp is not used by any cthm rule",
+            ),
         ),
     ),
     "delete chain takes its rules": Case(
@@ -215,6 +221,31 @@ CASES: dict[str, Case] = {
             (),
             frozenset({HelperObject("ftp-tcp", "ftp", TCP, "inet")}),
             ("ct helper ftp-tcp is not used by any cthm rule",),
+        ),
+    ),
+    "both directions share objects": Case((rendered(MIXED),), desired_table(MIXED)),
+    "output only": Case((rendered(MIXED[2:]),), desired_table(MIXED[2:])),
+    "emptying output drops its chain": Case((rendered(MIXED), rendered(FTP)), desired_table(FTP)),
+    "same port, a helper per direction": Case(
+        (rendered([*FTP, Assignment(TCP, 21, "ftp", OUT), Assignment(TCP, 2121, "irc", OUT)]),),
+        desired_table([*FTP, Assignment(TCP, 21, "ftp", OUT), Assignment(TCP, 2121, "irc", OUT)]),
+    ),
+    "empty output chain": Case(
+        (rendered(FTP), Step(OUTPUT_CHAIN)),
+        garbage_table(FTP, "chain output is empty (cthm renders no empty chain)"),
+    ),
+    "output chain at raw priority": Case(
+        (
+            rendered(FTP),
+            Step(
+                "add chain inet cthm output { type filter hook output priority raw; }\n"
+                'add rule inet cthm output ct helper set tcp dport map { 21 : "ftp-tcp" }\n'
+            ),
+        ),
+        garbage_table(
+            [*FTP, Assignment(TCP, 21, "ftp", OUT)],
+            "chain output is type filter hook output prio -300 policy accept; "
+            "cthm renders type filter hook output prio 0 policy accept",
         ),
     ),
     "foreign tables beside ours": Case(
@@ -287,12 +318,13 @@ def test_golden_case(target: Target, name: str) -> None:
 KINDS = [(spec.name, protocol) for spec in KERNEL_HELPERS for protocol in sorted(spec.protocols)]
 assignment_lists = st.lists(
     st.builds(
-        lambda kind, port: Assignment(kind[1], port, kind[0]),
+        lambda kind, port, direction: Assignment(kind[1], port, kind[0], direction),
         st.sampled_from(KINDS),
         st.integers(1, 65535),
+        st.sampled_from(list(Direction)),
     ),
     max_size=40,
-    unique_by=lambda x: (x.protocol, x.port),
+    unique_by=lambda x: (x.protocol, x.port, x.direction),
 )
 
 

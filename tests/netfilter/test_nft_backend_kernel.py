@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cthm.domain import KERNEL_HELPERS, Assignment, Protocol
+from cthm.domain import KERNEL_HELPERS, Assignment, Direction, Protocol
 from cthm.netfilter import (
     LibNftablesRunner,
     NamespaceNotFound,
@@ -78,6 +78,16 @@ def test_apply_then_read_is_desired(backend: NftablesBackend, router: str) -> No
     assert "type filter hook prerouting priority filter; policy accept;" in listed
     assert 'ct helper Q.931-tcp {\n\t\ttype "Q.931" protocol tcp' in listed
     assert '10005 : "Q.931-tcp"' in listed
+
+
+def test_every_helper_in_both_directions(backend: NftablesBackend, router: str) -> None:
+    both = [*ALL, *(Assignment(a.protocol, a.port, a.helper, Direction.OUTPUT) for a in ALL)]
+    backend.apply(router, both)
+    assert backend.read(router) == desired_table(both)
+    listed = nft(router, "list", "table", "inet", "cthm")
+    assert "type filter hook output priority filter; policy accept;" in listed
+    assert listed.count('10005 : "Q.931-tcp"') == 2  # one map entry per chain, one object
+    assert listed.count("ct helper Q.931-tcp {") == 1
 
 
 def test_apply_is_one_transaction_and_update_swaps_atomically(
@@ -153,7 +163,7 @@ def test_hand_made_garbage_is_reported_and_removed(backend: NftablesBackend, rou
     assert table is not None
     assert table.assignments == desired_table(FTP).assignments
     assert table.garbage == (
-        "chain sneaky (cthm renders only chain prerouting)",
+        "chain sneaky (cthm renders only chains prerouting and output)",
         "rule in chain prerouting that cthm did not render: udp dport == 5060, counter, accept",
         "ct helper mine is not used by any cthm rule",
         "ct helper mine should be named sip-udp (its content)",

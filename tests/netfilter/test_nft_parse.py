@@ -109,7 +109,7 @@ def test_ipv4_only_helper_reads_back_as_ip() -> None:
 GARBAGE_CASES = {
     "extra chain": (
         [*CLEAN, {"chain": {"family": "inet", "table": "cthm", "name": "extra", "handle": 11}}],
-        ["chain extra (cthm renders only chain prerouting)"],
+        ["chain extra (cthm renders only chains prerouting and output)"],
     ),
     "raw priority": (
         [
@@ -206,7 +206,7 @@ GARBAGE_CASES = {
             rule([{"accept": None}], chain="x"),
         ],
         [
-            "chain x (cthm renders only chain prerouting)",
+            "chain x (cthm renders only chains prerouting and output)",
             "rule in chain x that cthm did not render: accept",
         ],
     ),

@@ -52,7 +52,7 @@ def test_crud_flow(cli: Cli, conn: Connection) -> None:
     shown = cli(*HELPER, "show", router_id, helper_id, "-f", "json").json()
     assert (shown["id"], shown["port"]) == (helper_id, 6969)
     assert _router_helpers(conn, router_id) == [
-        {"id": helper_id, "protocol": "udp", "port": 6969, "helper": "tftp"}
+        {"id": helper_id, "protocol": "udp", "port": 6969, "helper": "tftp", "direction": "ingress"}
     ]
 
     deleted = cli(*HELPER, "delete", router_id, helper_id)

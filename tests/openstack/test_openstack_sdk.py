@@ -43,8 +43,15 @@ def test_crud_flow(server: ServerProcess, conn: Connection) -> None:
 
     shown = conn.network.get_conntrack_helper(created.id, router.id)
     assert (shown.helper, shown.protocol, shown.port) == ("tftp", "udp", 6969)
+    # The SDK sends no direction: the binding is Neutron's kind, ingress.
     assert _router_helpers(server, conn, router.id) == [
-        {"id": created.id, "protocol": "udp", "port": 6969, "helper": "tftp"}
+        {
+            "id": created.id,
+            "protocol": "udp",
+            "port": 6969,
+            "helper": "tftp",
+            "direction": "ingress",
+        }
     ]
 
     conn.network.delete_conntrack_helper(created, router, ignore_missing=False)

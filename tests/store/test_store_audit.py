@@ -18,6 +18,7 @@ import pytest
 from cthm.domain import (
     BindingConflict,
     Conflict,
+    Direction,
     HelperBinding,
     HelperCatalog,
     ListQuery,
@@ -72,6 +73,7 @@ def binding_values(binding: HelperBinding, **changes: Any) -> Row:
         "protocol": binding.protocol.value,
         "port": binding.port,
         "helper": binding.helper,
+        "direction": binding.direction.value,
         "revision_number": binding.revision_number,
     }
     return {**values, **changes}
@@ -148,6 +150,23 @@ def test_binding_changes_are_recorded_with_before_and_after(
     assert (delete["action"], delete["status_code"]) == ("delete_router_conntrack_helper", 204)
     assert delete["before"] == binding_values(updated)
     assert delete["after"] is None
+
+
+def test_a_direction_change_is_recorded(
+    store: Store, db_path: Path, make_router: Callable[..., Router]
+) -> None:
+    router = make_router(project_id="p2")
+    with store.unit_of_work(audit=CONTEXT) as repo:
+        binding = repo.add_binding(
+            new_binding(CATALOG, router, protocol="tcp", port=21, helper="ftp", direction="output")
+        )
+    with store.unit_of_work(audit=CONTEXT) as repo:
+        repo.update_binding(router.id, binding.id, direction=Direction.INGRESS)
+
+    create, update = audit_rows(db_path)[1:]
+    assert create["after"]["direction"] == "output"
+    assert update["before"] == binding_values(binding)
+    assert update["after"] == binding_values(binding, direction="ingress", revision_number=2)
 
 
 def test_deleting_a_router_records_the_bindings_that_went_with_it(

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, inspect, text
 from cthm.domain import new_router
 from cthm.store import Store
 from cthm.store.store import alembic_config
-from cthm.store.tables import Base
+from cthm.store.tables import DIRECTION_CHECK, Base
 
 TABLES = {"routers", "conntrack_helpers", "router_tombstones", "auth_tokens", "audit_events"}
 
@@ -115,7 +115,11 @@ def test_migrated_schema_holds_the_constraints(fresh: Store, db_path: Path) -> N
         assert {
             tuple(uq["column_names"])
             for uq in inspector.get_unique_constraints("conntrack_helpers")
-        } == {("router_id", "protocol", "port")}
+        } == {("router_id", "protocol", "port", "direction")}
+        checks = {
+            ck["name"]: ck["sqltext"] for ck in inspector.get_check_constraints("conntrack_helpers")
+        }
+        assert checks == {"ck_conntrack_helpers_direction": DIRECTION_CHECK}
         (foreign_key,) = inspector.get_foreign_keys("conntrack_helpers")
         assert foreign_key["referred_table"] == "routers"
         assert foreign_key["constrained_columns"] == ["router_id"]

@@ -5,6 +5,9 @@ How helpers get assigned is the `assign_helpers` fixture (a HelperAssigner: Topo
 Here it applies a hand-written `inet cthm` table; a module that assigns helpers another way
 (the cthm API and agent) overrides `assign_helpers` and calls
 `helper_traffic.prove(assign_helpers)`.
+
+`router_traffic` is the same servers with the router namespace itself as the client, behind the
+router's strict INPUT firewall: the proof for bindings with direction "output".
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from traffic_support import assign_with_nft
 
 from cthm.testing import (
     HelperAssigner,
@@ -23,8 +27,8 @@ from cthm.testing import (
     RunningServer,
     Topology,
     build_topology,
+    install_router_input_firewall,
     missing_nat_helpers,
-    nft_apply,
     start_ftp_server,
     start_tftp_server,
     write_random_file,
@@ -35,25 +39,6 @@ TFTP_FILE = "payload-tftp.bin"
 # Not multiples of any block size: the last TFTP block is short, FTP needs several reads.
 FTP_SIZE = 256 * 1024 + 17
 TFTP_SIZE = 64 * 1024 + 123
-
-
-def helper_table(priority: str) -> str:
-    """The hand-written helper table of this harness's self-test (DESIGN.md's layout)."""
-    return f"""\
-table inet cthm {{
-    ct helper ftp-tcp {{ type "ftp" protocol tcp; l3proto inet; }}
-    ct helper tftp-udp {{ type "tftp" protocol udp; l3proto inet; }}
-    chain prerouting {{
-        type filter hook prerouting priority {priority}; policy accept;
-        ct helper set tcp dport map {{ 21 : "ftp-tcp" }}
-        ct helper set udp dport map {{ 69 : "tftp-udp" }}
-    }}
-}}
-"""
-
-
-def assign_with_nft(topology: Topology, *, priority: str = "filter") -> None:
-    nft_apply(topology.router_ns, helper_table(priority))
 
 
 @pytest.fixture
@@ -106,3 +91,11 @@ def assign_helpers() -> HelperAssigner:
 def nft_assigner_at() -> Callable[[str], HelperAssigner]:
     """Hand-written assigners at a given chain priority ("filter", "raw", a number)."""
     return lambda priority: functools.partial(assign_with_nft, priority=priority)
+
+
+@pytest.fixture
+def router_traffic(helper_traffic: HelperTraffic) -> HelperTraffic:
+    """The router namespace as the FTP/TFTP client of the same servers, behind its strict
+    INPUT firewall: only helpers on the router's own connections let the data/reply in."""
+    install_router_input_firewall(helper_traffic.topology)
+    return helper_traffic.router_originated()

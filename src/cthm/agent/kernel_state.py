@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from cthm.agent.ports import KernelState
-from cthm.domain import Assignment
+from cthm.domain import Assignment, Direction
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +70,15 @@ class KernelStateBook:
         revision_number: int,
         want: KernelState | None,
         have: KernelState | None,
+        *,
+        matches: bool | None = None,
     ) -> bool:
         """Records a read of the kernel. True when it matches the desired state (verified).
-        A mismatch forgets the last verification, so drift is counted once per occurrence."""
+        A mismatch forgets the last verification, so drift is counted once per occurrence.
+        `matches`: `have == want` when the caller already compared them."""
         now = self._clock()
-        matches = have == want
+        if matches is None:
+            matches = have == want
         with self._lock:
             state = self._state(router_id)
             state = replace(
@@ -171,7 +175,10 @@ def describe_difference(want: KernelState | None, have: KernelState | None) -> s
 
 
 def _shown(assignment: Assignment) -> str:
-    return f"{assignment.protocol}/{assignment.port}={assignment.helper}"
+    shown = f"{assignment.protocol}/{assignment.port}={assignment.helper}"
+    if assignment.direction is Direction.INGRESS:
+        return shown
+    return f"{assignment.direction} {shown}"
 
 
 def _assignments(state: KernelState | None) -> tuple[Assignment, ...] | None:

@@ -40,6 +40,7 @@ class WorkQueue:
         self._failures: dict[str, int] = {}
         self._seq = 0
         self._shutdown = False
+        self._changes = 0  # bumped at every notification, for wait_until()
 
     def add(self, key: str) -> None:
         with self._cond:
@@ -53,7 +54,7 @@ class WorkQueue:
                 return
             self._waiting.add(key)
             self._ready.append(key)
-            self._cond.notify()
+            self._notify()
 
     def add_after(self, key: str, delay: float) -> None:
         if delay <= 0:
@@ -69,7 +70,7 @@ class WorkQueue:
             self._delayed_due[key] = due
             self._seq += 1
             heapq.heappush(self._delayed, (due, self._seq, key))
-            self._cond.notify()
+            self._notify()
 
     def retry(self, key: str) -> float:
         """Requeues a failed key after its next backoff delay; returns that delay."""
@@ -117,7 +118,7 @@ class WorkQueue:
                 if key not in self._waiting:
                     self._waiting.add(key)
                     self._ready.append(key)
-            self._cond.notify_all()
+            self._notify()
 
     def idle(self) -> bool:
         """Nothing ready, delayed or in flight."""
@@ -131,19 +132,32 @@ class WorkQueue:
             return bool(self._ready or self._processing)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Polls `predicate` (outside the queue's lock) after every queue change, until it holds
+        or `timeout` passes; True if it held."""
         deadline = self._clock() + timeout
-        while not predicate():
+        while True:
+            with self._cond:
+                seen = self._changes
+            if predicate():
+                return True
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return False
             with self._cond:
-                self._cond.wait(min(remaining, 0.05))
-        return True
+                # A change between the check and here would otherwise go unheard for the wait.
+                if self._changes == seen:
+                    self._cond.wait(min(remaining, 0.05))
 
     def shutdown(self) -> None:
         with self._cond:
             self._shutdown = True
-            self._cond.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        # All waiters: a wait_until() caller shares the condition with the workers, and waking
+        # only it would leave a new key unclaimed until some later notification.
+        self._changes += 1
+        self._cond.notify_all()
 
     def __len__(self) -> int:
         with self._cond:

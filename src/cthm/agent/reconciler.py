@@ -87,9 +87,10 @@ class Reconciler:
             action = Action.NOOP
             have = self._backend.read(namespace)
             kernel_read = True
+            matches = have == want  # compared once: a thousand assignments a side
             # Asked before observed(): a mismatch makes the book forget the verification.
-            drift = have != want and self.book.is_drift(router_id, namespace, revision, want)
-            if not self.book.observed(router_id, namespace, revision, want, have):
+            drift = not matches and self.book.is_drift(router_id, namespace, revision, want)
+            if not self.book.observed(router_id, namespace, revision, want, have, matches=matches):
                 if drift:
                     self.book.drift_detected(router_id)
                     log.warning(
@@ -194,7 +195,7 @@ class Reconciler:
                     log.info(
                         "router %s: migrated: removed %s rules from %s",
                         router_id,
-                        type(retired).__name__,
+                        _label(retired),
                         namespace,
                     )
             except NamespaceNotFound:
@@ -203,7 +204,7 @@ class Reconciler:
                 log.warning(
                     "router %s: could not check %s rules in %s: %s",
                     router_id,
-                    type(retired).__name__,
+                    _label(retired),
                     namespace,
                     _message(exc),
                 )
@@ -256,6 +257,11 @@ class Reconciler:
                 tuple(bindings),
             )
         )
+
+
+def _label(backend: KernelBackend) -> str:
+    label = getattr(backend, "label", None)
+    return label if isinstance(label, str) else type(backend).__name__
 
 
 def _message(exc: Exception) -> str:

@@ -22,6 +22,7 @@ from cthm.domain import (
     ListQuery,
     SortDir,
     Status,
+    parse_direction,
     parse_protocol,
     validate_name,
     validate_namespace,
@@ -91,6 +92,10 @@ def parse_status(text: str, name: str) -> Status:
 
 def parse_protocol_value(text: str, name: str) -> object:
     return parse_protocol(text, field=name)
+
+
+def parse_direction_value(text: str, name: str) -> object:
+    return parse_direction(text, field=name)
 
 
 def parse_timestamp(text: str, name: str) -> datetime:

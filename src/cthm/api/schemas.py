@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 from cthm.api.query import (
     FieldSpec,
     ResourceSpec,
+    parse_direction_value,
     parse_int,
     parse_name,
     parse_namespace,
@@ -28,7 +29,7 @@ from cthm.api.query import (
     parse_timestamp,
     parse_uuid,
 )
-from cthm.domain import CatalogEntry, HelperBinding, Protocol, Router, Status
+from cthm.domain import CatalogEntry, Direction, HelperBinding, Protocol, Router, Status
 
 
 def format_timestamp(value: datetime | None) -> str | None:
@@ -43,6 +44,12 @@ Timestamp = Annotated[
 ]
 
 _PROTOCOLS = [p.value for p in Protocol]
+_DIRECTIONS = [d.value for d in Direction]
+_DIRECTION_HELP = (
+    "ingress: connections arriving at the router, forwarded or addressed to it (netfilter "
+    "PREROUTING, as Neutron); output: connections the router namespace itself originates "
+    "(netfilter OUTPUT)"
+)
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -119,6 +126,10 @@ _BINDING_SERVER_SET = frozenset(
 
 Port = Annotated[int, Field(json_schema_extra={"minimum": 1, "maximum": 65535})]
 ProtocolText = Annotated[str, Field(json_schema_extra={"enum": _PROTOCOLS})]
+# Text, not the enum: the domain judges the value, so a wrong one gets the domain's message.
+DirectionText = Annotated[
+    str, Field(description=_DIRECTION_HELP, json_schema_extra={"enum": _DIRECTIONS})
+]
 
 
 class ConntrackHelperCreate(StrictModel):
@@ -127,6 +138,7 @@ class ConntrackHelperCreate(StrictModel):
     protocol: ProtocolText
     port: Port
     helper: str
+    direction: DirectionText = Direction.INGRESS.value
     project_id: str | None = Field(default=None, description="if given, the router's project")
     tenant_id: str | None = Field(default=None, description="if given, the router's project")
 
@@ -139,6 +151,7 @@ class ConntrackHelperUpdate(StrictModel):
     protocol: ProtocolText | None = None
     port: Port | None = None
     helper: str | None = None
+    direction: DirectionText | None = None
 
 
 class ConntrackHelperCreateRequest(StrictModel):
@@ -188,6 +201,7 @@ class ConntrackHelperSummary(BaseModel):
     protocol: Protocol
     port: int
     helper: str
+    direction: Direction
 
 
 class RouterPublic(BaseModel):
@@ -209,6 +223,7 @@ class ConntrackHelperPublic(BaseModel):
     protocol: Protocol
     port: int
     helper: str
+    direction: Direction = Field(description=_DIRECTION_HELP)
     router_id: str
     project_id: str
     status: Status
@@ -321,7 +336,9 @@ def router_body(router: Router, bindings: Iterable[HelperBinding]) -> dict[str, 
         created_at=router.created_at,
         updated_at=router.updated_at,
         conntrack_helpers=[
-            ConntrackHelperSummary(id=b.id, protocol=b.protocol, port=b.port, helper=b.helper)
+            ConntrackHelperSummary(
+                id=b.id, protocol=b.protocol, port=b.port, helper=b.helper, direction=b.direction
+            )
             for b in bindings
         ],
     ).model_dump(mode="json")
@@ -333,6 +350,7 @@ def binding_body(binding: HelperBinding) -> dict[str, Any]:
         protocol=binding.protocol,
         port=binding.port,
         helper=binding.helper,
+        direction=binding.direction,
         router_id=binding.router_id,
         project_id=binding.project_id,
         status=binding.status,
@@ -388,6 +406,7 @@ BINDING_SPEC = ResourceSpec(
         "protocol": FieldSpec("protocol", parse_protocol_value),
         "port": FieldSpec("port", parse_port),
         "helper": FieldSpec("helper", parse_text),
+        "direction": FieldSpec("direction", parse_direction_value),
         "router_id": FieldSpec("router_id", parse_uuid),
         "project_id": FieldSpec("project_id", parse_project_id),
         **_COMMON_TAIL,

@@ -153,9 +153,21 @@ class CthmClient:
         path = _path("routers", router_id, "conntrack_helpers", helper_id)
         return self._member(self._request("GET", path), "conntrack_helper")
 
-    def create_helper(self, router_id: str, *, protocol: str, port: int, helper: str) -> JSONObject:
+    def create_helper(
+        self,
+        router_id: str,
+        *,
+        protocol: str,
+        port: int,
+        helper: str,
+        direction: str | None = None,
+    ) -> JSONObject:
+        """direction None: not sent, the server's default (ingress)."""
         path = _path("routers", router_id, "conntrack_helpers")
-        body = {"conntrack_helper": {"protocol": protocol, "port": port, "helper": helper}}
+        fields: JSONObject = {"protocol": protocol, "port": port, "helper": helper}
+        if direction is not None:
+            fields["direction"] = direction
+        body = {"conntrack_helper": fields}
         return self._member(self._request("POST", path, body=body), "conntrack_helper")
 
     def update_helper(
@@ -166,12 +178,15 @@ class CthmClient:
         protocol: str | None = None,
         port: int | None = None,
         helper: str | None = None,
+        direction: str | None = None,
     ) -> JSONObject:
-        changes = {
-            key: value
-            for key, value in (("protocol", protocol), ("port", port), ("helper", helper))
-            if value is not None
-        }
+        given = (
+            ("protocol", protocol),
+            ("port", port),
+            ("helper", helper),
+            ("direction", direction),
+        )
+        changes = {key: value for key, value in given if value is not None}
         path = _path("routers", router_id, "conntrack_helpers", helper_id)
         response = self._request("PUT", path, body={"conntrack_helper": changes})
         return self._member(response, "conntrack_helper")

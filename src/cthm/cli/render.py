@@ -31,6 +31,7 @@ HELPER_COLUMNS = (
     ("protocol", "Protocol"),
     ("port", "Port"),
     ("helper", "Helper"),
+    ("direction", "Direction"),
     ("status", "Status"),
     ("status_reason", "Reason"),
 )

@@ -8,8 +8,9 @@ check that can refuse to start, so a start that fails creates nothing and prints
 from __future__ import annotations
 
 import errno
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -18,11 +19,20 @@ from alembic.util import CommandError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from cthm.agent import Agent, LocalStoreSource
+from cthm.agent import Agent, KernelBackend, LocalStoreSource
 from cthm.cli.errors import ServiceError, ServiceSettingError
 from cthm.cli.server import bind_listener, check_tls_files, listener_url, run_server
 from cthm.domain import CthmError, Role
-from cthm.netfilter import IptablesBackend, LibraryUnavailable, NftablesBackend, make_runner
+from cthm.netfilter import IptablesBackend, NftablesBackend, NftRunner
+from cthm.netfilter.detect import (
+    BackendChoice,
+    BackendUnavailable,
+    LegacyGuard,
+    decide,
+    namespaces_to_observe,
+    observe,
+)
+from cthm.netfilter.factory import make_usable_runner
 from cthm.settings import Settings
 from cthm.store import Store
 
@@ -33,6 +43,8 @@ DATA_DIR_MODE = 0o700
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
 ADMIN_TOKEN_MODE = 0o600
 BOOTSTRAP_PROJECT = "admin"
+
+log = logging.getLogger(__name__)
 
 
 class Service:
@@ -46,9 +58,11 @@ class Service:
         self._say = say or _echo
         self.admin_token_file: Path | None = None  # set when this start created it
         self._store: Store | None = None
-        self._backend: NftablesBackend | IptablesBackend | None = None
-        self._retired: NftablesBackend | IptablesBackend | None = None
+        self._backend: KernelBackend | None = None
+        self._retired: tuple[KernelBackend, ...] = ()
         self.agent: Agent | None = None
+        # Which backend the agent uses and why (set when the agent starts).
+        self.backend_choice: BackendChoice | None = None
 
     def __enter__(self) -> Service:
         self.start()
@@ -91,18 +105,17 @@ class Service:
         return self.admin_token_file
 
     def _start_agent(self, store: Store) -> None:
+        runner, problem = self._nftables_runner()
         try:
-            runner = make_runner(self.settings.nft_backend)
-        except (LibraryUnavailable, OSError) as exc:
-            raise ServiceError(f"cannot program nftables: {exc}") from exc
-        nftables = NftablesBackend(runner)
-        iptables = IptablesBackend(self.settings.nft_backend)
-        # The backend in use, and the other one retired: switching a node's backend migrates
-        # its routers (the other backend's rules go once ours are verified).
-        if self.settings.backend == "iptables":
-            self._backend, self._retired = iptables, nftables
-        else:
-            self._backend, self._retired = nftables, iptables
+            choice = self._choose_backend(store, runner)
+            if choice.backend == "nftables" and runner is None:
+                raise ServiceError(f"cannot program nftables: {problem}")
+            self.backend_choice = choice
+            self._backend, self._retired = self._backends(choice, runner)
+        except BaseException:
+            if runner is not None and self._backend is None:
+                runner.close()
+            raise
         self.agent = Agent(
             LocalStoreSource(store),
             self._backend,
@@ -111,21 +124,70 @@ class Service:
             resync_interval=self.settings.resync_interval,
             probe_at_start=True,
             sweep_orphans=self.settings.sweep_orphans,
-            retired_backends=(self._retired,),
+            retired_backends=self._retired,
         )
         # Every committed API change wakes the agent at once: no polling delay.
         store.subscribe(self.agent.enqueue)
         self.agent.start()
+
+    def _nftables_runner(self) -> tuple[NftRunner | None, str]:
+        """The nftables runner, or None and why when nftables cannot be used here."""
+        try:
+            return make_usable_runner(self.settings.nft_backend), ""
+        except OSError as exc:  # LibraryUnavailable, NftablesUnavailable
+            return None, str(exc)
+
+    def _choose_backend(self, store: Store, runner: NftRunner | None) -> BackendChoice:
+        """Looks (read-only) at the node where the configuration leaves something to decide:
+        the backend (auto), or the iptables flavour ("default")."""
+        settings = self.settings
+        namespaces: tuple[str, ...] = ()
+        scope = "router namespaces"
+        if settings.backend == "auto" or (
+            settings.backend == "iptables" and settings.iptables_flavour == "default"
+        ):
+            stored = stored_namespaces(store)
+            try:
+                namespaces, scope = namespaces_to_observe(stored)
+            finally:
+                stored.close()
+        observation = observe(namespaces, nft=runner, scope=scope)
+        try:
+            return decide(observation, backend=settings.backend, flavour=settings.iptables_flavour)
+        except BackendUnavailable as exc:
+            raise ServiceSettingError(exc.message) from exc
+
+    def _backends(
+        self, choice: BackendChoice, runner: NftRunner | None
+    ) -> tuple[KernelBackend, tuple[KernelBackend, ...]]:
+        """The backend in use, and the retired ones: switching a node's backend migrates its
+        routers (the other backends' rules go once ours are verified)."""
+
+        def iptables(flavour: str) -> KernelBackend:
+            backend = IptablesBackend(self.settings.nft_backend, flavour=flavour)
+            return LegacyGuard(backend) if choice.uses_legacy_tables(flavour) else backend
+
+        nftables = NftablesBackend(runner) if runner is not None else None
+        retired = [iptables(flavour) for flavour in choice.retired_flavours]
+        if choice.backend == "nftables":
+            assert nftables is not None  # checked by the caller
+            return nftables, tuple(retired)
+        if nftables is not None:
+            if choice.retire_nftables:
+                retired.insert(0, nftables)
+            else:
+                nftables.close()
+        return iptables(choice.flavour), tuple(retired)
 
     def stop(self) -> None:
         """Idempotent. The agent finishes in-flight work and stops before the store closes."""
         agent, self.agent = self.agent, None
         if agent is not None:
             agent.stop()
-        for backend in (self._backend, self._retired):
+        for backend in (self._backend, *self._retired):
             if backend is not None:
                 backend.close()
-        self._backend = self._retired = None
+        self._backend, self._retired = None, ()
         store, self._store = self._store, None
         if store is not None:
             store.close()
@@ -150,11 +212,27 @@ class Service:
         sock = bind_listener(self.settings.host, self.settings.port)
         try:
             self.bootstrap()
+            # Said once the start can no longer fail: a refused start prints only its error.
+            if self.backend_choice is not None:
+                log.info("%s", self.backend_choice.describe())
             if on_listening is not None:
                 on_listening(listener_url(sock, tls=tls is not None))
             run_server(app, sock, log_level=self.settings.log_level, tls=tls)
         finally:
             sock.close()
+
+
+def stored_namespaces(store: Store) -> Generator[str, None, None]:
+    """The namespaces of stored routers (by id), then of deleted routers not yet cleaned up,
+    read lazily: the caller takes the few it needs and closes the generator. A router whose
+    row fails validation is skipped (the agent refuses it anyway)."""
+    with store.unit_of_work(write=False) as repo:
+        for router_id in repo.list_router_ids():
+            try:
+                yield repo.get_router(router_id).namespace
+            except CthmError:
+                continue
+        yield from sorted(repo.tombstones().values())
 
 
 def prepare_data_dir(path: Path) -> None:

@@ -34,10 +34,11 @@ from cthm.domain.models import (
     default_namespace,
     new_binding,
     new_router,
+    parse_direction,
     restore_binding,
 )
 from cthm.domain.query import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, ListQuery, SortDir
-from cthm.domain.types import Protocol, Status
+from cthm.domain.types import Direction, Protocol, Status
 from cthm.domain.validation import (
     validate_name,
     validate_namespace,
@@ -60,6 +61,7 @@ __all__ = [
     "CatalogEntry",
     "Conflict",
     "CthmError",
+    "Direction",
     "HelperBinding",
     "HelperCatalog",
     "HelperSpec",
@@ -81,6 +83,7 @@ __all__ = [
     "default_namespace",
     "new_binding",
     "new_router",
+    "parse_direction",
     "parse_protocol",
     "parse_roles",
     "restore_binding",

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from cthm.domain.catalog import HelperCatalog, parse_protocol
 from cthm.domain.errors import InvalidInput
-from cthm.domain.types import Protocol, Status
+from cthm.domain.types import Direction, Protocol, Status
 from cthm.domain.validation import (
     validate_name,
     validate_namespace,
@@ -58,6 +58,24 @@ class HelperBinding:
     protocol: Protocol
     port: int
     helper: str
+    direction: Direction = Direction.INGRESS
+
+    # Ordered by (protocol, port, direction, helper): the order the backends read tables back
+    # in, where (protocol, port, direction) is unique and the helper never decides.
+    def _key(self) -> tuple[str, int, str, str]:
+        return (self.protocol, self.port, self.direction, self.helper)
+
+    def __lt__(self, other: Assignment) -> bool:
+        return self._key() < other._key()
+
+    def __le__(self, other: Assignment) -> bool:
+        return self._key() <= other._key()
+
+    def __gt__(self, other: Assignment) -> bool:
+        return self._key() > other._key()
+
+    def __ge__(self, other: Assignment) -> bool:
+        return self._key() >= other._key()
     status: Status = Status.PENDING
     status_reason: str = ""
     revision_number: int = 0
@@ -71,33 +89,82 @@ class HelperBinding:
         if not isinstance(self.protocol, Protocol):
             raise InvalidInput(f"unknown protocol {self.protocol!r:.40}", field="protocol")
         validate_port(self.port)
+        if not isinstance(self.direction, Direction):
+            raise InvalidInput(f"unknown direction {self.direction!r:.40}", field="direction")
         if not isinstance(self.helper, str) or not self.helper:
             raise InvalidInput("must be a non-empty string", field="helper")
         if not isinstance(self.status, Status):
             raise InvalidInput(f"unknown status {self.status!r:.40}", field="status")
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """What the kernel must do: new connections of protocol/port get the kernel helper named.
 
     `helper` is the kernel's name (RAS, not h323); values here have passed the catalog.
+    `direction` picks the hook: INGRESS (prerouting) or OUTPUT (locally originated).
     """
 
     protocol: Protocol
     port: int
     helper: str
+    direction: Direction = Direction.INGRESS
+
+    # Ordered by (protocol, port, direction, helper): the order the backends read tables back
+    # in, where (protocol, port, direction) is unique and the helper never decides.
+    def _key(self) -> tuple[str, int, str, str]:
+        return (self.protocol, self.port, self.direction, self.helper)
+
+    def __lt__(self, other: Assignment) -> bool:
+        return self._key() < other._key()
+
+    def __le__(self, other: Assignment) -> bool:
+        return self._key() <= other._key()
+
+    def __gt__(self, other: Assignment) -> bool:
+        return self._key() > other._key()
+
+    def __ge__(self, other: Assignment) -> bool:
+        return self._key() >= other._key()
 
 
-def restore_binding(**fields: object) -> HelperBinding:
+_set_field = object.__setattr__  # bypasses the frozen dataclass's refusal, as its __init__ does
+
+
+def restore_binding(
+    *,
+    id: str,
+    router_id: str,
+    project_id: str,
+    protocol: Protocol,
+    port: int,
+    helper: str,
+    direction: Direction = Direction.INGRESS,
+    status: Status = Status.PENDING,
+    status_reason: str = "",
+    revision_number: int = 0,
+    created_at: datetime | None = None,
+    updated_at: datetime | None = None,
+) -> HelperBinding:
     """Rebuilds a binding read back from the store WITHOUT re-running the field checks.
 
     Only for rows the store wrote after validating them: re-checking a router's thousand
-    bindings on every reconcile would cost more than the kernel transaction itself.
+    bindings on every reconcile would cost more than the kernel transaction itself. Every
+    field is set (a slots dataclass has no defaults to fall back on), one call each.
     """
     binding = object.__new__(HelperBinding)
-    for name, value in fields.items():
-        object.__setattr__(binding, name, value)
+    _set_field(binding, "id", id)
+    _set_field(binding, "router_id", router_id)
+    _set_field(binding, "project_id", project_id)
+    _set_field(binding, "protocol", protocol)
+    _set_field(binding, "port", port)
+    _set_field(binding, "helper", helper)
+    _set_field(binding, "direction", direction)
+    _set_field(binding, "status", status)
+    _set_field(binding, "status_reason", status_reason)
+    _set_field(binding, "revision_number", revision_number)
+    _set_field(binding, "created_at", created_at)
+    _set_field(binding, "updated_at", updated_at)
     return binding
 
 
@@ -125,6 +192,7 @@ def new_binding(
     protocol: object,
     port: object,
     helper: object,
+    direction: object = Direction.INGRESS,
     binding_id: str | None = None,
 ) -> HelperBinding:
     proto, checked_port, helper_name = check_binding_fields(catalog, protocol, port, helper)
@@ -135,7 +203,21 @@ def new_binding(
         protocol=proto,
         port=checked_port,
         helper=helper_name,
+        direction=parse_direction(direction),
     )
+
+
+def parse_direction(value: object, field: str = "direction") -> Direction:
+    """A direction from user text: exactly one of the enum's values."""
+    if isinstance(value, Direction):
+        return value
+    if not isinstance(value, str):
+        raise InvalidInput(f"must be a string, not {type(value).__name__}", field=field)
+    try:
+        return Direction(value)
+    except ValueError:
+        allowed = ", ".join(d.value for d in Direction)
+        raise InvalidInput(f"{value[:40]!r} is not one of {allowed}", field=field) from None
 
 
 def check_binding_fields(
@@ -153,12 +235,13 @@ def check_binding_fields(
 
 
 def assignments_for(catalog: HelperCatalog, bindings: list[HelperBinding]) -> list[Assignment]:
-    """The kernel assignments for a router's bindings, sorted; bindings on one (proto, port) merge.
+    """The kernel assignments for a router's bindings, sorted; bindings on one
+    (direction, protocol, port) merge.
 
     A binding the catalog no longer allows (the operator narrowed it) is left out: the kernel
     holds only what is allowed now.
     """
-    merged: dict[tuple[Protocol, int], Assignment] = {}
+    merged: dict[tuple[Protocol, int, Direction], Assignment] = {}
     kernel_name: dict[tuple[str, Protocol], str | None] = {}  # resolve each kind once, not per row
     for binding in bindings:
         kind = (binding.helper, binding.protocol)
@@ -170,5 +253,8 @@ def assignments_for(catalog: HelperCatalog, bindings: list[HelperBinding]) -> li
         name = kernel_name[kind]
         if name is None:
             continue
-        merged[(binding.protocol, binding.port)] = Assignment(binding.protocol, binding.port, name)
+        direction = binding.direction
+        merged[(binding.protocol, binding.port, direction)] = Assignment(
+            binding.protocol, binding.port, name, direction
+        )
     return sorted(merged.values())

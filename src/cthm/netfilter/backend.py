@@ -16,6 +16,8 @@ LIST_COMMAND = f"list table {TABLE_FAMILY} {TABLE_NAME}"
 
 
 class NftablesBackend:
+    label = "nftables"  # for logs: which backend did what
+
     def __init__(self, runner: NftRunner) -> None:
         self.runner = runner
 

@@ -1,12 +1,13 @@
 """The iptables backend: the NftablesBackend interface over `iptables-restore --noflush` and
 `iptables-save`, for nodes whose operators (and Neutron) use iptables.
 
-cthm owns one chain, `cthm-PREROUTING` in the `raw` table, jumped to from `PREROUTING` by one
-rule; nothing else is read or written. Each family's write is one restore (atomic per table);
-IPv4 is written first, then IPv6 with the IPv6-capable helpers only, so the two families are not
-one transaction between them. The same process runs both families: `iptables-*` and
-`ip6tables-*` of the flavour chosen ("default" follows the system's alternatives, or "nft",
-"legacy").
+cthm owns two chains in the `raw` table: `cthm-PREROUTING` (ingress), jumped to from
+`PREROUTING` by one rule, and `cthm-OUTPUT` (traffic the namespace originates), jumped to from
+`OUTPUT`, which exists only while output has assignments; nothing else is read or written.
+Each family's write is one restore (atomic per table); IPv4 is written first, then IPv6 with the
+IPv6-capable helpers only, so the two families are not one transaction between them. The same
+process runs both families: `iptables-*` and `ip6tables-*` of the flavour chosen ("default"
+follows the system's alternatives, or "nft", "legacy").
 
 Helper availability is probed with nftables' dry run (`nft -c`): `iptables-restore --test`
 never reaches the kernel and accepts helper types the kernel lacks.
@@ -19,10 +20,10 @@ from collections.abc import Iterable, Sequence
 from cthm.domain import Assignment, Protocol
 from cthm.netfilter.backend import NftablesBackend
 from cthm.netfilter.factory import make_runner
-from cthm.netfilter.iptables_parse import SavedChain, parse_save
+from cthm.netfilter.iptables_model import TABLE, SavedTable
+from cthm.netfilter.iptables_parse import parse_save
 from cthm.netfilter.iptables_render import (
-    JUMP_SPEC,
-    TABLE,
+    CHAIN,
     desired_assignments,
     desired_iptables,
     for_family,
@@ -64,16 +65,17 @@ class IptablesBackend:
     def read(self, namespace: str) -> KernelTable | None:
         """cthm's chains in the namespace (IPv4 and IPv6); None when there is nothing of ours.
 
-        Assignments are the IPv4 chain's; an IPv6 chain that does not hold exactly the
-        IPv6-capable subset of them is reported as garbage, so the next apply rewrites it."""
+        Assignments (both directions) are the IPv4 chains'; IPv6 chains that do not hold
+        exactly the IPv6-capable subset of them are reported as garbage, so the next apply
+        rewrites them."""
         v4, v6 = (self._saved(namespace, ipv6=family) for family in _FAMILIES)
         if v4.empty and v6.empty:
             return None
         garbage = [*v4.garbage, *(f"ip6tables: {g}" for g in v6.garbage)]
         if not v4.present:
-            garbage.append(f"iptables: chain missing in table {TABLE}")
+            garbage.append(f"iptables: chain {CHAIN} missing in table {TABLE}")
         if not v6.present:
-            garbage.append(f"ip6tables: chain missing in table {TABLE}")
+            garbage.append(f"ip6tables: chain {CHAIN} missing in table {TABLE}")
         expected6 = for_family(v4.assignments, ipv6=True)
         if v6.present and v6.assignments != expected6:
             extra = sorted(set(v6.assignments) - set(expected6))
@@ -90,25 +92,24 @@ class IptablesBackend:
 
     def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None:
         """Makes cthm's chains hold exactly `assignments` (IPv6: the helpers that exist for it),
-        one restore per family, skipped when the family is already exact; afterwards
-        `read(namespace) == desired(assignments)`. No other chain or table changes."""
+        one restore per family writing only the chains that differ, none when the family is
+        already exact; afterwards `read(namespace) == desired(assignments)`. No other chain or
+        table changes."""
         wanted = desired_assignments(assignments)  # raises UnsafeValue before anything runs
         namespace_path(namespace, NETNS_DIR)
         for ipv6 in _FAMILIES:
             saved = self._saved(namespace, ipv6=ipv6)
-            family = for_family(wanted, ipv6=ipv6)
-            exact = saved.present and not saved.garbage and saved.jumps == (JUMP_SPEC,)
-            if exact and saved.assignments == family:
+            text = render_apply(for_family(wanted, ipv6=ipv6), saved)
+            if text is None:
                 continue  # nothing to change: no rule is rewritten
-            text = render_apply(family, jumps=saved.jumps)
             self._run(namespace, self.tool("restore", ipv6=ipv6), ["--noflush"], text)
 
     def delete(self, namespace: str) -> bool:
-        """Removes every jump to cthm's chain and the chain, per family; True if any existed."""
+        """Removes every jump to cthm's chains and the chains, per family; True if any
+        existed."""
         found = False
         for ipv6 in _FAMILIES:
-            saved = self._saved(namespace, ipv6=ipv6)
-            text = render_delete(jumps=saved.jumps, chain_present=saved.present)
+            text = render_delete(self._saved(namespace, ipv6=ipv6))
             if text is not None:
                 found = True
                 self._run(namespace, self.tool("restore", ipv6=ipv6), ["--noflush"], text)
@@ -122,12 +123,17 @@ class IptablesBackend:
             self._probe = NftablesBackend(make_runner(self._runner_kind, timeout=self.timeout))
         return self._probe.available_helpers(namespace, kinds)
 
+    @property
+    def label(self) -> str:
+        """For logs: `iptables`, or `iptables-nft`/`iptables-legacy` for a named flavour."""
+        return "iptables" if self.flavour == "default" else f"iptables-{self.flavour}"
+
     def close(self) -> None:
         if self._probe is not None:
             self._probe.close()
             self._probe = None
 
-    def _saved(self, namespace: str, *, ipv6: bool) -> SavedChain:
+    def _saved(self, namespace: str, *, ipv6: bool) -> SavedTable:
         text = self._run(namespace, self.tool("save", ipv6=ipv6), ["-t", TABLE], None)
         return parse_save(text)
 

@@ -1,104 +1,142 @@
-"""Parsing `iptables-save -t raw` output: only cthm's chain and the rules that jump to it.
+"""Parsing `iptables-save -t raw` output: only cthm's chains and the rules that jump to them.
 
 Everything else (other chains, Neutron's `neutron-l3-agent-*`, other tables) is skipped unread.
-A rule in our chain that cthm would not write, a second rule for a (protocol, port) (the first
-CT target wins in the kernel), an odd or extra jump: each becomes a `garbage` description.
+A rule in our chains that cthm would not write, a second rule for a (protocol, port) in one chain
+(the first CT target wins in the kernel), an odd or extra jump, an empty chain that only exists
+while its direction is in use: each becomes a `garbage` description of that chain.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
 
-from cthm.domain import Assignment, Protocol
-from cthm.netfilter.iptables_render import CHAIN, JUMP_SPEC, TABLE
-
-_RULE = re.compile(
-    rf"-A {re.escape(CHAIN)} -p (tcp|udp) -m \1 --dport ([1-9][0-9]{{0,4}}) "
-    r"-j CT --helper ([A-Za-z0-9][A-Za-z0-9._-]{0,14})"
+from cthm.domain import Assignment, Direction, Protocol
+from cthm.netfilter.iptables_model import (
+    CHAIN_BY_NAME,
+    CHAINS,
+    TABLE,
+    IptablesChain,
+    SavedChain,
+    SavedTable,
 )
-_LIMIT = 20  # garbage descriptions kept per family; a broken chain need not be listed whole
 
-
-@dataclass(frozen=True, slots=True)
-class SavedChain:
-    """cthm's chain in one family's `raw` table, as iptables-save printed it.
-
-    `jumps` are the specs (save lines without `-A`) of all rules outside our chain that jump or
-    go to it, in order.
-    """
-
-    present: bool
-    assignments: tuple[Assignment, ...]
-    jumps: tuple[str, ...]
-    garbage: tuple[str, ...]
-
-    @property
-    def empty(self) -> bool:
-        """Nothing of cthm's in this family."""
-        return not self.present and not self.jumps
-
-
-def _targets_our_chain(words: list[str]) -> bool:
-    return any(
-        word in ("-j", "-g", "--jump", "--goto") and following == CHAIN
-        for word, following in itertools.pairwise(words)
+_RULES = {
+    chain.name: re.compile(
+        rf"-A {re.escape(chain.name)} -p (tcp|udp) -m \1 --dport ([1-9][0-9]{{0,4}}) "
+        r"-j CT --helper ([A-Za-z0-9][A-Za-z0-9._-]{0,14})"
     )
+    for chain in CHAINS
+}
+_PROTOCOLS = {protocol.value: protocol for protocol in Protocol}  # cheaper than Protocol(x)
+_JUMPS = frozenset(("-j", "-g", "--jump", "--goto"))
+_LIMIT = 20  # garbage descriptions kept per chain; a broken chain need not be listed whole
 
 
-def parse_save(text: str) -> SavedChain:
+def _our_target(words: list[str]) -> str | None:
+    """The chain of ours a rule jumps or goes to, if any."""
+    for word, following in itertools.pairwise(words):
+        if word in _JUMPS and following in CHAIN_BY_NAME:
+            return following
+    return None
+
+
+def parse_save(text: str) -> SavedTable:
     in_raw = False
-    present = False
-    jumps: list[str] = []
-    found: dict[tuple[Protocol, int], Assignment] = {}
-    garbage: list[str] = []
+    present: set[str] = set()
+    jumps: dict[str, list[str]] = {chain.name: [] for chain in CHAINS}
+    # Per chain, keyed by (protocol, port): a second rule for one is shadowed.
+    found: dict[str, dict[tuple[Protocol, int], Assignment]] = {c.name: {} for c in CHAINS}
+    garbage: dict[str, list[str]] = {chain.name: [] for chain in CHAINS}
+    ruled: set[str] = set()
     for line in text.splitlines():
-        if not line or line.startswith("#"):
+        if not line or line[0] == "#":
             continue
-        if line.startswith("*"):
+        if line[0] == "*":
             in_raw = line == f"*{TABLE}"
             continue
         if not in_raw or line == "COMMIT":
             continue
-        if line.startswith(":"):
-            if line.split(" ", 1)[0] == f":{CHAIN}":
-                present = True
+        if line[0] == ":":
+            name = line.split(" ", 1)[0][1:]
+            if name in CHAIN_BY_NAME:
+                present.add(name)
             continue
         words = line.split()
         if len(words) < 2 or words[0] != "-A":
             continue
-        if words[1] == CHAIN:
-            _parse_rule(line, found, garbage)
-        elif _targets_our_chain(words):
-            jumps.append(line[3:])
-    canonical = jumps.count(JUMP_SPEC)
+        chain = CHAIN_BY_NAME.get(words[1])
+        if chain is not None:
+            ruled.add(chain.name)
+            _parse_rule(line, chain, found[chain.name], garbage[chain.name])
+        else:
+            target = _our_target(words)
+            if target is not None:
+                jumps[target].append(line[3:])
+    chains = tuple(
+        _saved_chain(
+            chain,
+            chain.name in present,
+            chain.name in ruled,
+            found[chain.name],
+            jumps[chain.name],
+            garbage[chain.name],
+        )
+        for chain in CHAINS
+    )
+    held = [saved.assignments for saved in chains if saved.assignments]
+    if len(held) > 1:
+        ordered = tuple(sorted((a for one in held for a in one), key=_order))
+    else:
+        ordered = held[0] if held else ()  # one direction: already in order
+    return SavedTable(chains, ordered, tuple(g for saved in chains for g in saved.garbage))
+
+
+def _order(assignment: Assignment) -> tuple[Protocol, int, Direction]:
+    """`desired_table`'s order."""
+    return (assignment.protocol, assignment.port, assignment.direction)
+
+
+def _saved_chain(
+    chain: IptablesChain,
+    present: bool,
+    has_rules: bool,
+    found: dict[tuple[Protocol, int], Assignment],
+    jumps: list[str],
+    garbage: list[str],
+) -> SavedChain:
+    canonical = jumps.count(chain.jump)
     for spec in jumps:
-        if spec != JUMP_SPEC:
-            garbage.append(f"foreign jump to {CHAIN}: {spec}")
+        if spec != chain.jump:
+            garbage.append(f"foreign jump to {chain.name}: {spec}")
     if canonical > 1:
-        garbage.append(f"{canonical} jumps `{JUMP_SPEC}` instead of one")
+        garbage.append(f"{canonical} jumps `{chain.jump}` instead of one")
     if present and canonical == 0:
-        garbage.append(f"jump `{JUMP_SPEC}` missing")
+        garbage.append(f"jump `{chain.jump}` missing")
     if not present and jumps:
-        garbage.append(f"chain {CHAIN} missing")  # cannot happen in a consistent kernel
+        garbage.append(f"chain {chain.name} missing")  # cannot happen in a consistent kernel
+    if present and not has_rules and not chain.anchor:
+        garbage.append(f"chain {chain.name} is empty (cthm removes a direction's chain with it)")
     if len(garbage) > _LIMIT:
         garbage[_LIMIT:] = [f"... and {len(garbage) - _LIMIT} more"]
-    ordered = tuple(found[key] for key in sorted(found))
-    return SavedChain(present, ordered, tuple(jumps), tuple(garbage))
+    mine = tuple(found[key] for key in sorted(found))
+    return SavedChain(chain, present, mine, tuple(jumps), tuple(garbage))
 
 
 def _parse_rule(
-    line: str, found: dict[tuple[Protocol, int], Assignment], garbage: list[str]
+    line: str,
+    chain: IptablesChain,
+    found: dict[tuple[Protocol, int], Assignment],
+    garbage: list[str],
 ) -> None:
-    match = _RULE.fullmatch(line)
+    match = _RULES[chain.name].fullmatch(line)
     port = int(match.group(2)) if match else 0
     if match is None or port > 65535:
         garbage.append(f"unexpected rule: {line}")
         return
-    assignment = Assignment(Protocol(match.group(1)), port, match.group(3))
-    key = (assignment.protocol, assignment.port)
+    protocol = _PROTOCOLS[match.group(1)]
+    key = (protocol, port)
     if key in found:
         garbage.append(f"shadowed rule (an earlier one wins): {line}")
         return
-    found[key] = assignment
+    found[key] = Assignment(protocol, port, match.group(3), chain.direction)

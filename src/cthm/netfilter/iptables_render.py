@@ -1,17 +1,23 @@
-"""Pure rendering for the iptables backend: restore input for cthm's chain in the `raw` table.
+"""Pure rendering for the iptables backend: restore input for cthm's chains in the `raw` table.
 
 Layout, per family (iptables for IPv4, ip6tables for IPv6), written with `--noflush`:
 
     *raw
     :cthm-PREROUTING - [0:0]                  (declaring a chain flushes it: only ours)
+    :cthm-OUTPUT - [0:0]                      (only while output has assignments)
     -A cthm-PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp
+    -A cthm-OUTPUT -p tcp -m tcp --dport 21 -j CT --helper ftp
     -A PREROUTING -j cthm-PREROUTING          (only when the jump is missing)
+    -A OUTPUT -j cthm-OUTPUT                  (likewise)
     COMMIT
 
-Rules are written exactly as `iptables-save` prints them (`-p tcp -m tcp --dport 21`, checked
-against iptables 1.8.9, nf_tables and legacy), so a read-back compares equal. IPv6 gets only the
-helpers the kernel has for IPv6 (catalog `ipv6`): an ip6tables `CT --helper irc` rule fails the
-whole ip6tables-restore.
+A chain that already holds exactly what it must is not written at all, so a re-apply changes no
+rule and a change in one direction leaves the other's rules alone. A direction that empties has
+its jump and chain removed (cthm-PREROUTING stays, empty, while the router is ours: see
+iptables_model). Rules are written exactly as `iptables-save` prints them
+(`-p tcp -m tcp --dport 21`, checked against iptables 1.8.9, nf_tables and legacy), so a
+read-back compares equal. IPv6 gets only the helpers the kernel has for IPv6 (catalog `ipv6`):
+an ip6tables `CT --helper irc` rule fails the whole ip6tables-restore.
 """
 
 from __future__ import annotations
@@ -19,19 +25,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from cthm.domain import KERNEL_HELPERS, Assignment
+from cthm.netfilter.iptables_model import (
+    CHAIN_BY_DIRECTION,
+    INGRESS_CHAIN,
+    TABLE,
+    SavedTable,
+)
 from cthm.netfilter.model import KernelTable
 from cthm.netfilter.render import desired_table
 
-TABLE = "raw"
-CHAIN = "cthm-PREROUTING"
-HOOK_CHAIN = "PREROUTING"
-JUMP_SPEC = f"{HOOK_CHAIN} -j {CHAIN}"
+# The ingress chain's names, as before directions existed.
+CHAIN = INGRESS_CHAIN.name
+HOOK_CHAIN = INGRESS_CHAIN.hook
+JUMP_SPEC = INGRESS_CHAIN.jump
 # Unknown helper types are kept off IPv6: writing one there could fail the whole restore.
 IPV6_HELPERS = frozenset(spec.name for spec in KERNEL_HELPERS if spec.ipv6)
 
 
 def desired_assignments(assignments: Iterable[Assignment]) -> tuple[Assignment, ...]:
-    """Checked, sorted by (protocol, port), duplicates merged; UnsafeValue for a bad value."""
+    """Checked, sorted by (protocol, port, direction), duplicates merged; UnsafeValue for a bad
+    value."""
     return desired_table(assignments).assignments
 
 
@@ -41,50 +54,89 @@ def desired_iptables(assignments: Iterable[Assignment]) -> KernelTable:
 
 
 def for_family(assignments: Sequence[Assignment], *, ipv6: bool) -> tuple[Assignment, ...]:
-    """The assignments one family's chain holds."""
+    """The assignments one family's chains hold."""
     if not ipv6:
         return tuple(assignments)
     return tuple(a for a in assignments if a.helper in IPV6_HELPERS)
 
 
 def rule_spec(assignment: Assignment) -> str:
-    """The rule as `iptables-save` prints it, without the leading `-A`."""
+    """The rule as `iptables-save` prints it, without the leading `-A`, in its direction's
+    chain."""
+    return _rule(CHAIN_BY_DIRECTION[assignment.direction].name, assignment)
+
+
+def _rule(chain: str, assignment: Assignment) -> str:
     protocol = assignment.protocol.value
     return (
-        f"{CHAIN} -p {protocol} -m {protocol} --dport {assignment.port} "
+        f"{chain} -p {protocol} -m {protocol} --dport {assignment.port} "
         f"-j CT --helper {assignment.helper}"
     )
 
 
-def render_apply(assignments: Sequence[Assignment], *, jumps: Sequence[str]) -> str:
-    """Restore input making our chain hold exactly `assignments` (already checked by
-    `desired_assignments`), with one canonical jump. `jumps` are the specs (save lines without
-    `-A`) of every rule elsewhere that jumps to our chain: extra or odd ones are deleted.
-    Declaring the chain creates it, or flushes it when it exists."""
-    lines = [f"*{TABLE}", f":{CHAIN} - [0:0]"]
-    lines.extend(f"-A {rule_spec(a)}" for a in assignments)
-    kept = False
-    for spec in jumps:
-        if spec == JUMP_SPEC and not kept:
-            kept = True
-            continue
-        lines.append(f"-D {spec}")
-    if not kept:
-        lines.append(f"-A {JUMP_SPEC}")
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+def render_apply(assignments: Sequence[Assignment], saved: SavedTable) -> str | None:
+    """Restore input making our chains hold exactly `assignments` (one family's, already
+    checked and sorted by `desired_assignments`), given what the family holds now (`saved`);
+    None when nothing needs to change.
 
-
-def render_delete(*, jumps: Sequence[str], chain_present: bool) -> str | None:
-    """Restore input removing every jump to our chain and the chain itself; None if there is
-    nothing of ours."""
-    if not jumps and not chain_present:
+    A chain in use gets exactly one canonical jump (extra or odd jumps to it are deleted); a
+    chain no longer in use is removed with every jump to it. Declaring a chain creates it, or
+    flushes it when it exists."""
+    declared: list[str] = []
+    rules: list[str] = []
+    jumps: list[str] = []
+    removed: list[str] = []
+    for current in saved.chains:
+        chain = current.chain
+        wanted = tuple([a for a in assignments if a.direction is chain.direction])
+        if wanted or chain.anchor:
+            if current.holds_exactly(wanted):
+                continue  # not written: no rule of it changes
+            declared.append(f":{chain.name} - [0:0]")
+            rules.extend([f"-A {_rule(chain.name, a)}" for a in wanted])
+            kept = False
+            for spec in current.jumps:
+                if spec == chain.jump and not kept:
+                    kept = True
+                    continue
+                jumps.append(f"-D {spec}")
+            if not kept:
+                jumps.append(f"-A {chain.jump}")
+        elif not current.empty:
+            _remove(current.present, current.jumps, chain.name, declared, jumps, removed)
+    if not declared and not jumps:
         return None
-    lines = [f"*{TABLE}"]
-    if chain_present:
-        lines.append(f":{CHAIN} - [0:0]")  # flushes it, so -X cannot fail on our own rules
-    lines.extend(f"-D {spec}" for spec in jumps)
-    if chain_present:
-        lines.append(f"-X {CHAIN}")
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return _text([*declared, *rules, *jumps, *removed])
+
+
+def render_delete(saved: SavedTable) -> str | None:
+    """Restore input removing every jump to our chains and the chains themselves; None if the
+    family holds nothing of ours."""
+    declared: list[str] = []
+    jumps: list[str] = []
+    removed: list[str] = []
+    for current in saved.chains:
+        _remove(current.present, current.jumps, current.chain.name, declared, jumps, removed)
+    if not declared and not jumps:
+        return None
+    return _text([*declared, *jumps, *removed])
+
+
+def _remove(
+    present: bool,
+    chain_jumps: Sequence[str],
+    name: str,
+    declared: list[str],
+    jumps: list[str],
+    removed: list[str],
+) -> None:
+    # Flushed first (a rule of ours may refer to the other chain of ours), unreferenced next,
+    # deleted last: -X of a referenced or non-empty chain fails.
+    if present:
+        declared.append(f":{name} - [0:0]")
+        removed.append(f"-X {name}")
+    jumps.extend(f"-D {spec}" for spec in chain_jumps)
+
+
+def _text(lines: list[str]) -> str:
+    return "\n".join([f"*{TABLE}", *lines, "COMMIT"]) + "\n"

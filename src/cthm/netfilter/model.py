@@ -9,7 +9,14 @@ Layout (one table per router namespace, owned by cthm alone):
             type filter hook prerouting priority filter; policy accept;
             ct helper set tcp dport map { 21 : "ftp-tcp", 2121 : "ftp-tcp" }
         }
+        chain output {
+            type filter hook output priority filter; policy accept;
+            ct helper set tcp dport map { 21 : "ftp-tcp" }
+        }
     }
+
+One chain per direction (ingress: prerouting, output: output), present only while its direction
+has assignments; the helper objects are shared by both chains.
 """
 
 from __future__ import annotations
@@ -17,14 +24,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cthm.domain import KERNEL_HELPERS, Assignment, InvalidInput, Protocol, validate_namespace
+from cthm.domain import (
+    KERNEL_HELPERS,
+    Assignment,
+    Direction,
+    InvalidInput,
+    Protocol,
+    validate_namespace,
+)
 from cthm.netfilter.errors import UnsafeValue
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "cthm"
-CHAIN_NAME = "prerouting"
-# `ct helper set` only works after conntrack lookup (priority -200): `filter` (0) is after it;
-# a chain at `raw` (-300) is accepted by nft but silently assigns nothing.
+CHAIN_NAME = "prerouting"  # the ingress chain (the only one before directions existed)
+# `ct helper set` only works after conntrack lookup (priority -200, in both hooks): `filter` (0)
+# is after it; a chain at `raw` (-300) is accepted by nft but silently assigns nothing.
 CHAIN_TYPE = "filter"
 CHAIN_HOOK = "prerouting"
 CHAIN_PRIORITY = 0
@@ -36,6 +50,26 @@ RENDERED_L3PROTO = "inet"
 # The kernel's helper names are at most 15 characters (NF_CT_HELPER_NAME_LEN 16 with NUL).
 _HELPER_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
 _IPV4_ONLY = frozenset(spec.name for spec in KERNEL_HELPERS if not spec.ipv6)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSpec:
+    """One of cthm's base chains: where a direction's map rules live."""
+
+    direction: Direction
+    name: str
+    hook: str
+    type: str = CHAIN_TYPE
+    priority: int = CHAIN_PRIORITY
+    policy: str = CHAIN_POLICY
+
+
+# In rendering order: a table with only ingress assignments is exactly the one-chain layout.
+CHAINS: dict[Direction, ChainSpec] = {
+    Direction.INGRESS: ChainSpec(Direction.INGRESS, CHAIN_NAME, CHAIN_HOOK),
+    Direction.OUTPUT: ChainSpec(Direction.OUTPUT, "output", "output"),
+}
+CHAINS_BY_NAME: dict[str, ChainSpec] = {spec.name: spec for spec in CHAINS.values()}
 
 
 def shown(value: object, limit: int = 40) -> str:
@@ -61,6 +95,12 @@ def check_protocol(value: object) -> Protocol:
     return value
 
 
+def check_direction(value: object) -> Direction:
+    if not isinstance(value, Direction) or value not in CHAINS:
+        raise UnsafeValue(f"direction {shown(value)} is not a Direction cthm renders")
+    return value
+
+
 def check_port(value: object) -> int:
     # bool is an int; a port is not.
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
@@ -82,6 +122,7 @@ def check_assignment(value: object) -> Assignment:
     check_protocol(value.protocol)
     check_port(value.port)
     check_helper_type(value.helper)
+    check_direction(value.direction)
     return value
 
 
@@ -114,9 +155,10 @@ class HelperObject:
 class KernelTable:
     """cthm's table as the kernel holds it (or as it must hold it after an apply).
 
-    `garbage` describes, for people, anything in the table that cthm would not render (an extra
-    rule or chain, a chain with the wrong hook/priority/policy, an unknown object); the next
-    apply removes it. Two tables are equal when the kernel behaves the same for cthm.
+    `garbage` describes, for people, anything in the table that cthm would not render (an
+    extra rule or chain, a chain with the wrong hook/priority/policy, an empty chain, an
+    unknown object); the next apply removes it. Two tables are equal when the kernel behaves
+    the same for cthm.
     """
 
     assignments: tuple[Assignment, ...]

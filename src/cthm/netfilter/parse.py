@@ -1,6 +1,8 @@
 """Parsing the kernel's state back: `nft -j list table inet cthm` -> KernelTable.
 
-Everything in cthm's table that `render` would not have written is described in `garbage`
+The map rules of chain prerouting read back as ingress assignments, those of chain output as
+output assignments. Everything in cthm's table that `render` would not have written (another
+chain, a chain with another hook, priority or policy, an empty chain) is described in `garbage`
 rather than ignored, so the caller sees the table is not clean and the next apply removes it.
 Items of other tables (as in `nft -j list ruleset`) are skipped: they are not ours.
 """
@@ -10,14 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cthm.domain import Assignment, Protocol
+from cthm.domain import Assignment, Direction, Protocol
 from cthm.netfilter.errors import NftOther
 from cthm.netfilter.model import (
-    CHAIN_HOOK,
-    CHAIN_NAME,
-    CHAIN_POLICY,
-    CHAIN_PRIORITY,
-    CHAIN_TYPE,
+    CHAINS,
+    CHAINS_BY_NAME,
     TABLE_FAMILY,
     TABLE_NAME,
     HelperObject,
@@ -89,24 +88,28 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
     if not table_seen:
         return None
 
+    ruled = {str(rule.get("chain")) for rule in rules}
     for chain in chains:
-        garbage.extend(_chain_problems(chain))
+        garbage.extend(_chain_problems(chain, has_rules=str(chain.get("name")) in ruled))
 
     assignments: list[Assignment] = []
     used: set[str] = set()
-    mapped: set[Protocol] = set()
+    mapped: set[tuple[Direction, Protocol]] = set()
     for rule in rules:
-        parsed = _map_rule(rule, helpers) if rule.get("chain") == CHAIN_NAME else None
-        if parsed is None or parsed[0] in mapped:
+        chain_name = rule.get("chain")
+        spec = CHAINS_BY_NAME.get(chain_name) if isinstance(chain_name, str) else None
+        parsed = _map_rule(rule, helpers) if spec is not None else None
+        if spec is None or parsed is None or (spec.direction, parsed[0]) in mapped:
             garbage.append(
                 f"rule in chain {rule.get('chain')} that cthm did not render: {_summary(rule)}"
             )
             continue
         protocol, entries = parsed
-        mapped.add(protocol)
+        direction = spec.direction
+        mapped.add((direction, protocol))
         for port, name in entries:
             used.add(name)
-            assignments.append(Assignment(protocol, port, helpers[name].type))
+            assignments.append(Assignment(protocol, port, helpers[name].type, direction))
 
     for name in sorted(set(helpers) - used):
         garbage.append(f"ct helper {name} is not used by any cthm rule")
@@ -114,7 +117,7 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
         expected = f"{helper.type}-{helper.protocol}"
         if helper.name != expected:
             garbage.append(f"ct helper {helper.name} should be named {expected} (its content)")
-    assignments.sort(key=lambda a: (a.protocol, a.port))
+    assignments.sort(key=lambda a: (a.protocol, a.port, a.direction))  # as `render` orders them
     return KernelTable(
         assignments=tuple(assignments),
         helpers=frozenset(helpers.values()),
@@ -134,22 +137,30 @@ def _helper(body: dict[str, Any]) -> HelperObject | None:
         return None
 
 
-def _chain_problems(chain: dict[str, Any]) -> list[str]:
+_OUR_CHAINS = " and ".join(spec.name for spec in CHAINS.values())
+
+
+def _chain_problems(chain: dict[str, Any], *, has_rules: bool) -> list[str]:
     name = chain.get("name")
-    if name != CHAIN_NAME:
-        return [f"chain {name} (cthm renders only chain {CHAIN_NAME})"]
+    spec = CHAINS_BY_NAME.get(name) if isinstance(name, str) else None
+    if spec is None:
+        return [f"chain {name} (cthm renders only chains {_OUR_CHAINS})"]
     actual = {k: chain.get(k) for k in ("type", "hook", "prio", "policy")}
     expected: dict[str, object] = {
-        "type": CHAIN_TYPE,
-        "hook": CHAIN_HOOK,
-        "prio": CHAIN_PRIORITY,
-        "policy": CHAIN_POLICY,
+        "type": spec.type,
+        "hook": spec.hook,
+        "prio": spec.priority,
+        "policy": spec.policy,
     }
-    if actual == expected:
-        return []
-    shown = " ".join(f"{k} {v}" for k, v in actual.items())
-    wanted = " ".join(f"{k} {v}" for k, v in expected.items())
-    return [f"chain {CHAIN_NAME} is {shown}; cthm renders {wanted}"]
+    problems = []
+    if actual != expected:
+        shown = " ".join(f"{k} {v}" for k, v in actual.items())
+        wanted = " ".join(f"{k} {v}" for k, v in expected.items())
+        problems.append(f"chain {spec.name} is {shown}; cthm renders {wanted}")
+    if not has_rules:
+        # render writes a chain only for a direction with assignments.
+        problems.append(f"chain {spec.name} is empty (cthm renders no empty chain)")
+    return problems
 
 
 def _map_rule(

@@ -3,11 +3,15 @@
     add table inet cthm          (so the delete below never fails)
     delete table inet cthm       (drops rules before objects: no EBUSY, no stale object)
     add table inet cthm
-    add ct helper ...            (one per (type, protocol), sorted by name)
-    add chain inet cthm prerouting { ... }
+    add ct helper ...            (one per (type, protocol), sorted by name; shared by chains)
+    add chain inet cthm prerouting { ... }     (only if ingress has assignments)
     add rule ... map { ... }     (one per protocol that has assignments: tcp, then udp)
+    add chain inet cthm output { ... }         (only if output has assignments)
+    add rule ... map { ... }     (likewise)
 
-nft runs the whole text as one all-or-nothing transaction. With no assignments the result is
+A table with only ingress assignments is exactly the layout from before directions existed, so
+an upgrade rewrites nothing. nft runs the whole text as one all-or-nothing transaction. With no
+assignments the result is
 an empty `table inet cthm` (no chain, so no per-packet cost): `read()` then returns an empty
 KernelTable, which is `desired_table([])`. Deleting the table is `render_delete()`, for a
 router that is gone.
@@ -17,12 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cthm.domain import Assignment, Protocol
+from cthm.domain import Assignment, Direction, Protocol
 from cthm.netfilter.errors import UnsafeValue
 from cthm.netfilter.model import (
+    CHAINS,
     HelperObject,
     KernelTable,
     check_assignment,
+    check_direction,
     check_helper_type,
     check_port,
     check_protocol,
@@ -31,26 +37,38 @@ from cthm.netfilter.model import (
 )
 from cthm.netfilter.transaction import Transaction
 
+_TCP, _UDP = Protocol.TCP, Protocol.UDP
+_INGRESS, _OUTPUT = Direction.INGRESS, Direction.OUTPUT
+
 
 def _normalized(assignments: Iterable[object]) -> list[Assignment]:
-    """Checked, sorted, exact duplicates merged; two helpers on one (protocol, port) refused."""
-    by_key: dict[tuple[Protocol, int], Assignment] = {}
+    """Checked, sorted by (protocol, port, direction), exact duplicates merged; two helpers on
+    one (protocol, port) in one direction refused (the same port may have a helper per
+    direction)."""
+    by_key: dict[tuple[Protocol, int, Direction], Assignment] = {}
     checked_helpers: set[str] = set()  # a router's thousand rows share a handful of helpers
     for item in assignments:
         assignment = item if isinstance(item, Assignment) else check_assignment(item)
-        check_protocol(assignment.protocol)
-        check_port(assignment.port)
+        # The hot path of every reconcile: identity and type tests first, the checks (which
+        # raise with a message) only for a value that fails them.
+        protocol, port, direction = assignment.protocol, assignment.port, assignment.direction
+        if protocol is not _TCP and protocol is not _UDP:
+            check_protocol(protocol)
+        if type(port) is not int or not 1 <= port <= 65535:
+            check_port(port)
+        if direction is not _INGRESS and direction is not _OUTPUT:
+            check_direction(direction)
         helper = assignment.helper
         if type(helper) is not str or helper not in checked_helpers:
             checked_helpers.add(check_helper_type(helper))
-        key = (assignment.protocol, assignment.port)
+        key = (protocol, port, direction)
         previous = by_key.get(key)
-        if previous is not None and previous.helper != assignment.helper:
+        if previous is not None and previous.helper != helper:
             raise UnsafeValue(
-                f"{key[0]} port {key[1]} assigned both {previous.helper} and {assignment.helper}"
+                f"{direction} {protocol} port {port} assigned both {previous.helper} and {helper}"
             )
         by_key[key] = assignment
-    # Sorting on the (protocol, port) keys is much cheaper than on the dataclasses.
+    # Sorting on the keys is much cheaper than on the dataclasses.
     return [by_key[key] for key in sorted(by_key)]
 
 
@@ -76,12 +94,20 @@ def render(assignments: Iterable[Assignment]) -> Transaction:
     names = {kind: helper_object_name(*kind) for kind in kinds}
     for kind in sorted(kinds, key=lambda k: _name_order(names[k])):
         tx.add_helper(*kind)
-    tx.add_chain()
-    for protocol in sorted({a.protocol for a in wanted}):
-        tx.add_helper_map(
-            protocol,
-            [(a.port, names[(a.helper, a.protocol)]) for a in wanted if a.protocol == protocol],
+    # One pass groups the map entries by chain and protocol; `wanted` is sorted, so each
+    # group's ports come in order.
+    maps: dict[tuple[Direction, Protocol], list[tuple[int, str]]] = {}
+    for a in wanted:
+        maps.setdefault((a.direction, a.protocol), []).append(
+            (a.port, names[(a.helper, a.protocol)])
         )
+    for direction in CHAINS:
+        protocols = sorted(p for d, p in maps if d is direction)
+        if not protocols:
+            continue  # a chain only for a direction in use
+        tx.add_chain(direction)
+        for protocol in protocols:
+            tx.add_helper_map(protocol, maps[(direction, protocol)], direction)
     return tx
 
 

@@ -11,18 +11,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cthm.domain import Protocol
+from cthm.domain import Direction, Protocol
 from cthm.netfilter.errors import UnsafeValue
 from cthm.netfilter.model import (
-    CHAIN_HOOK,
-    CHAIN_NAME,
-    CHAIN_POLICY,
-    CHAIN_PRIORITY,
-    CHAIN_TYPE,
+    CHAINS,
     RENDERED_L3PROTO,
     TABLE_FAMILY,
     TABLE_NAME,
+    ChainSpec,
     HelperObject,
+    check_direction,
     check_helper_type,
     check_port,
     check_protocol,
@@ -58,27 +56,32 @@ class HelperDefinition:
 
 @dataclass(frozen=True, slots=True)
 class BaseChain:
-    """cthm's one chain: hooked at prerouting after conntrack lookup."""
+    """A direction's chain: hooked at prerouting (ingress) or output, after conntrack lookup."""
+
+    spec: ChainSpec = CHAINS[Direction.INGRESS]
 
     def text(self) -> str:
-        priority = "filter" if CHAIN_PRIORITY == 0 else str(CHAIN_PRIORITY)
+        c = self.spec
+        priority = "filter" if c.priority == 0 else str(c.priority)
         return (
-            f"chain {_TABLE} {CHAIN_NAME} {{ type {CHAIN_TYPE} hook {CHAIN_HOOK} "
-            f"priority {priority}; policy {CHAIN_POLICY}; }}"
+            f"chain {_TABLE} {c.name} {{ type {c.type} hook {c.hook} "
+            f"priority {priority}; policy {c.policy}; }}"
         )
 
 
 @dataclass(frozen=True, slots=True)
 class HelperMapRule:
-    """One rule per protocol: an anonymous map port -> helper object (constant per-packet cost)."""
+    """One rule per protocol and direction: an anonymous map port -> helper object (constant
+    per-packet cost)."""
 
     protocol: Protocol
     entries: tuple[tuple[int, str], ...]
+    chain: str = CHAINS[Direction.INGRESS].name
 
     def text(self) -> str:
         elements = ", ".join(f'{port} : "{name}"' for port, name in self.entries)
         return (
-            f"rule {_TABLE} {CHAIN_NAME} ct helper set {self.protocol} dport map {{ {elements} }}"
+            f"rule {_TABLE} {self.chain} ct helper set {self.protocol} dport map {{ {elements} }}"
         )
 
 
@@ -138,8 +141,14 @@ class Transaction:
         self._append(Verb.DELETE, Table())
         self._helpers.clear()
 
-    def add_chain(self) -> None:
-        self._append(Verb.ADD, BaseChain())
+    def add_chain(self, direction: Direction = Direction.INGRESS) -> None:
+        """Adds the base chain of `direction` (prerouting for ingress, output for output)."""
+        try:
+            spec = CHAINS[check_direction(direction)]
+        except UnsafeValue as exc:
+            self.fail(exc)
+            return
+        self._append(Verb.ADD, BaseChain(spec))
 
     def add_helper(self, helper_type: str, protocol: Protocol) -> str | None:
         """Adds the `ct helper` object for (type, protocol); returns its name (None if invalid)."""
@@ -155,10 +164,17 @@ class Transaction:
         self._append(Verb.ADD, HelperDefinition(helper))
         return name
 
-    def add_helper_map(self, protocol: Protocol, entries: Iterable[tuple[int, str]]) -> None:
-        """Adds the rule mapping ports of `protocol` to helper objects added earlier."""
+    def add_helper_map(
+        self,
+        protocol: Protocol,
+        entries: Iterable[tuple[int, str]],
+        direction: Direction = Direction.INGRESS,
+    ) -> None:
+        """Adds the rule, in `direction`'s chain, mapping ports of `protocol` to helper objects
+        added earlier."""
         try:
             check_protocol(protocol)
+            chain = CHAINS[check_direction(direction)].name
             checked: dict[int, str] = {}
             for port, name in entries:
                 check_port(port)
@@ -175,4 +191,4 @@ class Transaction:
         except UnsafeValue as exc:
             self.fail(exc)
             return
-        self._append(Verb.ADD, HelperMapRule(protocol, tuple(sorted(checked.items()))))
+        self._append(Verb.ADD, HelperMapRule(protocol, tuple(sorted(checked.items())), chain))

@@ -14,6 +14,7 @@ from cthm.domain import (
     BindingConflict,
     BindingNotFound,
     Conflict,
+    Direction,
     HelperBinding,
     ListQuery,
     NamespaceInUse,
@@ -47,6 +48,7 @@ BINDING_FIELDS = (
     "protocol",
     "port",
     "helper",
+    "direction",
     "status",
     "status_reason",
     "revision_number",
@@ -78,6 +80,7 @@ def _binding_values(binding: HelperBinding) -> dict[str, Any]:
         "protocol": binding.protocol.value,
         "port": binding.port,
         "helper": binding.helper,
+        "direction": binding.direction.value,
         "revision_number": binding.revision_number,
     }
 
@@ -104,6 +107,7 @@ def _binding(row: Any) -> HelperBinding:
         protocol=Protocol(row.protocol),
         port=row.port,
         helper=row.helper,
+        direction=Direction(row.direction),
         status=Status(row.status),
         status_reason=row.status_reason,
         revision_number=row.revision_number,
@@ -112,16 +116,29 @@ def _binding(row: Any) -> HelperBinding:
     )
 
 
-def _binding_row_problem(
-    protocols: dict[str, Protocol], protocol: object, port: object, helper: object
-) -> str:
-    if not isinstance(protocol, str) or protocol not in protocols:
+_PROTOCOLS = {p.value: p for p in Protocol}
+_DIRECTIONS = {d.value: d for d in Direction}
+_STATUSES = {s.value: s for s in Status}
+
+
+def _binding_row_problem(protocol: object, port: object, helper: object, direction: object) -> str:
+    if not isinstance(protocol, str) or protocol not in _PROTOCOLS:
         return f"refused: invalid protocol {str(protocol)[:20]!r} in the database"
     if type(port) is not int or not 1 <= port <= 65535:
         return f"refused: invalid port {str(port)[:20]!r} in the database"
     if not isinstance(helper, str):
         return "refused: invalid helper in the database"
+    if not isinstance(direction, str) or direction not in _DIRECTIONS:
+        return f"refused: invalid direction {str(direction)[:20]!r} in the database"
     return ""
+
+
+def _conflict(
+    router_id: str, protocol: Protocol, port: int, direction: Direction, existing_id: str
+) -> BindingConflict:
+    # Ingress keeps the wording clients already match on; only the other hook is named.
+    where = protocol.value if direction is Direction.INGRESS else f"{direction.value} {protocol}"
+    return BindingConflict(router_id, where, port, existing_id)
 
 
 class Repository:
@@ -231,7 +248,8 @@ class Repository:
 
     def add_binding(self, binding: HelperBinding) -> HelperBinding:
         router_row = self._router_row(binding.router_id)
-        self._raise_if_taken(binding.router_id, binding.protocol, binding.port, exclude=None)
+        taken = (binding.router_id, binding.protocol, binding.port, binding.direction)
+        self._raise_if_taken(*taken, exclude=None)
         now = _now()
         row = BindingRow(
             id=binding.id,
@@ -240,6 +258,7 @@ class Repository:
             protocol=binding.protocol.value,
             port=binding.port,
             helper=binding.helper,
+            direction=binding.direction.value,
             status=Status.PENDING.value,
             status_reason="",
             revision_number=1,
@@ -247,9 +266,7 @@ class Repository:
             updated_at=now,
         )
         self._session.add(row)
-        self._flush_or_conflict(
-            lambda: self._raise_if_taken(binding.router_id, binding.protocol, binding.port, None)
-        )
+        self._flush_or_conflict(lambda: self._raise_if_taken(*taken, exclude=None))
         self._touch_router(router_row)
         created = _binding(row)
         self._audit_binding("create_router_conntrack_helper", 201, None, created)
@@ -272,8 +289,8 @@ class Repository:
     def desired_bindings(
         self, router_id: str
     ) -> tuple[list[HelperBinding], list[tuple[str, int, str]]]:
-        """A router's bindings as the agent needs them: no timestamps, in (protocol, port) order,
-        and the rows that fail the checks as (binding id, revision, reason).
+        """A router's bindings as the agent needs them: no timestamps, in (protocol, port,
+        direction) order, and the rows that fail the checks as (binding id, revision, reason).
 
         The agent's hot path: one narrow query, no ORM entities, no datetime parsing. Rows were
         validated when written; the cheap checks here are defence in depth against a database
@@ -286,19 +303,18 @@ class Repository:
                 BindingRow.protocol,
                 BindingRow.port,
                 BindingRow.helper,
+                BindingRow.direction,
                 BindingRow.status,
                 BindingRow.status_reason,
                 BindingRow.revision_number,
             )
             .where(BindingRow.router_id == router_id)
-            .order_by(BindingRow.protocol, BindingRow.port)
+            .order_by(BindingRow.protocol, BindingRow.port, BindingRow.direction)
         )
-        protocols = {p.value: p for p in Protocol}
-        statuses = {s.value: s for s in Status}
         bindings: list[HelperBinding] = []
         rejected: list[tuple[str, int, str]] = []
-        for b_id, project_id, protocol, port, helper, status, reason, revision in rows:
-            problem = _binding_row_problem(protocols, protocol, port, helper)
+        for b_id, project_id, protocol, port, helper, direction, status, reason, revision in rows:
+            problem = _binding_row_problem(protocol, port, helper, direction)
             if problem:
                 rejected.append((b_id, revision, problem))
                 continue
@@ -307,10 +323,11 @@ class Repository:
                     id=b_id,
                     router_id=router_id,
                     project_id=project_id,
-                    protocol=protocols[protocol],
+                    protocol=_PROTOCOLS[protocol],
                     port=port,
                     helper=helper,
-                    status=statuses.get(status, Status.PENDING),
+                    direction=_DIRECTIONS[direction],
+                    status=_STATUSES.get(status, Status.PENDING),
                     status_reason=reason,
                     revision_number=revision,
                     created_at=None,
@@ -333,7 +350,7 @@ class Repository:
         rows = self._session.scalars(
             select(BindingRow)
             .where(BindingRow.router_id.in_(ids))
-            .order_by(BindingRow.protocol, BindingRow.port)
+            .order_by(BindingRow.protocol, BindingRow.port, BindingRow.direction)
         )
         for row in rows:
             result[row.router_id].append(_binding(row))
@@ -347,23 +364,27 @@ class Repository:
         protocol: Protocol | None = None,
         port: int | None = None,
         helper: str | None = None,
+        direction: Direction | None = None,
     ) -> HelperBinding:
         row = self._binding_row(router_id, binding_id)
-        new_protocol = protocol.value if protocol is not None else row.protocol
-        new_port = port if port is not None else row.port
-        new_helper = helper if helper is not None else row.helper
-        if (new_protocol, new_port, new_helper) == (row.protocol, row.port, row.helper):
+        old = (row.protocol, row.port, row.direction, row.helper)
+        new = (
+            protocol.value if protocol is not None else row.protocol,
+            port if port is not None else row.port,
+            direction.value if direction is not None else row.direction,
+            helper if helper is not None else row.helper,
+        )
+        if new == old:
             return _binding(row)
-        if (new_protocol, new_port) != (row.protocol, row.port):
-            self._raise_if_taken(router_id, Protocol(new_protocol), new_port, exclude=binding_id)
+        taken = (router_id, Protocol(new[0]), new[1], Direction(new[2]))
+        if new[:3] != old[:3]:
+            self._raise_if_taken(*taken, exclude=binding_id)
         before = _binding(row)
-        row.protocol, row.port, row.helper = new_protocol, new_port, new_helper
+        row.protocol, row.port, row.direction, row.helper = new
         row.status, row.status_reason = Status.PENDING.value, ""
         row.revision_number += 1
         row.updated_at = _now()
-        self._flush_or_conflict(
-            lambda: self._raise_if_taken(router_id, Protocol(new_protocol), new_port, binding_id)
-        )
+        self._flush_or_conflict(lambda: self._raise_if_taken(*taken, exclude=binding_id))
         self._touch_router(self._router_row(router_id))
         updated = _binding(row)
         self._audit_binding("update_router_conntrack_helper", 200, before, updated)
@@ -486,18 +507,25 @@ class Repository:
         self.changed_routers.add(row.id)
 
     def _raise_if_taken(
-        self, router_id: str, protocol: Protocol, port: int, exclude: str | None
+        self,
+        router_id: str,
+        protocol: Protocol,
+        port: int,
+        direction: Direction,
+        *,
+        exclude: str | None,
     ) -> None:
         statement = select(BindingRow.id).where(
             BindingRow.router_id == router_id,
             BindingRow.protocol == protocol.value,
             BindingRow.port == port,
+            BindingRow.direction == direction.value,
         )
         if exclude is not None:
             statement = statement.where(BindingRow.id != exclude)
         existing = self._session.scalar(statement)
         if existing is not None:
-            raise BindingConflict(router_id, protocol.value, port, existing)
+            raise _conflict(router_id, protocol, port, direction, existing)
 
     def _namespace_conflict(self, namespace: str) -> None:
         existing = self._session.scalar(

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -25,6 +26,12 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# What the database accepts, spelled out: a new domain Direction needs a migration, and a test
+# holds these equal to the enum.
+DEFAULT_DIRECTION = "ingress"
+DIRECTION_CHECK = "direction IN ('ingress', 'output')"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -67,7 +74,9 @@ class RouterRow(Base):
 class BindingRow(Base):
     __tablename__ = "conntrack_helpers"
     __table_args__ = (
-        UniqueConstraint("router_id", "protocol", "port"),
+        # One helper per connection: ingress and output hooks see different connections.
+        UniqueConstraint("router_id", "protocol", "port", "direction"),
+        CheckConstraint(DIRECTION_CHECK, name="ck_conntrack_helpers_direction"),
         Index("ix_conntrack_helpers_project_id", "project_id"),
     )
 
@@ -79,6 +88,9 @@ class BindingRow(Base):
     protocol: Mapped[str] = mapped_column(String(8), nullable=False)
     port: Mapped[int] = mapped_column(Integer, nullable=False)
     helper: Mapped[str] = mapped_column(String(32), nullable=False)
+    direction: Mapped[str] = mapped_column(
+        String(16), nullable=False, server_default=DEFAULT_DIRECTION
+    )
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     status_reason: Mapped[str] = mapped_column(String(1024), nullable=False, default="")
     revision_number: Mapped[int] = mapped_column(Integer, nullable=False)

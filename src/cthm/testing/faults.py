@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from cthm.domain import Assignment, HelperCatalog, Protocol
+from cthm.domain import Assignment, Direction, HelperCatalog, Protocol
 from cthm.netfilter import KernelTable, NftablesBackend, SubprocessRunner, desired_table
 from cthm.testing.netns import run_in_namespace
 from cthm.testing.service import ServerProcess
@@ -103,9 +103,13 @@ class Api:
         return items
 
     def create_binding(
-        self, router_id: str, protocol: str, port: int, helper: str
+        self, router_id: str, protocol: str, port: int, helper: str, direction: str | None = None
     ) -> httpx.Response:
-        body = {"conntrack_helper": {"protocol": protocol, "port": port, "helper": helper}}
+        """direction None: not sent (the server's default, ingress)."""
+        fields: dict[str, object] = {"protocol": protocol, "port": port, "helper": helper}
+        if direction is not None:
+            fields["direction"] = direction
+        body = {"conntrack_helper": fields}
         return self.client.post(f"/v2.0/routers/{router_id}/conntrack_helpers", json=body)
 
     def update_binding(
@@ -144,17 +148,20 @@ def kernel_table(namespace: str) -> KernelTable | None:
 
 
 def desired_kernel_table(bindings: Iterable[Binding]) -> KernelTable:
-    """What cthm's table must hold for these API bindings (kernel helper names resolved)."""
+    """What cthm's table must hold for these API bindings (kernel helper names resolved). A
+    binding without a direction (a hand-written one, or an older server's) is ingress."""
     assignments = []
     for b in bindings:
         protocol = Protocol(b["protocol"])
         name = _CATALOG.resolve(str(b["helper"]), protocol).name
-        assignments.append(Assignment(protocol, int(b["port"]), name))
+        direction = Direction(b.get("direction", Direction.INGRESS.value))
+        assignments.append(Assignment(protocol, int(b["port"]), name, direction))
     return desired_table(assignments)
 
 
 def state_of(bindings: Iterable[Binding]) -> dict[str, tuple[str, int, str]]:
-    """binding id -> (protocol, port, helper), the part of a binding a client writes."""
+    """binding id -> (protocol, port, helper), the part of a binding the fault suite's clients
+    write (they leave direction at its default)."""
     return {str(b["id"]): (str(b["protocol"]), int(b["port"]), str(b["helper"])) for b in bindings}
 
 

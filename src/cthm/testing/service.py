@@ -24,8 +24,13 @@ TOKEN_HEADER = "X-Auth-Token"  # noqa: S105 (a header name)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any CTHM_* setting, plus `extra`."""
+    """The caller's environment without any CTHM_* setting, plus `extra`.
+
+    A server started by a test must never take another cthm's tables (a live service's, or a
+    parallel test run's) for orphans and delete them: the sweep is off unless `extra` says so.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTHM_")}
+    env["CTHM_SWEEP_ORPHANS"] = "false"
     env.update(extra)
     return env
 

@@ -16,6 +16,12 @@ the ftp/tftp conntrack helpers *and* their NAT counterparts (nf_nat_ftp, nf_nat_
 Safety: every link is created inside a namespace (the veth peer goes straight into the other
 namespace), addresses are in 198.18.0.0/15, and the root namespace is never touched. The
 namespaces come from a NamespaceFactory, whose cleanup() deletes them (and so the links).
+
+For traffic the router itself originates (bindings with direction "output"), the router can
+get a strict INPUT firewall in another table of its own (`inet cthm_test_in`, see
+`router_input_ruleset`): only loopback and established/related packets reach the router's
+sockets, so the server's active FTP data connection and the TFTP reply from a new port only
+get through when the router's own control connection or request carries the helper.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from cthm.testing.netns import NamespaceFactory
 
 FIREWALL_TABLE = "cthm_test_fw"
 """The router firewall's table (family inet): the harness's own, distinct from `inet cthm`."""
+
+INPUT_FIREWALL_TABLE = "cthm_test_in"
+"""The router's INPUT firewall table (family inet), installed by install_router_input_firewall."""
 
 NAT_HELPER_MODULES = ("nf_nat_ftp", "nf_nat_tftp", "nf_conntrack_ftp", "nf_conntrack_tftp")
 _KCONFIG = {
@@ -62,6 +71,7 @@ class Topology:
     server_addr: str = "198.19.2.2"
     prefix_len: int = 24
     firewall_table: str = FIREWALL_TABLE
+    input_firewall_table: str = INPUT_FIREWALL_TABLE
 
     @property
     def client_net(self) -> str:
@@ -97,6 +107,32 @@ table inet {t.firewall_table} {{
     }}
 }}
 """
+
+
+def router_input_ruleset(topology: Topology) -> str:
+    """The router's strict INPUT firewall, as `nft -f` text.
+
+    Only loopback and established/related packets reach the router's own sockets. A new TCP
+    connection to the router is refused with a reset rather than silently dropped, so an
+    active FTP data connection without the helper fails at once (the server answers 425)
+    instead of after the client's timeout; everything else new (the TFTP reply from the
+    server's new port) is dropped.
+    """
+    return f"""\
+table inet {topology.input_firewall_table} {{
+    chain input {{
+        type filter hook input priority filter; policy drop;
+        iif "lo" accept
+        ct state established,related accept
+        meta l4proto tcp reject with tcp reset
+    }}
+}}
+"""
+
+
+def install_router_input_firewall(topology: Topology) -> None:
+    """Installs `router_input_ruleset` in the router namespace (one transaction)."""
+    nft_apply(topology.router_ns, router_input_ruleset(topology))
 
 
 def build_topology(factory: NamespaceFactory, *, label: str = "") -> Topology:
@@ -152,15 +188,41 @@ def nft_apply(namespace: str, ruleset: str) -> None:
     _run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], input=ruleset)
 
 
-def conntrack_entries(namespace: str, protocol: str, dport: int) -> list[str]:
-    """The namespace's conntrack entries whose original direction goes to `dport`."""
-    out = _run(
-        [
-            *("ip", "netns", "exec", namespace),
-            *("conntrack", "-L", "-p", protocol, "--orig-port-dst", str(dport)),
-        ]
-    )
+def conntrack_entries(
+    namespace: str, protocol: str, dport: int, *, source: str | None = None
+) -> list[str]:
+    """The namespace's conntrack entries whose original direction goes to `dport`.
+
+    `source`, if given, keeps only those whose original direction comes from that address
+    (forwarded and router-originated connections to the same port live side by side).
+    """
+    argv = ["conntrack", "-L", "-p", protocol, "--orig-port-dst", str(dport)]
+    if source is not None:
+        argv += ["--orig-src", source]
+    out = _run(["ip", "netns", "exec", namespace, *argv])
     return [line for line in out.splitlines() if line.strip()]
+
+
+def conntrack_dump(namespace: str) -> str:
+    """The namespace's conntrack and expectation tables as text, for failure messages.
+
+    Never raises: a diagnostic must not hide the failure it explains.
+    """
+    parts = []
+    for table in ("conntrack", "expect"):
+        try:
+            out = _run(["ip", "netns", "exec", namespace, "conntrack", "-L", table])
+        except TopologyError as exc:
+            out = str(exc)
+        parts.append(f"{table}:\n{out.rstrip() or '(empty)'}")
+    return "\n".join(parts)
+
+
+def conntrack_flush(namespace: str) -> None:
+    """Empties the namespace's conntrack table (and its expectations): a fresh start for
+    the next probe, whose connections then get the helpers the rules assign now."""
+    _run(["ip", "netns", "exec", namespace, "conntrack", "-F"])
+    _run(["ip", "netns", "exec", namespace, "conntrack", "-F", "expect"])
 
 
 def missing_nat_helpers() -> list[str]:

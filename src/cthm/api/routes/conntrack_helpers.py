@@ -51,6 +51,7 @@ from cthm.domain import (
     Router,
     check_binding_fields,
     new_binding,
+    parse_direction,
 )
 from cthm.settings import Settings
 
@@ -103,7 +104,14 @@ def create_conntrack_helper(
     for name, value in (("project_id", data.project_id), ("tenant_id", data.tenant_id)):
         if value is not None and value != owner.project_id:
             raise InvalidInput("a conntrack helper belongs to its router's project", field=name)
-    wanted = new_binding(catalog, owner, protocol=data.protocol, port=data.port, helper=data.helper)
+    wanted = new_binding(
+        catalog,
+        owner,
+        protocol=data.protocol,
+        port=data.port,
+        helper=data.helper,
+        direction=data.direction,
+    )
     _check_high_risk(
         principal,
         action,
@@ -174,6 +182,7 @@ def update_conntrack_helper(
         current.port if data.port is None else data.port,
         current.helper if data.helper is None else data.helper,
     )
+    direction = None if data.direction is None else parse_direction(data.direction)
     _check_high_risk(
         principal,
         action,
@@ -184,7 +193,9 @@ def update_conntrack_helper(
         helper=helper,
         binding_id=current.id,
     )
-    updated = repo.update_binding(owner.id, current.id, protocol=protocol, port=port, helper=helper)
+    updated = repo.update_binding(
+        owner.id, current.id, protocol=protocol, port=port, helper=helper, direction=direction
+    )
     return respond(200, {"conntrack_helper": binding_body(updated)})
 
 

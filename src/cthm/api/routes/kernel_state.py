@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from cthm.api.deps import CatalogDep, PrincipalDep, RepoDep, no_query
 from cthm.api.routes._shared import load_router, respond
 from cthm.api.schemas import format_timestamp
-from cthm.domain import Assignment, HelperBinding, HelperCatalog, InvalidInput
+from cthm.domain import Assignment, Direction, HelperBinding, HelperCatalog, InvalidInput
 
 NO_AGENT = "no agent in this process: the kernel state is unknown to this server"
 
@@ -61,6 +61,7 @@ KernelStateProvider = Callable[[str], KernelView | None]
 class KernelAssignment(BaseModel):
     protocol: str
     port: int
+    direction: Direction = Field(description="ingress (prerouting hook) or output (output hook)")
     helper: str = Field(description="the helper as bound (an alias such as h323 included)")
     kernel_helper: str | None = Field(
         description="the kernel's helper; null when the bound helper is no longer allowed"
@@ -129,20 +130,26 @@ def _desired_row(catalog: HelperCatalog, binding: HelperBinding) -> Row:
     return {
         "protocol": binding.protocol.value,
         "port": binding.port,
+        "direction": binding.direction.value,
         "helper": binding.helper,
         "kernel_helper": kernel_helper,
     }
 
 
 def _compared(desired: list[Row], view: KernelView) -> dict[str, object]:
-    def key(row: Row) -> tuple[object, object, object]:
-        return row["protocol"], row["port"], row["kernel_helper"]
+    def key(row: Row) -> tuple[object, ...]:
+        return row["protocol"], row["port"], row["direction"], row["kernel_helper"]
 
     # An assignment read back is shown under the name it is bound as, when a binding wants it.
     bound = {key(row): row["helper"] for row in desired}
     actual: list[Row] = []
     for a in sorted(view.actual or ()):
-        row: Row = {"protocol": a.protocol.value, "port": a.port, "kernel_helper": a.helper}
+        row: Row = {
+            "protocol": a.protocol.value,
+            "port": a.port,
+            "direction": a.direction.value,
+            "kernel_helper": a.helper,
+        }
         actual.append({**row, "helper": bound.get(key(row), a.helper)})
     held = {key(row) for row in actual}
     missing = [row for row in desired if key(row) not in held]

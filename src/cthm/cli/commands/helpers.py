@@ -14,14 +14,25 @@ from cthm.cli.resolve import resolve_router
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def binding_options(*, required: bool) -> Callable[[F], F]:
-    """--protocol, --port and --helper. Values go to the server as given (only the port must be
-    an integer): it judges them, so the CLI, curl and openstacksdk get the same message."""
+DIRECTIONS = ("ingress", "output")
+DIRECTION_HELP = (
+    "ingress: connections arriving at the router, forwarded or addressed to it (as Neutron); "
+    "output: connections the router's namespace itself originates."
+)
 
+
+def binding_options(*, required: bool) -> Callable[[F], F]:
+    """--protocol, --port, --helper and --direction. Values go to the server as given (only the
+    port must be an integer): it judges them, so the CLI, curl and openstacksdk get the same
+    message. --direction is never required; absent, nothing is sent (create: the server's
+    default, ingress; update: unchanged), so the CLI still works with an older server."""
+
+    default = " [default: ingress]" if required else ""
     options = (
         click.option("--protocol", metavar="tcp|udp", required=required, help="The protocol."),
         click.option("--port", type=int, required=required, help="Destination port (1-65535)."),
         click.option("--helper", metavar="NAME", required=required, help="See `cthm catalog`."),
+        click.option("--direction", type=click.Choice(DIRECTIONS), help=DIRECTION_HELP + default),
     )
 
     def decorate(function: F) -> F:
@@ -42,11 +53,15 @@ def helper_group() -> None:
 @binding_options(required=True)
 @json_option
 @pass_state
-def create(state: CliState, router: str, protocol: str, port: int, helper: str) -> None:
+def create(
+    state: CliState, router: str, protocol: str, port: int, helper: str, direction: str | None
+) -> None:
     """Give connections to --protocol/--port on ROUTER (an id or a name) the helper --helper."""
     with state.client() as client:
         router_id = resolve_router(client, router)["id"]
-        binding = client.create_helper(router_id, protocol=protocol, port=port, helper=helper)
+        binding = client.create_helper(
+            router_id, protocol=protocol, port=port, helper=helper, direction=direction
+        )
     if state.json:
         render.print_json({"conntrack_helper": binding})
     else:
@@ -97,14 +112,17 @@ def update(
     protocol: str | None,
     port: int | None,
     helper: str | None,
+    direction: str | None,
 ) -> None:
     """Change conntrack helper ID of ROUTER (an id or a name); give at least one option."""
-    if protocol is None and port is None and helper is None:
-        raise click.UsageError("nothing to update: give --protocol, --port or --helper")
+    if protocol is None and port is None and helper is None and direction is None:
+        raise click.UsageError(
+            "nothing to update: give --protocol, --port, --helper or --direction"
+        )
     with state.client() as client:
         router_id = resolve_router(client, router)["id"]
         binding = client.update_helper(
-            router_id, helper_id, protocol=protocol, port=port, helper=helper
+            router_id, helper_id, protocol=protocol, port=port, helper=helper, direction=direction
         )
     if state.json:
         render.print_json({"conntrack_helper": binding})

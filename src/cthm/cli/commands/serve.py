@@ -42,9 +42,17 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 )
 @click.option(
     "--backend",
-    type=click.Choice(["nftables", "iptables"]),
+    type=click.Choice(["nftables", "iptables", "auto"]),
     default=None,
-    help="How rules reach the kernel. [nftables; env CTHM_BACKEND]",
+    help="How rules reach the kernel; auto: what the node's routers use, decided at start. "
+    "[nftables; env CTHM_BACKEND]",
+)
+@click.option(
+    "--iptables-flavour",
+    type=click.Choice(["default", "nft", "legacy"]),
+    default=None,
+    help="iptables tools: the system's (where both are installed, the flavour holding the "
+    "node's rules), iptables-nft or iptables-legacy. [default; env CTHM_IPTABLES_FLAVOUR]",
 )
 @click.option(
     "--resync-interval",
@@ -77,6 +85,7 @@ def serve(
     config_file: Path | None,
     resync_interval: float | None,
     backend: str | None,
+    iptables_flavour: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     allow_insecure_listen: bool | None,
@@ -89,6 +98,7 @@ def serve(
         port=port,
         resync_interval=resync_interval,
         backend=backend,
+        iptables_flavour=iptables_flavour,
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
         allow_insecure_listen=allow_insecure_listen,
@@ -101,11 +111,16 @@ def serve(
     if settings.database_url:
         where += f", database {redact_url(settings.database_url)}"
 
-    def announce(url: str) -> None:
-        click.echo(f"cthm listening on {url} ({where})")
-
     try:
         with Service(settings) as service:
+            # What auto chose is part of where this server stands (the log says it always).
+            choice = service.backend_choice
+            if choice is not None and choice.auto:
+                where += f"; backend {choice.label}, chosen by auto: {choice.reason}"
+
+            def announce(url: str) -> None:
+                click.echo(f"cthm listening on {url} ({where})")
+
             service.serve(on_listening=announce)
     except ServiceSettingError as exc:
         raise SettingsFailure(exc.message) from None

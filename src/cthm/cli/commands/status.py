@@ -19,7 +19,7 @@ from cthm.cli.client import ClientError, CthmClient, JSONObject
 from cthm.cli.context import CliState, json_option, pass_state
 from cthm.cli.errors import Failure
 from cthm.cli.resolve import resolve_router
-from cthm.domain import Assignment, HelperCatalog, InvalidInput, Protocol
+from cthm.domain import Assignment, Direction, HelperCatalog, InvalidInput, Protocol
 from cthm.netfilter import (
     KernelTable,
     LibraryUnavailable,
@@ -29,7 +29,9 @@ from cthm.netfilter import (
     make_runner,
 )
 
-Key = tuple[str, int]
+Key = tuple[str, int, str]  # protocol, port, direction
+# A server older than directions sends none: all its bindings are ingress.
+DEFAULT_DIRECTION = Direction.INGRESS.value
 NO_AGENT_PREFIX = "no agent in this process"
 
 
@@ -77,7 +79,12 @@ def _from_agent(bindings: list[dict[str, Any]], agent: JSONObject) -> dict[str, 
     actual = agent.get("actual") or []
     kernel = KernelTable(
         tuple(
-            Assignment(Protocol(a["protocol"]), int(a["port"]), str(a["kernel_helper"]))
+            Assignment(
+                Protocol(a["protocol"]),
+                int(a["port"]),
+                str(a["kernel_helper"]),
+                Direction(a.get("direction", DEFAULT_DIRECTION)),
+            )
             for a in actual
         ),
         frozenset(),
@@ -112,11 +119,12 @@ def _read_kernel(namespace: str, *, required: bool = True) -> tuple[KernelTable 
 def compare(
     bindings: list[dict[str, Any]], kernel: KernelTable | None, kernel_error: str | None
 ) -> dict[str, Any]:
-    """Rows keyed by (protocol, port): desired helper, binding status, kernel helper, match."""
+    """Rows keyed by (protocol, port, direction): desired helper, binding status, kernel
+    helper, match."""
     catalog = HelperCatalog()  # the full kernel catalog: only used to name aliases (h323 -> RAS)
     desired: dict[Key, dict[str, Any]] = {}
     for binding in bindings:
-        key = (binding["protocol"], binding["port"])
+        key = (binding["protocol"], binding["port"], binding.get("direction", DEFAULT_DIRECTION))
         try:
             kernel_name = catalog.resolve(binding["helper"], Protocol(binding["protocol"])).name
         except (InvalidInput, ValueError):
@@ -124,15 +132,19 @@ def compare(
         desired[key] = {**binding, "kernel_helper": kernel_name}
     actual: dict[Key, str] = {}
     if kernel is not None:
-        actual = {(a.protocol.value, a.port): a.helper for a in kernel.assignments}
+        actual = {
+            (a.protocol.value, a.port, a.direction.value): a.helper for a in kernel.assignments
+        }
     rows = []
-    for protocol, port in sorted(set(desired) | set(actual)):
-        want = desired.get((protocol, port))
-        have = actual.get((protocol, port))
+    for key in sorted(set(desired) | set(actual)):
+        want = desired.get(key)
+        have = actual.get(key)
+        protocol, port, direction = key
         rows.append(
             {
                 "protocol": protocol,
                 "port": port,
+                "direction": direction,
                 "desired": want["helper"] if want else None,
                 "binding_status": want["status"] if want else None,
                 "kernel": have,
@@ -176,6 +188,7 @@ def _print(report: dict[str, Any]) -> None:
         (
             ("protocol", "Protocol"),
             ("port", "Port"),
+            ("direction", "Direction"),
             ("desired", "Desired helper"),
             ("binding_status", "Binding status"),
             ("kernel", "Kernel helper"),
@@ -186,6 +199,7 @@ def _print(report: dict[str, Any]) -> None:
         table.add_row(
             Text(row["protocol"]),
             Text(str(row["port"])),
+            Text(row["direction"]),
             Text(row["desired"] or "-"),
             Text(row["binding_status"] or "-"),
             Text(row["kernel"] or "-"),
