@@ -76,6 +76,7 @@ class HelperBinding:
 
     def __ge__(self, other: Assignment) -> bool:
         return self._key() >= other._key()
+
     status: Status = Status.PENDING
     status_reason: str = ""
     revision_number: int = 0
@@ -257,4 +258,5 @@ def assignments_for(catalog: HelperCatalog, bindings: list[HelperBinding]) -> li
         merged[(binding.protocol, binding.port, direction)] = Assignment(
             binding.protocol, binding.port, name, direction
         )
-    return sorted(merged.values())
+    # Sorting the unique (protocol, port, direction) keys is Assignment order, at tuple speed.
+    return [merged[key] for key in sorted(merged)]

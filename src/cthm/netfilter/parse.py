@@ -92,7 +92,7 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
     for chain in chains:
         garbage.extend(_chain_problems(chain, has_rules=str(chain.get("name")) in ruled))
 
-    assignments: list[Assignment] = []
+    keyed: list[tuple[Protocol, int, Direction, Assignment]] = []
     used: set[str] = set()
     mapped: set[tuple[Direction, Protocol]] = set()
     for rule in rules:
@@ -109,7 +109,14 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
         mapped.add((direction, protocol))
         for port, name in entries:
             used.add(name)
-            assignments.append(Assignment(protocol, port, helpers[name].type, direction))
+            keyed.append(
+                (
+                    protocol,
+                    port,
+                    direction,
+                    Assignment(protocol, port, helpers[name].type, direction),
+                )
+            )
 
     for name in sorted(set(helpers) - used):
         garbage.append(f"ct helper {name} is not used by any cthm rule")
@@ -117,9 +124,11 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
         expected = f"{helper.type}-{helper.protocol}"
         if helper.name != expected:
             garbage.append(f"ct helper {helper.name} should be named {expected} (its content)")
-    assignments.sort(key=lambda a: (a.protocol, a.port, a.direction))  # as `render` orders them
+    # As `render` orders them; (protocol, port, direction) is unique within a chain's map, and
+    # a duplicate across two rules was refused above, so the sort never compares Assignments.
+    keyed.sort()
     return KernelTable(
-        assignments=tuple(assignments),
+        assignments=tuple(item[3] for item in keyed),
         helpers=frozenset(helpers.values()),
         garbage=tuple(garbage),
     )
