@@ -33,6 +33,7 @@ from cthm.testing import (
     start_tftp_server,
     write_random_file,
 )
+from cthm.testing.service import ServerProcess
 
 FTP_FILE = "payload-ftp.bin"
 TFTP_FILE = "payload-tftp.bin"
@@ -99,3 +100,17 @@ def router_traffic(helper_traffic: HelperTraffic) -> HelperTraffic:
     INPUT firewall: only helpers on the router's own connections let the data/reply in."""
     install_router_input_firewall(helper_traffic.topology)
     return helper_traffic.router_originated()
+
+
+@pytest.fixture(params=["nftables", "iptables"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The kernel backend a `service` runs: every test through cthm runs on both."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def service(tmp_path: Path, backend: str) -> Iterator[ServerProcess]:
+    """A real `cthm serve` (API and in-process agent) on `backend`."""
+    with ServerProcess(tmp_path / "data", tmp_path / "logs", args=("--backend", backend)) as s:
+        yield s

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,18 +26,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.traffic]
 
 SETTLE_TIMEOUT = 10.0
 BINDINGS = (("tcp", 21, "ftp"), ("udp", 69, "tftp"))
-
-
-@pytest.fixture(params=["nftables", "iptables"])
-def backend(request: pytest.FixtureRequest) -> str:
-    kind: str = request.param
-    return kind
-
-
-@pytest.fixture
-def service(tmp_path: Path, backend: str) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path / "data", tmp_path / "logs", args=("--backend", backend)) as s:
-        yield s
 
 
 class Edge:

@@ -8,8 +8,6 @@ the served bytes, and the kernel's conntrack shows the helpers on the router's c
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,19 +18,6 @@ from cthm.testing.service import ServerProcess
 pytestmark = [pytest.mark.kernel, pytest.mark.traffic]
 
 SETTLE_TIMEOUT = 10.0
-
-
-@pytest.fixture(params=["nftables", "iptables"])
-def backend(request: pytest.FixtureRequest) -> str:
-    kind: str = request.param
-    return kind
-
-
-@pytest.fixture
-def service(tmp_path: Path, backend: str) -> Iterator[ServerProcess]:
-    args = ("--backend", backend)
-    with ServerProcess(tmp_path / "data", tmp_path / "logs", args=args) as server:
-        yield server
 
 
 def wait_active(client: httpx.Client, router_id: str, ids: list[str]) -> dict[str, str]:

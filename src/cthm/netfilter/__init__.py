@@ -1,14 +1,16 @@
-"""cthm's nftables backend: render a router's assignments into one transaction on the table
-`inet cthm` (which cthm alone owns in the router's namespace), parse the kernel's state back,
-and run transactions inside namespaces (in-process with libnftables, or the nft binary), plus an
-honest in-memory fake for tests above this layer.
+"""cthm's kernel backends. nftables: render a router's assignments into one transaction on the
+table `inet cthm` (which cthm alone owns in the router's namespace), parse the kernel's state
+back, and run transactions inside namespaces (in-process with libnftables, or the nft binary),
+plus an honest in-memory fake for tests above this layer. iptables: chains `cthm-PREROUTING` and
+`cthm-OUTPUT` in the raw table (iptables.py); `detect.py` chooses between them for `auto`.
 
 Decisions (each checked against nft 1.0.6 on this kernel by tests/netfilter):
 - Every apply replaces the table whole in one transaction (add; delete; define).
 - No assignments -> an empty `table inet cthm` (no chain: no per-packet cost);
   `read()` then equals `desired_table([])`. `delete()` removes the table (router gone).
 - One anonymous map rule per protocol (`ct helper set tcp dport map { ... }`) in a chain
-  hooked at prerouting, priority filter (after conntrack lookup).
+  hooked at prerouting (ingress bindings) or output (output bindings), priority filter (after
+  conntrack lookup); a chain exists only while its direction has assignments.
 - Helper objects are named `<kernel type>-<protocol>` verbatim ("Q.931-tcp", "RAS-udp"):
   nft accepts dots and capitals, and the name is a function of the content.
 - Objects are defined with `l3proto inet`; helpers without IPv6 read back as `ip`, which
