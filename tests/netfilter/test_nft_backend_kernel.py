@@ -280,3 +280,33 @@ def test_injection_via_helper_names_is_refused(
         backend.available_helpers(router, [(helper, TCP)])
     assert runner.calls == []  # refused before anything ran
     assert nft(router, "list", "ruleset") == before
+
+
+def test_an_unchanged_table_is_not_parsed_again_and_any_change_is_seen(
+    backend: NftablesBackend, router: str
+) -> None:
+    """Reads remember the last listing per namespace: the same text gives the same result
+    without a parse (no-op resyncs), and a change made behind cthm's back — even one that
+    keeps the element count — gives a different listing and so a fresh parse."""
+    backend.apply(router, FTP)
+    first = backend.read(router)
+    assert first == desired_table(FTP)
+    assert backend.read(router) is first, "an unchanged listing was parsed again"
+    # Same number of elements, one helper swapped: only a real read of the kernel shows it.
+    nft(
+        router,
+        "-f",
+        "-",
+        stdin="flush chain inet cthm prerouting\n"
+        'add ct helper inet cthm irc-tcp { type "irc" protocol tcp; l3proto inet; }\n'
+        'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "irc-tcp" }\n'
+        'add rule inet cthm prerouting ct helper set udp dport map { 69 : "tftp-udp" }\n',
+    )
+    changed = backend.read(router)
+    assert changed is not None
+    assert Assignment(TCP, 21, "irc") in changed.assignments
+    assert changed != first
+    nft(router, "delete", "table", "inet", "cthm")
+    assert backend.read(router) is None
+    backend.apply(router, FTP)
+    assert backend.read(router) == desired_table(FTP)

@@ -3,6 +3,7 @@ and ask the kernel which helpers it has. Every write is one atomic transaction."
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 
 from cthm.domain import Assignment, Protocol
@@ -20,14 +21,32 @@ class NftablesBackend:
 
     def __init__(self, runner: NftRunner) -> None:
         self.runner = runner
+        # The last listing parsed per namespace. parse_table is a pure function of the listing
+        # text, and an unchanged table lists byte-for-byte the same (handles included), so an
+        # equal text gets the same (immutable) result without parsing a thousand map elements
+        # again: every no-op resync and every read before a change hits it.
+        self._parsed: dict[str, tuple[str, KernelTable | None]] = {}
+        self._parsed_lock = threading.Lock()
 
     def read(self, namespace: str) -> KernelTable | None:
         """cthm's table in the namespace; None when there is none."""
         try:
             text = self.runner.run(namespace, LIST_COMMAND, json=True)
         except NftNotFound:
+            self._forget(namespace)
             return None
-        return parse_table(text)
+        with self._parsed_lock:
+            last = self._parsed.get(namespace)
+        if last is not None and last[0] == text:
+            return last[1]
+        table = parse_table(text)
+        with self._parsed_lock:
+            self._parsed[namespace] = (text, table)
+        return table
+
+    def _forget(self, namespace: str) -> None:
+        with self._parsed_lock:
+            self._parsed.pop(namespace, None)
 
     def desired(self, assignments: Sequence[Assignment]) -> KernelTable:
         """What `read()` returns after `apply(assignments)`: `desired_table(assignments)`."""
@@ -41,6 +60,7 @@ class NftablesBackend:
 
     def delete(self, namespace: str) -> bool:
         """Deletes cthm's table; True if there was one."""
+        self._forget(namespace)  # bounded by the namespaces that hold a table of ours
         try:
             self.runner.run(namespace, str(render_delete()))
         except NftNotFound:
