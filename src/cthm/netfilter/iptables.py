@@ -15,7 +15,9 @@ never reaches the kernel and accepts helper types the kernel lacks.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from cthm.domain import Assignment, Protocol
 from cthm.netfilter.backend import NftablesBackend
@@ -55,6 +57,10 @@ class IptablesBackend:
         self.timeout = timeout
         self._runner_kind = runner_kind
         self._probe: NftablesBackend | None = None
+        # The IPv6 save runs beside the IPv4 one: each is a process (two with `ip netns exec`)
+        # that mostly waits, and every reconcile reads both families.
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def tool(self, action: str, *, ipv6: bool) -> str:
         """The program name for `action` ("save" or "restore") in one family."""
@@ -68,7 +74,7 @@ class IptablesBackend:
         Assignments (both directions) are the IPv4 chains'; IPv6 chains that do not hold
         exactly the IPv6-capable subset of them are reported as garbage, so the next apply
         rewrites them."""
-        v4, v6 = (self._saved(namespace, ipv6=family) for family in _FAMILIES)
+        v4, v6 = self._saved_both(namespace)
         if v4.empty and v6.empty:
             return None
         garbage = [*v4.garbage, *(f"ip6tables: {g}" for g in v6.garbage)]
@@ -97,8 +103,9 @@ class IptablesBackend:
         table changes."""
         wanted = desired_assignments(assignments)  # raises UnsafeValue before anything runs
         namespace_path(namespace, NETNS_DIR)
-        for ipv6 in _FAMILIES:
-            saved = self._saved(namespace, ipv6=ipv6)
+        # Both families read at once; restored one after the other (IPv4 first, as always), so
+        # an IPv4 failure still leaves IPv6 untouched.
+        for ipv6, saved in zip(_FAMILIES, self._saved_both(namespace), strict=True):
             text = render_apply(for_family(wanted, ipv6=ipv6), saved)
             if text is None:
                 continue  # nothing to change: no rule is rewritten
@@ -108,8 +115,8 @@ class IptablesBackend:
         """Removes every jump to cthm's chains and the chains, per family; True if any
         existed."""
         found = False
-        for ipv6 in _FAMILIES:
-            text = render_delete(self._saved(namespace, ipv6=ipv6))
+        for ipv6, saved in zip(_FAMILIES, self._saved_both(namespace), strict=True):
+            text = render_delete(saved)
             if text is not None:
                 found = True
                 self._run(namespace, self.tool("restore", ipv6=ipv6), ["--noflush"], text)
@@ -132,6 +139,24 @@ class IptablesBackend:
         if self._probe is not None:
             self._probe.close()
             self._probe = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _saved_both(self, namespace: str) -> tuple[SavedTable, SavedTable]:
+        """(IPv4, IPv6) saves of the raw table, taken concurrently; the IPv4 error first."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(2, thread_name_prefix="cthm-iptables-save")
+            v6 = self._pool.submit(self._saved, namespace, ipv6=True)
+        try:
+            v4 = self._saved(namespace, ipv6=False)
+        finally:
+            error6 = v6.exception()  # always waited for: no save outlives its call
+        if error6 is not None:
+            raise error6
+        return v4, v6.result()
 
     def _saved(self, namespace: str, *, ipv6: bool) -> SavedTable:
         text = self._run(namespace, self.tool("save", ipv6=ipv6), ["-t", TABLE], None)
