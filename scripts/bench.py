@@ -66,7 +66,10 @@ class Bench:
             if runner_kind == "iptables"
             else NftablesBackend(make_runner(runner_kind))
         )
-        self.agent = Agent(LocalStoreSource(self.store), self.backend, self.catalog, workers=2)
+        # No orphan sweep: the benchmark must never touch namespaces it did not create.
+        self.agent = Agent(
+            LocalStoreSource(self.store), self.backend, self.catalog, workers=2, sweep_orphans=False
+        )
         self.namespaces = namespaces
         self.routers: dict[str, Router] = {}
 

@@ -14,19 +14,25 @@ Every token in the test belongs to project "pa" and has the one role of its colu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from cthm.agent import Agent, LocalStoreSource
 from cthm.api import policy
-from cthm.domain import ListQuery, Status
+from cthm.api.routes.agents import AgentReport, derive_agent_id
+from cthm.domain import HelperCatalog, ListQuery, Status
+from cthm.netfilter import FakeNftables, NftablesBackend
 
 from .support import JSON, Api, ApiFactory, error_of, helpers_url
 
 OK, HIDDEN, FORBIDDEN = "ok", "hidden", "forbidden"
+# The agent the admin's app reports (agents belong to no project: own and other agree).
+AGENT_ID = derive_agent_id("matrix-host", Path("/nonexistent/cthm-matrix"))
 Y, H, F = OK, HIDDEN, FORBIDDEN  # short names for the table
 ROLES = ("admin", "member", "reader", "agent")
 OWN, OTHER = "pa", "pb"  # the caller's project, and another
@@ -58,6 +64,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "token show":                 (Y, Y, F, F, F, F, F, F),
     "token revoke":               (Y, Y, F, F, F, F, F, F),
     "audit list":                 (Y, Y, F, F, F, F, F, F),
+    "agent list":                 (Y, Y, F, F, F, F, F, F),
+    "agent show":                 (Y, Y, F, F, F, F, F, F),
 }  # fmt: skip
 
 
@@ -311,6 +319,12 @@ def actions(t: Targets) -> dict[str, Action]:
             200,
             lambda b, a, r: b == a and len(r.json()["audit_events"]) > 0,
         ),
+        "agent list": Action(
+            ("get_agent",), "GET", "/v2.0/agents", None, 200, _read_only, "agents", AGENT_ID
+        ),
+        "agent show": Action(
+            ("get_agent",), "GET", f"/v2.0/agents/{AGENT_ID}", None, 200, _shows("agent", AGENT_ID)
+        ),
     }
 
 
@@ -341,8 +355,36 @@ def observe(caller: Api, admin: Api, name: str, t: Targets) -> str:
 
 
 @pytest.fixture
-def admin(api_factory: ApiFactory) -> Api:
-    return api_factory()
+def admin(api_factory: ApiFactory) -> Iterator[Api]:
+    """The admin's API, its app given an agent as `cthm serve` gives it one (here a real agent,
+    not started, over the in-memory nftables fake: the policy does not depend on the kernel)."""
+    made: list[Agent] = []
+
+    def install_agent(app: Any) -> None:
+        store = app.state.cthm.store
+        agent = Agent(LocalStoreSource(store), NftablesBackend(FakeNftables()), HelperCatalog())
+        made.append(agent)
+
+        def reports() -> list[AgentReport]:
+            return [
+                AgentReport(
+                    id=AGENT_ID,
+                    host="matrix-host",
+                    backend="nftables",
+                    chosen_by="configuration",
+                    reason="set in the configuration",
+                    iptables_flavour=None,
+                    iptables_flavour_reason=None,
+                    retired_backends=(),
+                    snapshot=agent.snapshot(),
+                )
+            ]
+
+        app.state.agents = reports
+
+    yield api_factory(app_hook=install_agent)
+    for agent in made:
+        agent.stop()
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -14,7 +14,9 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cthm.agent.capabilities import HelperCapabilities
@@ -28,6 +30,28 @@ from cthm.netfilter import NftError, UnsafeValue, scratch_namespace
 log = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/run/netns")
+COUNTED = ("applied", "noop", "failed", "removed", "drift")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    """How the agent is doing, read at once (for operators: the API's agents resource).
+
+    threads_alive: started, not stopped, and every worker and the timer thread still running.
+    seconds_since_resync: by the monotonic clock (None: never resynced); last_resync_at and
+    last_reconcile_at: wall-clock times of the last resync (every router queued) and the last
+    finished reconcile. routers: routers whose last reconcile did not remove them."""
+
+    started_at: datetime | None
+    last_resync_at: datetime | None
+    last_reconcile_at: datetime | None
+    seconds_since_resync: float | None
+    threads_alive: bool
+    counts: Mapping[str, int]
+    queue_depth: int
+    routers: int
+    workers: int
+    resync_interval: float
 
 
 class Agent:
@@ -66,6 +90,10 @@ class Agent:
         self._catalog = catalog
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._loops: list[threading.Thread] = []  # workers and timer: must run while started
+        self._started_at: datetime | None = None
+        self._resynced: tuple[datetime, float] | None = None  # (wall clock, monotonic)
+        self._reconciled_at: datetime | None = None
         self._lock = threading.Lock()
         self._waiting_for_namespace: dict[str, str] = {}  # router id -> namespace
         self._last: dict[str, ReconcileResult] = {}
@@ -82,9 +110,12 @@ class Agent:
                 self.remove_orphans()
             except Exception:  # cleanup must never keep the agent from starting
                 log.exception("could not remove orphaned tables")
-        for index in range(self._workers):
+        self._started_at = datetime.now(UTC)
+        self._loops = [
             self._spawn(self._work_loop, f"cthm-agent-worker-{index}")
-        self._spawn(self._timer_loop, "cthm-agent-timer")
+            for index in range(self._workers)
+        ]
+        self._loops.append(self._spawn(self._timer_loop, "cthm-agent-timer"))
         if self._probe_at_start:
             self._spawn(self._probe_catalog, "cthm-agent-probe")
         self.resync()
@@ -100,6 +131,7 @@ class Agent:
         if alive:
             log.error("agent threads still running after %.1fs: %s", timeout, alive)
         self._threads.clear()
+        self._loops = []
         return not alive
 
     # --- work ----------------------------------------------------------------------------
@@ -112,6 +144,8 @@ class Agent:
         """Every router and every tombstone goes through reconcile (catches missed events)."""
         ids = set(self._source.router_ids()) | set(self._source.tombstones())
         self.enqueue(sorted(ids))
+        with self._lock:
+            self._resynced = (datetime.now(UTC), time.monotonic())
 
     def sync_all(self) -> list[ReconcileResult]:
         """Reconciles every router now, in this thread (used by tests, benchmarks and tools)."""
@@ -125,6 +159,29 @@ class Agent:
     def last_result(self, router_id: str) -> ReconcileResult | None:
         with self._lock:
             return self._last.get(router_id)
+
+    def snapshot(self) -> AgentSnapshot:
+        """Counts, queue depth, thread health and the last resync and reconcile times."""
+        with self._lock:
+            counts = {name: self.counts[name] for name in COUNTED}
+            routers = sum(1 for r in self._last.values() if r.action is not Action.REMOVED)
+            resynced = self._resynced
+            reconciled_at = self._reconciled_at
+        loops = self._loops
+        return AgentSnapshot(
+            started_at=self._started_at,
+            last_resync_at=resynced[0] if resynced else None,
+            last_reconcile_at=reconciled_at,
+            seconds_since_resync=time.monotonic() - resynced[1] if resynced else None,
+            threads_alive=bool(loops)
+            and not self._stop.is_set()
+            and all(t.is_alive() for t in loops),
+            counts=counts,
+            queue_depth=len(self.queue),
+            routers=routers,
+            workers=self._workers,
+            resync_interval=self._resync_interval,
+        )
 
     def kernel_state(self, router_id: str) -> RouterKernelState | None:
         """What this agent last saw in the router's kernel table; None if it has not looked."""
@@ -180,6 +237,7 @@ class Agent:
             result = ReconcileResult(router_id, Action.FAILED, f"internal error: {exc}", retry=True)
         with self._lock:
             self._last[router_id] = result
+            self._reconciled_at = datetime.now(UTC)
             self.counts[result.action.value] += 1
             if result.drift:
                 self.counts["drift"] += 1
@@ -236,7 +294,8 @@ class Agent:
             names = ", ".join(f"{name}/{proto}" for name, proto in sorted(lacking))
             log.warning("this kernel lacks conntrack helpers: %s", names)
 
-    def _spawn(self, target: object, name: str) -> None:
+    def _spawn(self, target: object, name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
         thread.start()
         self._threads.append(thread)
+        return thread

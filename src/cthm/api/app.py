@@ -34,6 +34,7 @@ from cthm.api.errors import (
     http_kind,
     validation_message,
 )
+from cthm.api.routes import agents as agents_routes
 from cthm.api.routes import (
     audit_events,
     auth_tokens,
@@ -45,6 +46,7 @@ from cthm.api.routes import (
 )
 from cthm.api.routes import kernel_state as kernel_state_routes
 from cthm.api.routes import status as router_status
+from cthm.api.routes.agents import AgentsProvider
 from cthm.api.routes.kernel_state import KernelStateProvider
 from cthm.api.schemas import ErrorResponse
 from cthm.domain import CthmError, HelperCatalog
@@ -70,11 +72,13 @@ def create_app(
     helper_availability: HelperAvailability | None = None,
     authenticator: Authenticator | None = None,
     kernel_state: KernelStateProvider | None = None,
+    agents: AgentsProvider | None = None,
 ) -> FastAPI:
     """The cthm REST API over `store`. helper_availability: which (kernel helper, protocol)
     pairs this host's kernel has; None: unknown (the catalog shows kernel_available null).
     authenticator: how tokens are checked and failures slowed down (default: the defaults).
-    kernel_state: the in-process agent's view of a router's kernel table; None: no agent."""
+    kernel_state: the in-process agent's view of a router's kernel table; None: no agent.
+    agents: reports on the agents serving this API (GET /v2.0/agents); None: no agent."""
     app = FastAPI(
         title="cthm",
         summary="Conntrack helper manager: Neutron-compatible conntrack helper API",
@@ -101,6 +105,7 @@ def create_app(
     )
     app.state.authenticator = authenticator if authenticator is not None else Authenticator()
     app.state.kernel_state = kernel_state
+    app.state.agents = agents
     # Added before the request-context middleware, so it runs inside it: a 401 has a request id.
     app.add_middleware(AuthenticationMiddleware, authenticator=app.state.authenticator, store=store)
     app.add_middleware(
@@ -121,6 +126,7 @@ def create_app(
         health,
         audit_events,
         auth_tokens,
+        agents_routes,
     ):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

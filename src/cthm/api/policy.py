@@ -8,7 +8,8 @@ a listing is narrowed to.
 
 Roles (cthm.domain.Role): admin does everything in every project; member manages the bindings
 of its own project's routers and reads them; reader reads its own project; agent reads the
-desired state of every project and writes status, nothing else.
+desired state of every project and writes status, nothing else. Admin and reader (of any
+project) see the agents serving the API, as Neutron's operators and system readers do.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ POLICY: Mapping[str, Rule] = {
     # What an agent reports the kernel holds.
     "update_router_status": Rule.ADMIN_OR_AGENT,
     "get_audit_events": Rule.ADMIN,
+    # The agents serving this API (host name, backend, counts over every project): operators
+    # only, as Neutron's get_agent. A project's reader must not learn host-wide facts.
+    "get_agent": Rule.ADMIN,
     # API tokens: whoever holds one of these can make a token of any project and role.
     "create_auth_token": Rule.ADMIN,
     "get_auth_token": Rule.ADMIN,

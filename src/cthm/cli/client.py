@@ -246,6 +246,18 @@ class CthmClient:
     def revoke_token(self, token_id: str) -> None:
         self._request("DELETE", _path("auth_tokens", token_id))
 
+    # agents (admin and reader)
+
+    def list_agents(
+        self, *, host: str | None = None, agent_type: str | None = None
+    ) -> list[JSONObject]:
+        """The agents serving this API (Neutron's agents: one, the server's own, or none)."""
+        given = (("host", host), ("agent_type", agent_type))
+        return self._list_all("/v2.0/agents", "agents", {k: v for k, v in given if v is not None})
+
+    def get_agent(self, agent_id: str) -> JSONObject:
+        return self._member(self._request("GET", _path("agents", agent_id)), "agent")
+
     # plumbing
 
     def _list_all(self, path: str, key: str, params: dict[str, Any]) -> list[JSONObject]:

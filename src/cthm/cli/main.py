@@ -17,6 +17,7 @@ from cthm.cli.client import (
     ServerUnreachable,
     one_line,
 )
+from cthm.cli.commands.agents import agent_group
 from cthm.cli.commands.audit import audit_group
 from cthm.cli.commands.catalog import catalog
 from cthm.cli.commands.helpers import helper_group
@@ -87,6 +88,7 @@ cli.add_command(catalog)
 cli.add_command(status)
 cli.add_command(token_group)
 cli.add_command(audit_group)
+cli.add_command(agent_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +39,8 @@ from cthm.store import Store
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from cthm.api.routes.agents import AgentReport
 
 DATA_DIR_MODE = 0o700
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
@@ -199,8 +202,41 @@ class Service:
         availability = agent.capabilities.snapshot if agent is not None else None
         kernel_state = agent.kernel_state if agent is not None else None
         return create_app(
-            self.settings, self.store, helper_availability=availability, kernel_state=kernel_state
+            self.settings,
+            self.store,
+            helper_availability=availability,
+            kernel_state=kernel_state,
+            agents=self._agent_reports(),
         )
+
+    def _agent_reports(self) -> Callable[[], list[AgentReport]] | None:
+        """What GET /v2.0/agents shows of the in-process agent: its identity and backend
+        choice, fixed now, and its snapshot, read at every request."""
+        from cthm.api.routes.agents import AgentReport, derive_agent_id
+
+        agent, choice = self.agent, self.backend_choice
+        if agent is None or choice is None:
+            return None
+        host = socket.gethostname()
+        agent_id = derive_agent_id(host, self.settings.data_dir)
+        iptables = choice.backend == "iptables"
+
+        def reports() -> list[AgentReport]:
+            return [
+                AgentReport(
+                    id=agent_id,
+                    host=host,
+                    backend=choice.backend,
+                    chosen_by="auto" if choice.auto else "configuration",
+                    reason=choice.reason,
+                    iptables_flavour=choice.flavour if iptables else None,
+                    iptables_flavour_reason=(choice.flavour_reason or None) if iptables else None,
+                    retired_backends=choice.retired_labels,
+                    snapshot=agent.snapshot(),
+                )
+            ]
+
+        return reports
 
     def serve(self, on_listening: Callable[[str], None] | None = None) -> None:
         """Serves the API until SIGTERM or SIGINT; `on_listening(url)` once connections queue."""

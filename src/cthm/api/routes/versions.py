@@ -14,6 +14,7 @@ API_VERSION = "v2.0"
 RESOURCES = (
     ("router", "routers"),
     ("conntrack_helper_catalog", "conntrack_helper_catalog"),
+    ("agent", "agents"),
 )
 
 
