@@ -5,6 +5,10 @@ Two views of the kernel, both shown: what the server's agent last read back
 when this host has the namespace (run on the router's host, as root), the table read here, now.
 The rows and the verdict come from the read made now when there is one (an agent's view may be
 up to one resync old); otherwise from the agent's view.
+
+When the namespace is here, other software's `-j CT` rules in its raw tables are read too
+(netfilter.foreign): a binding whose connections such a rule gets to first is named in a
+warning line ("shadowed" in --json), since the kernel then gives them another helper or none.
 """
 
 from __future__ import annotations
@@ -21,13 +25,21 @@ from cthm.cli.errors import Failure
 from cthm.cli.resolve import resolve_router
 from cthm.domain import Assignment, Direction, HelperCatalog, InvalidInput, Protocol
 from cthm.netfilter import (
+    IptablesBackend,
     KernelTable,
     LibraryUnavailable,
     NamespaceNotFound,
     NftablesBackend,
     NftError,
+    UnsafeValue,
     make_runner,
 )
+from cthm.netfilter.detect import iptables_version_flavour, legacy_tables, missing_tools
+from cthm.netfilter.foreign import Backend, Shadow, parse_foreign, shadowed
+from cthm.netfilter.iptables_model import TABLE
+from cthm.netfilter.iptables_parse import parse_save
+from cthm.netfilter.runner import DEFAULT_TIMEOUT, namespace_path
+from cthm.netfilter.subprocess_runner import run_argv, which
 
 Key = tuple[str, int, str]  # protocol, port, direction
 # A server older than directions sends none: all its bindings are ingress.
@@ -48,6 +60,7 @@ def status(state: CliState, router: str) -> None:
     kernel, kernel_error = _read_kernel(body["namespace"], required=agent is None)
     report = compare(bindings, kernel, kernel_error)
     report["source"] = "local"
+    report["shadowed"] = _shadowed(body["namespace"], bindings)
     if agent is not None and (kernel_error is not None and agent["in_sync"] is not None):
         # Nothing readable here, but the agent has looked: its view is the best there is.
         report.update(_from_agent(bindings, agent))
@@ -206,5 +219,119 @@ def _print(report: dict[str, Any]) -> None:
             Text("yes", style="green") if row["match"] else Text("NO", style="bold red"),
         )
     render.console().print(table)
+    for shadow in report.get("shadowed") or ():
+        render.print_line(f"warning: {shadow['message']}")
     for item in report["garbage"]:
         render.print_line(f"  not ours in cthm's table: {item}")
+
+
+# --- other software's -j CT rules --------------------------------------------------------------
+
+Family = str  # "IPv4" or "IPv6"
+
+
+def _shadowed(namespace: str, bindings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The bindings whose connections another rule in this host's raw tables gets to first, as
+    JSON rows with their warning text; empty when the namespace is not here or nothing can be
+    read (tools missing). Each flavour's and family's raw table is judged on its own: by the
+    iptables backend's precedence if it holds cthm's chains, else by nftables' (only a rule
+    that sets a helper wins; this is also how another flavour's rules are judged beside
+    cthm's iptables chains, their relative order being unknown)."""
+    try:
+        namespace_path(namespace)
+    except (NamespaceNotFound, UnsafeValue):
+        return []
+    assignments = _assignments(bindings)
+    if not assignments:
+        return []
+    found: dict[tuple[Key, str], tuple[Shadow, set[Family]]] = {}
+    for family, text in _raw_saves(namespace):
+        backend: Backend = "iptables" if not parse_save(text).empty else "nftables"
+        for shadow in shadowed(assignments, parse_foreign(text), backend):
+            a = shadow.assignment
+            key = ((a.protocol.value, a.port, a.direction.value), shadow.rule_text)
+            found.setdefault(key, (shadow, set()))[1].add(family)
+    desired = {_key(b): b["helper"] for b in bindings}
+    return [
+        _shadow_row(shadow, families, desired[key])
+        for (key, _), (shadow, families) in sorted(found.items(), key=lambda item: item[0])
+    ]
+
+
+def _key(binding: dict[str, Any]) -> Key:
+    return (binding["protocol"], binding["port"], binding.get("direction", DEFAULT_DIRECTION))
+
+
+def _assignments(bindings: list[dict[str, Any]]) -> list[Assignment]:
+    """The bindings as the kernel would hold them (kernel helper names)."""
+    catalog = HelperCatalog()
+    assignments = []
+    for binding in bindings:
+        try:
+            protocol = Protocol(binding["protocol"])
+            helper = catalog.resolve(binding["helper"], protocol).name
+            direction = Direction(binding.get("direction", DEFAULT_DIRECTION))
+        except (InvalidInput, ValueError):
+            continue
+        assignments.append(Assignment(protocol, int(binding["port"]), helper, direction))
+    return assignments
+
+
+def _shadow_row(shadow: Shadow, families: set[Family], desired: str) -> dict[str, Any]:
+    a, rule = shadow.assignment, shadow.rule
+    gives = f"helper {rule.helper}" if rule.helper is not None else "no helper at all"
+    family = " (IPv6 only)" if families == {"IPv6"} else ""
+    condition = (
+        f" (if its other matches hold: {' '.join(rule.conditions)})" if rule.conditions else ""
+    )
+    message = (
+        f"{a.protocol.value}/{a.port} ({a.direction.value}): rule `{rule.text}` in {rule.where}"
+        f"{family} runs first{condition}: the kernel gives these connections {gives}, "
+        f"not {desired}"
+    )
+    return {
+        "protocol": a.protocol.value,
+        "port": a.port,
+        "direction": a.direction.value,
+        "helper": desired,
+        "rule": rule.text,
+        "where": rule.where,
+        "families": sorted(families),
+        "foreign_helper": rule.helper,
+        "conditions": list(rule.conditions),
+        "effect": shadow.effect,
+        "message": message,
+    }
+
+
+def _raw_saves(namespace: str) -> list[tuple[Family, str]]:
+    """(family, `iptables-save -t raw` text) for each installed iptables flavour and
+    family that can be read without creating anything: a legacy flavour only where its raw
+    table exists (asking `iptables-legacy-save -t raw` would create one). Anything that cannot
+    be read is left out silently."""
+    try:
+        missing = missing_tools()
+        flavours = [f for f in ("nft", "legacy") if not missing[f]]
+        if not flavours and not missing["default"]:
+            flavours = ["default"]
+        legacy_default = flavours == ["default"] and iptables_version_flavour() != "nft"
+        legacy_raw: tuple[bool, bool] | None = None
+        saves = []
+        for flavour in flavours:
+            tool = IptablesBackend(flavour=flavour).tool
+            for ipv6, family in ((False, "IPv4"), (True, "IPv6")):
+                if flavour == "legacy" or legacy_default:
+                    if legacy_raw is None:
+                        v4, v6 = legacy_tables(namespace)
+                        legacy_raw = (TABLE in v4, TABLE in v6)
+                    if not legacy_raw[ipv6]:
+                        continue
+                program = tool("save", ipv6=ipv6)
+                argv = [which("ip"), "netns", "exec", namespace, which(program), "-t", TABLE]
+                text = run_argv(
+                    argv, program=program, namespace=namespace, stdin=None, timeout=DEFAULT_TIMEOUT
+                )
+                saves.append((family, text))
+        return saves
+    except (NftError, OSError):
+        return []
