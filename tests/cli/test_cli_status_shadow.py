@@ -123,3 +123,24 @@ def test_a_template_without_helper_before_cthm_only_matters_to_iptables(
             f"warning: tcp/21 (ingress): rule `{NEUTRON_RULE} --zone 4` in raw PREROUTING "
             "runs first: the kernel gives these connections no helper at all, not ftp"
         ]
+
+
+def test_status_reads_the_kernel_here_on_either_backend(
+    cthm: Callable[..., Result], netns: NamespaceFactory, project: str, backend: str
+) -> None:
+    """The read made now finds cthm's rules whichever backend wrote them, and sees them go."""
+    namespace = netns.create("rd")
+    name = router_with_ftp(cthm, namespace, project)
+    report = cthm("--json", "status", name).json()
+    assert report["source"] == "local"
+    assert report["in_sync"] is True, report
+    (row,) = report["bindings"]
+    assert (row["protocol"], row["port"], row["kernel"]) == ("tcp", 21, "ftp")
+    if backend == "iptables":
+        drift = ["iptables-nft", "-t", "raw", "-F", "cthm-PREROUTING"]
+    else:
+        drift = ["nft", "flush", "table", "inet", "cthm"]
+    run_in_namespace(namespace, drift)
+    drifted = cthm("--json", "status", name).json()
+    assert drifted["in_sync"] is False, drifted
+    assert drifted["bindings"][0]["kernel"] is None

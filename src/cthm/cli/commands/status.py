@@ -120,13 +120,36 @@ def _read_kernel(namespace: str, *, required: bool = True) -> tuple[KernelTable 
             return None, f"cannot read nftables on this host: {exc}"
         raise Failure(f"cannot read nftables on this host: {exc}") from exc
     try:
-        return backend.read(namespace), None
+        table = backend.read(namespace)
+        # No nftables table: the router may be on the iptables backend.
+        return (table if table is not None else _read_iptables(namespace)), None
     except NamespaceNotFound:
         return None, f"namespace {namespace} not found on this host"
     except NftError as exc:
         return None, f"cannot read the kernel: {exc.message}"
     finally:
         backend.close()
+
+
+def _read_iptables(namespace: str) -> KernelTable | None:
+    """cthm's iptables chains in the namespace, from the first installed flavour that holds
+    them; the legacy flavour only where its raw table exists (asking it would create one)."""
+    missing = missing_tools()
+    for flavour in ("nft", "legacy"):
+        if missing[flavour]:
+            continue
+        if flavour == "legacy":
+            v4, v6 = legacy_tables(namespace)
+            if TABLE not in v4 or TABLE not in v6:  # reading both families needs both
+                continue
+        backend = IptablesBackend(flavour=flavour)
+        try:
+            table = backend.read(namespace)
+        finally:
+            backend.close()
+        if table is not None:
+            return table
+    return None
 
 
 def compare(
