@@ -199,3 +199,16 @@ def test_the_guard_reads_and_deletes_where_legacy_raw_exists(
     assert guard.read(ns) is None
     assert "cthm" not in run_in_namespace(ns, ["iptables-legacy-save"]).stdout
     assert [x for x in snapshot(ns) if "neutron" in x] == neutron
+
+
+def test_the_guard_never_creates_the_family_that_is_missing(
+    ns: str, legacy: IptablesBackend
+) -> None:
+    """Another tool's IPv4 legacy raw table alone: reading both families would create the IPv6
+    one, so the guard reads nothing (cthm's own chains always come with both)."""
+    restore(ns, "legacy", NEUTRON)
+    assert legacy_tables(ns)[1] == frozenset()
+    guard = LegacyGuard(legacy)
+    assert guard.read(ns) is None
+    assert guard.delete(ns) is False
+    assert "raw" not in legacy_tables(ns)[1]

@@ -246,7 +246,7 @@ class CthmClient:
     def revoke_token(self, token_id: str) -> None:
         self._request("DELETE", _path("auth_tokens", token_id))
 
-    # agents (admin and reader)
+    # agents (admin only)
 
     def list_agents(
         self, *, host: str | None = None, agent_type: str | None = None

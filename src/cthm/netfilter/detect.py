@@ -557,8 +557,10 @@ class LegacyGuard:
         return self.inner.label
 
     def has_raw(self, namespace: str) -> bool:
+        """Both families' legacy raw tables exist. The inner backend reads both, so with one
+        missing it would create it; and cthm, having read both on every apply, has both."""
         v4, v6 = legacy_tables(namespace, netns_dir=self._netns_dir)
-        return "raw" in v4 or "raw" in v6
+        return "raw" in v4 and "raw" in v6
 
     def read(self, namespace: str) -> KernelTable | None:
         return self.inner.read(namespace) if self.has_raw(namespace) else None

@@ -1,5 +1,5 @@
 """`cthm agent list|show`: the agent serving the API, its backend and why, and how it is doing
-(GET /v2.0/agents; admin and reader tokens)."""
+(GET /v2.0/agents; admin tokens only)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ AGENT_COLUMNS = (
 
 @click.group("agent")
 def agent_group() -> None:
-    """Show the agent that programs this server's kernel (admin and reader tokens)."""
+    """Show the agent that programs this server's kernel (admin tokens)."""
 
 
 @agent_group.command("list")

@@ -34,7 +34,12 @@ from cthm.netfilter import (
     UnsafeValue,
     make_runner,
 )
-from cthm.netfilter.detect import iptables_version_flavour, legacy_tables, missing_tools
+from cthm.netfilter.detect import (
+    LegacyGuard,
+    iptables_version_flavour,
+    legacy_tables,
+    missing_tools,
+)
 from cthm.netfilter.foreign import Backend, Shadow, parse_foreign, shadowed
 from cthm.netfilter.iptables_model import TABLE
 from cthm.netfilter.iptables_parse import parse_save
@@ -138,11 +143,8 @@ def _read_iptables(namespace: str) -> KernelTable | None:
     for flavour in ("nft", "legacy"):
         if missing[flavour]:
             continue
-        if flavour == "legacy":
-            v4, v6 = legacy_tables(namespace)
-            if TABLE not in v4 or TABLE not in v6:  # reading both families needs both
-                continue
-        backend = IptablesBackend(flavour=flavour)
+        inner = IptablesBackend(flavour=flavour)
+        backend = LegacyGuard(inner) if flavour == "legacy" else inner
         try:
             table = backend.read(namespace)
         finally:
