@@ -12,10 +12,18 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cthm.domain import ALIASES, KERNEL_HELPERS, HelperCatalog, InvalidInput
+from cthm.domain import (
+    ALIASES,
+    KERNEL_HELPERS,
+    UNLIMITED,
+    BindingQuota,
+    HelperCatalog,
+    InvalidInput,
+)
+from cthm.domain.quota import DEFAULT_BINDINGS_PER_PROJECT, DEFAULT_BINDINGS_PER_ROUTER
 
 
 def default_data_dir() -> Path:
@@ -23,6 +31,15 @@ def default_data_dir() -> Path:
         return Path("/var/lib/cthm")
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "cthm"
+
+
+class ProjectQuotas(BaseModel):
+    """One project's own binding quotas (`[quotas.<project>]` in TOML); unset: the defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bindings_per_project: int | None = Field(default=None, ge=UNLIMITED)
+    bindings_per_router: int | None = Field(default=None, ge=UNLIMITED)
 
 
 class Settings(BaseSettings):
@@ -44,8 +61,9 @@ class Settings(BaseSettings):
     # installed, the one holding the node's rules), "nft" (iptables-nft-*) or "legacy".
     iptables_flavour: str = Field(default="default", pattern="^(default|nft|legacy)$")
     agent_enabled: bool = True
-    # At agent start, delete `table inet cthm` from namespaces no router claims. Turn off only
-    # where several cthm instances share a host (each would take the others' tables as orphans).
+    # At agent start, delete cthm's table (or chains) from namespaces no router claims, when it
+    # carries this database's deployment identity; anything else (another deployment's on a
+    # shared host, or unmarked) is reported and left alone.
     sweep_orphans: bool = True
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     # TLS: both or neither. Beyond loopback the API needs TLS, or an explicit opt-out.
@@ -55,6 +73,35 @@ class Settings(BaseSettings):
     # High-risk helpers (sip, h323/RAS/Q.931, irc) are admin-only unless allowed here per
     # project: {"project-id": ["sip", "irc"]}, or ["*"] for every high-risk helper.
     high_risk_projects: dict[str, list[str]] = Field(default_factory=dict)
+    # Binding quotas, as Neutron's: per project and per router, -1 unlimited; `quotas` overrides
+    # them per project: {"project-id": {"bindings_per_project": 50, "bindings_per_router": 10}}.
+    quota_bindings_per_project: int = Field(default=DEFAULT_BINDINGS_PER_PROJECT, ge=UNLIMITED)
+    quota_bindings_per_router: int = Field(default=DEFAULT_BINDINGS_PER_ROUTER, ge=UNLIMITED)
+    quotas: dict[str, ProjectQuotas] = Field(default_factory=dict)
+    # The front door: a client has this long to send a request's line and headers (and then its
+    # body); at most this many connections are open at once (the oldest idle or incomplete one
+    # makes room for a new one), so API clients can never use up the agent's file descriptors.
+    header_timeout: float = Field(default=5.0, gt=0, le=300)
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or networks,
+    # comma-separated. None: no one's (the client is the TCP peer, as the throttle needs).
+    forwarded_allow_ips: str | None = None
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        proxies = [item.strip() for item in value.split(",") if item.strip()]
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"forwarded_allow_ips: {proxy!r} is not an IP address or network; name the "
+                    'proxies whose X-Forwarded-For may be believed ("*" is not accepted)'
+                ) from None
+        return ",".join(proxies) or None
 
     @field_validator("host")
     @classmethod
@@ -119,6 +166,19 @@ class Settings(BaseSettings):
 
     def catalog(self) -> HelperCatalog:
         return HelperCatalog(self.allowed_helpers)
+
+    def binding_quota(self, project_id: str) -> BindingQuota:
+        """The binding quotas of `project_id`: its own where `quotas` sets them, else the
+        defaults."""
+        own = self.quotas.get(project_id, ProjectQuotas())
+        return BindingQuota(
+            per_project=self.quota_bindings_per_project
+            if own.bindings_per_project is None
+            else own.bindings_per_project,
+            per_router=self.quota_bindings_per_router
+            if own.bindings_per_router is None
+            else own.bindings_per_router,
+        )
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

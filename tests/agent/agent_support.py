@@ -12,7 +12,7 @@ import pytest
 from cthm.agent import Agent, LocalStoreSource
 from cthm.domain import HelperBinding, HelperCatalog, Router, new_binding, new_router
 from cthm.netfilter import NftablesBackend, make_runner
-from cthm.store import Store
+from cthm.store import Store, deployment_id
 from cthm.testing import NamespaceFactory
 
 FOREIGN_RULESET = """
@@ -95,7 +95,8 @@ def table_handle(namespace: str) -> str | None:
 def world(tmp_path: Path, netns: NamespaceFactory) -> Iterator[World]:
     store = Store(f"sqlite:///{tmp_path / 'cthm.db'}")
     store.migrate()
-    backend = NftablesBackend(make_runner("auto"))
+    # Marked with the database's identity, as `cthm serve` wires it.
+    backend = NftablesBackend(make_runner("auto"), owner=deployment_id(store))
     w = World(store, backend, netns)
     try:
         yield w

@@ -1,5 +1,7 @@
-"""Orphaned tables at agent start: `table inet cthm` in a namespace no router claims is removed,
-and nothing else is touched. Real kernel, namespaces this test creates.
+"""Orphaned tables at agent start: `table inet cthm` marked with this deployment's identity in a
+namespace no router claims is removed, and nothing else is touched (tests/faults/
+test_orphan_sweep_identity.py: other deployments' and unmarked tables, both backends). Real
+kernel, namespaces this test creates.
 
 The agents here are narrowed (orphan_scope) to this test's namespaces: the sweep itself looks at
 every namespace under /run/netns, and other cthm work on this host must not feel these tests.
@@ -19,6 +21,7 @@ pytestmark = pytest.mark.kernel
 
 ORPHAN_TABLE = """
 table inet cthm {
+    comment "cthm:OWNER"
     ct helper ftp-tcp { type "ftp" protocol tcp; l3proto inet; }
     chain prerouting {
         type filter hook prerouting priority filter; policy accept;
@@ -26,6 +29,12 @@ table inet cthm {
     }
 }
 """
+
+
+def orphan_table(world: World) -> str:
+    """An orphan of this deployment: its identity, and no router of it."""
+    assert world.backend.owner is not None
+    return ORPHAN_TABLE.replace("OWNER", world.backend.owner)
 
 
 def without_ours(namespace: str) -> str:
@@ -61,7 +70,7 @@ def test_orphan_removed_foreign_intact_live_router_untouched(world: World) -> No
 
     orphan = world.netns.create("orphan")
     nft(orphan, "-f", "-", stdin=FOREIGN_RULESET)
-    nft(orphan, "-f", "-", stdin=ORPHAN_TABLE)
+    nft(orphan, "-f", "-", stdin=orphan_table(world))
     foreign = without_ours(orphan)
     assert "table inet filter" in foreign
     assert table_handle(orphan) is not None
@@ -89,7 +98,7 @@ def test_the_sweep_runs_only_at_start(world: World) -> None:
     try:
         assert agent.wait_settled(10)
         late = world.netns.create("late")
-        nft(late, "-f", "-", stdin=ORPHAN_TABLE)
+        nft(late, "-f", "-", stdin=orphan_table(world))
         handle = table_handle(late)
 
         agent.resync()
@@ -127,7 +136,7 @@ def test_no_sweep_when_a_stored_router_cannot_be_read(world: World) -> None:
     taken for an orphan, so nothing is removed at all."""
     tampered = world.router("tampered")
     orphan = world.netns.create("orphan")
-    nft(orphan, "-f", "-", stdin=ORPHAN_TABLE)
+    nft(orphan, "-f", "-", stdin=orphan_table(world))
     handle = table_handle(orphan)
     path = world.store.url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as db:
@@ -136,3 +145,24 @@ def test_no_sweep_when_a_stored_router_cannot_be_read(world: World) -> None:
     agent = scoped_agent(world)
     assert agent.remove_orphans() == []
     assert table_handle(orphan) == handle
+
+
+def test_a_tombstone_never_removes_another_deployments_table(world: World) -> None:
+    """A router deleted while the agent was down, its namespace since taken over by another
+    deployment on the host: that deployment's table stays; the tombstone is done with."""
+    router = world.router("taken")
+    with world.store.unit_of_work() as repo:
+        repo.delete_router(router.id)
+    theirs = ORPHAN_TABLE.replace("OWNER", "another-deployment")
+    nft(router.namespace, "-f", "-", stdin=theirs)
+    handle = table_handle(router.namespace)
+
+    agent = scoped_agent(world)
+    agent.start()
+    try:
+        assert agent.wait_settled(10)
+        assert table_handle(router.namespace) == handle
+        with world.store.unit_of_work(write=False) as repo:
+            assert repo.tombstones() == {}
+    finally:
+        assert agent.stop(timeout=10)

@@ -47,6 +47,8 @@ CONFIGURATION_KEYS = {
     "counts",
     "queue_depth",
     "resync_interval",
+    "deployment_id",
+    "unclaimed_kernel_state",
 }
 COUNT_KEYS = {"applied", "noop", "failed", "removed", "drift"}
 SETTLE_TIMEOUT = 15.0

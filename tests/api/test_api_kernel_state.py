@@ -40,6 +40,8 @@ KEYS = {
     "last_error",
     "last_error_at",
     "drift_repairs",
+    "shadowed",
+    "shadow_checked_at",
 }
 
 

@@ -235,10 +235,13 @@ def test_limit(given: str, limit: int) -> None:
 def test_narrowing_to_a_project() -> None:
     parsed = parse_list_request([("project_id", "a"), ("project_id", "b")], ROUTER_SPEC)
     assert parsed.narrowed_to(None) is parsed
-    assert parsed.narrowed_to("b").query.filters == {"project_id": ("b",)}
-    assert parsed.narrowed_to("c").query.filters == {"project_id": ()}
+    # A scope, not a filter: the store bounds the marker by it too (issue 10, item 1).
+    narrowed = parsed.narrowed_to("b").query
+    assert narrowed.scope == {"project_id": ("b",)}
+    assert narrowed.filters == {"project_id": ("a", "b")}
     unfiltered = parse_list_request([], ROUTER_SPEC).narrowed_to("c")
-    assert unfiltered.query.filters == {"project_id": ("c",)}
+    assert unfiltered.query.scope == {"project_id": ("c",)}
+    assert unfiltered.query.filters == {}
 
 
 def test_show_and_write_queries() -> None:

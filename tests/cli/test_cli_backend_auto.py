@@ -58,7 +58,12 @@ def foreign(namespace: str, flavour: str) -> list[str]:
 
 
 def ours(namespace: str, flavour: str) -> list[str]:
-    return [line for line in save(namespace, flavour) if line.startswith("-A cthm-")]
+    """cthm's helper rules, without the deployment's identity mark that heads each chain."""
+    return [
+        line
+        for line in save(namespace, flavour)
+        if line.startswith("-A cthm-") and "--comment" not in line
+    ]
 
 
 def legacy_tables(namespace: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from cthm.domain import Assignment, Direction, Protocol
-from cthm.netfilter.foreign import parse_foreign, shadowed
+from cthm.netfilter.foreign import RawTable, find_shadows, parse_foreign, shadowed
 
 FTP = Assignment(Protocol.TCP, 21, "ftp")
 FTP_OUT = Assignment(Protocol.TCP, 21, "ftp", Direction.OUTPUT)
@@ -179,3 +179,50 @@ def test_deeper_nesting_and_loops_are_followed_once() -> None:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         shadowed([FTP], [], "legacy")  # type: ignore[arg-type]
+
+
+def test_verdicts_that_end_a_chain_early_hide_the_rules_after_them() -> None:
+    """RETURN in Neutron's chain, ACCEPT or a goto in PREROUTING: the connections they match
+    never reach a later -j CT rule; one with other conditions may not match, so it hides
+    nothing."""
+    text = save(
+        "-A PREROUTING -j neutron-l3-agent-PREROUTING",
+        "-A PREROUTING -p udp -m udp --dport 5060 -j ACCEPT",
+        "-A PREROUTING -p udp -m udp --dport 5060 -j CT --helper tftp",
+        "-A neutron-l3-agent-PREROUTING -p tcp -m tcp --dport 21 -j RETURN",
+        "-A neutron-l3-agent-PREROUTING -s 10.0.0.0/8 -j RETURN",
+        "-A neutron-l3-agent-PREROUTING -p tcp -m tcp --dport 20:22 -j CT --helper irc",
+        chains=("neutron-l3-agent-PREROUTING",),
+    )
+    port_20 = Assignment(Protocol.TCP, 20, "ftp")
+    irc, tftp = parse_foreign(text)  # PREROUTING's rules in order: the jump's comes first
+    assert irc.unreached_for == (("tcp", ((21, 21),)),)
+    assert tftp.unreached_for == (("udp", ((5060, 5060),)),)
+    shadows = shadowed([FTP, port_20, SIP], [irc, tftp], "nftables")
+    assert [(s.assignment, s.rule.helper) for s in shadows] == [(port_20, "irc")]
+    goto = save(
+        "-A PREROUTING -p tcp -g neutron-l3-agent-PREROUTING",
+        "-A PREROUTING -p tcp -m tcp --dport 21 -j CT --helper irc",
+        chains=("neutron-l3-agent-PREROUTING",),
+    )
+    assert shadowed([FTP], parse_foreign(goto), "nftables") == []
+
+
+def test_find_shadows_judges_each_raw_table_by_what_it_holds_and_names_families() -> None:
+    """A table holding cthm's chains by iptables' precedence, another by nftables'; one Shadow
+    per (assignment, rule) with every family it was found in."""
+    with_cthm = RawTable.parse("IPv4", "nft", neutron_then_cthm(target=""))
+    assert with_cthm.holds_cthm
+    (shadow,) = find_shadows([FTP], [with_cthm])
+    assert (shadow.effect, shadow.families) == ("no helper at all", ("IPv4",))
+    # The same bare template where cthm's chains are not (nftables' precedence): no shadow.
+    bare = RawTable.parse("IPv4", "legacy", save("-A PREROUTING -p tcp -m tcp --dport 21 -j CT"))
+    assert not bare.holds_cthm
+    assert find_shadows([FTP], [bare]) == []
+    irc_v4 = RawTable.parse("IPv4", "nft", cthm_then_neutron())
+    irc_v6 = RawTable.parse("IPv6", "nft", neutron_then_cthm())
+    (both,) = find_shadows([FTP, SIP], [irc_v4, irc_v6])
+    assert (both.rule_text, both.families) == (NEUTRON_IRC, ("IPv6",))
+    irc_v4_first = RawTable.parse("IPv4", "nft", neutron_then_cthm())
+    (both,) = find_shadows([FTP, SIP], [irc_v4_first, irc_v6])
+    assert both.families == ("IPv4", "IPv6")

@@ -273,3 +273,34 @@ def test_tools_exist_for_both_families(backend: IptablesBackend) -> None:
     for ipv6 in (False, True):
         for action in ("save", "restore"):
             assert shutil.which(backend.tool(action, ipv6=ipv6)), backend.tool(action, ipv6=ipv6)
+
+
+OWNER_A = "6f1d2c3b-0000-4000-8000-00000000000a"
+OWNER_B = "6f1d2c3b-0000-4000-8000-00000000000b"
+
+
+def test_chains_carry_the_deployment_identity(backend: IptablesBackend, ns: str) -> None:
+    """Each chain of both families starts with `-m comment --comment cthm:<id>`; an unmarked
+    chain set (a cthm before identities) is marked by the next apply without moving the jump."""
+    unmarked = IptablesBackend("subprocess", flavour=backend.flavour)
+    mine = IptablesBackend("subprocess", flavour=backend.flavour, owner=OWNER_A)
+    try:
+        restore(backend, ns, FOREIGN)
+        unmarked.apply(ns, BOTH)
+        assert mine.read(ns) == unmarked.desired(BOTH) != mine.desired(BOTH)
+        jumps_before = [line for line in save(backend, ns).splitlines() if "-j cthm-" in line]
+        mine.apply(ns, BOTH)
+        assert mine.read(ns) == mine.desired(BOTH)
+        for ipv6 in (False, True):
+            text = save(backend, ns, ipv6=ipv6)
+            for chain in ("cthm-PREROUTING", "cthm-OUTPUT"):
+                rules = [line for line in text.splitlines() if line.startswith(f"-A {chain} ")]
+                assert rules[0] == f'-A {chain} -m comment --comment "cthm:{OWNER_A}"'
+        jumps_after = [line for line in save(backend, ns).splitlines() if "-j cthm-" in line]
+        assert jumps_after == jumps_before
+        theirs = IptablesBackend("subprocess", flavour=backend.flavour, owner=OWNER_B)
+        assert theirs.read(ns) == mine.desired(BOTH)  # any reader sees whose it is
+        theirs.close()
+    finally:
+        unmarked.close()
+        mine.close()

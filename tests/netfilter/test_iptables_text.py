@@ -296,3 +296,68 @@ def test_ipv6_family_drops_ipv4_only_helpers() -> None:
     text = render_apply(for_family(only_irc_out, ipv6=True), EMPTY)
     assert text is not None
     assert "cthm-OUTPUT" not in text
+
+
+OWNER = "6f1d2c3b-0000-4000-8000-00000000000a"
+MARKER = f'-A cthm-PREROUTING -m comment --comment "cthm:{OWNER}"'
+
+
+def test_each_chain_written_starts_with_the_identity_marker() -> None:
+    text = render_apply(BOTH, EMPTY, OWNER)
+    assert text is not None
+    lines = text.splitlines()
+    for chain, rules in (("cthm-PREROUTING", 1), ("cthm-OUTPUT", 2)):
+        ours = [line for line in lines if line.startswith(f"-A {chain} ")]
+        assert ours[0] == f'-A {chain} -m comment --comment "cthm:{OWNER}"'
+        assert len(ours) == 1 + rules
+    saved = parse_save(text)  # the restore input reads back as iptables-save prints it
+    assert saved.owners == frozenset({OWNER})
+    assert saved.garbage == ()
+
+
+def test_marker_is_read_as_owner_and_an_unmarked_chain_is_rewritten_with_it() -> None:
+    marked = SAVED.replace(":cthm-PREROUTING - [0:0]\n", ":cthm-PREROUTING - [0:0]\n").replace(
+        "-A cthm-PREROUTING -p udp", f"{MARKER}\n-A cthm-PREROUTING -p udp", 1
+    )
+    saved = parse_save(marked)
+    assert saved.owners == frozenset({OWNER})
+    assert saved.garbage == ()
+    assert saved.assignments == INGRESS
+    assert render_apply(INGRESS, saved, OWNER) is None  # marked and exact: nothing written
+    unmarked = parse_save(SAVED)
+    assert unmarked.owners == frozenset({None})
+    text = render_apply(INGRESS, unmarked, OWNER)
+    assert text is not None
+    assert MARKER in text.splitlines()
+    assert "-A PREROUTING -j cthm-PREROUTING" not in text, "the jump keeps its place"
+    # Another deployment's marker is rewritten too (by a deployment that owns the router).
+    other = parse_save(marked.replace(OWNER, "other-deployment"))
+    assert other.owners == frozenset({"other-deployment"})
+    assert render_apply(INGRESS, other, OWNER) is not None
+
+
+def test_a_misplaced_marker_is_garbage() -> None:
+    text = SAVED.replace(
+        "-A cthm-PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp",
+        f"-A cthm-PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp\n{MARKER}",
+    )
+    saved = parse_save(text)
+    assert saved.owners == frozenset({None})
+    assert saved.garbage == (f"identity marker not first or malformed: {MARKER}",)
+
+
+def test_a_marker_alone_does_not_keep_the_output_chain() -> None:
+    text = SAVED_BOTH.replace(
+        "-A cthm-OUTPUT -p tcp -m tcp --dport 21 -j CT --helper irc\n"
+        "-A cthm-OUTPUT -p udp -m udp --dport 69 -j CT --helper tftp\n",
+        f'-A cthm-OUTPUT -m comment --comment "cthm:{OWNER}"\n',
+    )
+    saved = parse_save(text)
+    assert saved.chain(OUT).owner == OWNER
+    assert "chain cthm-OUTPUT is empty (cthm removes a direction's chain with it)" in saved.garbage
+
+
+def test_desired_carries_the_owner_and_refuses_an_unsafe_one() -> None:
+    assert desired_iptables(INGRESS, OWNER).owner == OWNER
+    with pytest.raises(UnsafeValue):
+        desired_iptables(INGRESS, 'x" -j DROP')

@@ -22,6 +22,7 @@ from cthm.netfilter import (
     desired_table,
     parse_table,
 )
+from cthm.netfilter.parse import table_comment
 
 TCP, UDP = Protocol.TCP, Protocol.UDP
 META = {
@@ -259,3 +260,25 @@ def test_parse_render_round_trip_through_the_fake(assignments: list[Assignment])
     backend = NftablesBackend(fake)
     backend.apply("ns", assignments)
     assert backend.read("ns") == desired_table(assignments)
+
+
+@pytest.mark.parametrize(
+    ("comment", "owner"),
+    [
+        ("cthm:6f1d2c3b-0000-4000-8000-00000000000a", "6f1d2c3b-0000-4000-8000-00000000000a"),
+        ("someone else's", None),
+        ('cthm:x" ; flush ruleset', None),
+        ("cthm:", None),
+    ],
+)
+def test_table_comment_is_the_owner_where_nft_shows_it(comment: str, owner: str | None) -> None:
+    """nft from 1.0.7 shows a table's comment in JSON; only `cthm:<plain id>` names an owner,
+    and a comment is never garbage (cthm writes one)."""
+    marked = {"table": {**TABLE["table"], "comment": comment}}
+    table = parse_table(listing(marked, *CLEAN[1:]))
+    assert table is not None
+    assert table.owner == owner
+    assert table.garbage == ()
+    if '"' not in comment:  # nft's syntax has no quote inside a comment
+        assert table_comment(f'table inet cthm {{\n\tcomment "{comment}"\n}}\n') == comment
+    assert table_comment("table inet cthm {\n}\n") is None

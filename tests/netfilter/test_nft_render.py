@@ -225,3 +225,17 @@ def test_operations_are_verb_and_object() -> None:
     assert [op.text() for op in ops][-1] == (
         'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "ftp-tcp" }'
     )
+
+
+def test_the_owner_is_the_new_tables_comment_and_must_be_a_plain_word() -> None:
+    text = str(
+        render([Assignment(Protocol.TCP, 21, "ftp")], "6f1d2c3b-0000-4000-8000-0000000000aa")
+    )
+    assert text.splitlines()[:3] == [
+        "add table inet cthm",
+        "delete table inet cthm",
+        'add table inet cthm { comment "cthm:6f1d2c3b-0000-4000-8000-0000000000aa"; }',
+    ]
+    for bad in ('x"; flush ruleset; "', "", "a b", "-x", "é"):
+        with pytest.raises(UnsafeValue):
+            str(render([], bad))

@@ -248,16 +248,19 @@ def test_runners_refuse_unsafe_namespace_names(lib_runner: LibNftablesRunner, na
 
 
 def test_subprocess_argv_is_exact() -> None:
+    # The namespace is entered by the descriptor it was checked through (netns.py), never by
+    # its name: `ip netns exec NAME` would follow a symlink.
     runner = SubprocessRunner()
-    ip, nft_path = shutil.which("ip"), shutil.which("nft")
-    assert runner.argv("qrouter-1", "add table inet cthm\n", json=False, dry_run=False) == [
-        ip, "netns", "exec", "qrouter-1", nft_path, "-f", "-",
+    nsenter, nft_path = shutil.which("nsenter"), shutil.which("nft")
+    enter = [nsenter, "--net=/proc/self/fd/7", "--"]
+    assert runner.argv(7, "add table inet cthm\n", json=False, dry_run=False) == [
+        *enter, nft_path, "-f", "-",
     ]  # fmt: skip
-    assert runner.argv("qrouter-1", "add table inet cthm\n", json=False, dry_run=True) == [
-        ip, "netns", "exec", "qrouter-1", nft_path, "-c", "-f", "-",
+    assert runner.argv(7, "add table inet cthm\n", json=False, dry_run=True) == [
+        *enter, nft_path, "-c", "-f", "-",
     ]  # fmt: skip
-    assert runner.argv("qrouter-1", "list table inet cthm", json=True, dry_run=False) == [
-        ip, "netns", "exec", "qrouter-1", nft_path, "-j", "list", "table", "inet", "cthm",
+    assert runner.argv(7, "list table inet cthm", json=True, dry_run=False) == [
+        *enter, nft_path, "-j", "list", "table", "inet", "cthm",
     ]  # fmt: skip
 
 
@@ -266,7 +269,7 @@ def test_subprocess_argv_is_exact() -> None:
 )
 def test_subprocess_json_takes_one_plain_command(commands: str) -> None:
     with pytest.raises(UnsafeValue):
-        SubprocessRunner().argv("ns", commands, json=True, dry_run=False)
+        SubprocessRunner().argv(7, commands, json=True, dry_run=False)
 
 
 def write_wrapper(directory: Path, body: str) -> None:

@@ -14,6 +14,7 @@ from cthm.domain import (
     HelperCatalog,
     InvalidInput,
     ListQuery,
+    MarkerNotFound,
     Protocol,
     Router,
     SortDir,
@@ -293,3 +294,19 @@ def test_marker_from_another_routers_bindings_is_invalid_input(store: Store, dat
     foreign = next(b for b in data.bindings if b.router_id == data.routers[0].id)
     with store.unit_of_work(write=False) as repo, pytest.raises(InvalidInput):
         repo.list_bindings(ListQuery(limit=5, marker=foreign.id), router_id=data.routers[1].id)
+
+
+def test_marker_outside_the_scope_is_unknown_whatever_the_filters(store: Store, data: Data) -> None:
+    # The scope (the caller's project) bounds the marker; filters do not (issue 10, item 1).
+    theirs = next(r for r in data.routers if r.project_id == "p2")
+    mine = next(r for r in data.routers if r.project_id == "p1")
+    scope = {"project_id": ("p1",)}
+    with store.unit_of_work(write=False) as repo:
+        for filters in ({}, {"project_id": ("p2",)}):
+            with pytest.raises(MarkerNotFound):
+                repo.list_routers(ListQuery(scope=scope, filters=filters, marker=theirs.id))
+        after = repo.list_routers(ListQuery(scope=scope, marker=mine.id, sort=(("id", ASC),)))
+        repo.list_routers(ListQuery(marker=theirs.id))  # no scope (an admin's): it pages
+    assert [r.id for r in after] == sorted(
+        r.id for r in data.routers if r.id > mine.id and r.project_id == "p1"
+    )

@@ -16,7 +16,14 @@ from cthm.store import Store
 from cthm.store.store import alembic_config
 from cthm.store.tables import DIRECTION_CHECK, Base
 
-TABLES = {"routers", "conntrack_helpers", "router_tombstones", "auth_tokens", "audit_events"}
+TABLES = {
+    "routers",
+    "conntrack_helpers",
+    "router_tombstones",
+    "auth_tokens",
+    "audit_events",
+    "deployment",
+}
 
 
 def head() -> str:

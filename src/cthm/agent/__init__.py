@@ -2,7 +2,7 @@
 
 from cthm.agent.agent import Agent
 from cthm.agent.capabilities import HelperCapabilities
-from cthm.agent.kernel_state import KernelStateBook, RouterKernelState
+from cthm.agent.kernel_state import KernelStateBook, RouterKernelState, ShadowedBinding
 from cthm.agent.ports import (
     BindingReport,
     DesiredRouter,
@@ -32,6 +32,7 @@ __all__ = [
     "Reconciler",
     "RouterKernelState",
     "RouterReport",
+    "ShadowedBinding",
     "ShutDown",
     "WorkQueue",
 ]

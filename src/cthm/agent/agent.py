@@ -1,36 +1,40 @@
 """The agent: worker threads draining the work queue, a periodic full resync, and a watch for
 namespaces that routers are waiting on.
 
-At start (and only then) it removes orphaned tables: `table inet cthm` in namespaces under
-/run/netns that no router (and no pending tombstone) of this database claims. Only at start,
-because another cthm with another database may run on the same host afterwards (the test suite
-runs several, one after the other): a sweep on every resync would delete their tables.
+At start (and only then) it removes orphaned tables: cthm's table (or chains) in namespaces
+under /run/netns that no router (and no pending tombstone) of this database claims and that
+carry this database's deployment identity (`cthm:<id>`, see netfilter.model). State of another
+deployment sharing the host, or unmarked state (from a cthm before identities), is reported and
+never deleted. Deleting a router while the agent runs goes through its tombstone instead.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cthm.agent.capabilities import HelperCapabilities
+from cthm.agent.claims import NamespaceClaims, kernel_namespace
 from cthm.agent.kernel_state import KernelStateBook, RouterKernelState
 from cthm.agent.ports import DesiredStateSource, InvalidDesiredState, KernelBackend
 from cthm.agent.queue import ShutDown, WorkQueue
-from cthm.agent.reconciler import Action, Reconciler, ReconcileResult
-from cthm.domain import HelperCatalog
+from cthm.agent.reconciler import Action, RawTableReader, Reconciler, ReconcileResult
+from cthm.domain import HelperCatalog, Unavailable
 from cthm.netfilter import NftError, UnsafeValue, scratch_namespace
 
 log = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/run/netns")
 COUNTED = ("applied", "noop", "failed", "removed", "drift")
+UNAVAILABLE_LOG_INTERVAL = 60.0  # seconds between warnings while the database is unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +44,9 @@ class AgentSnapshot:
     threads_alive: started, not stopped, and every worker and the timer thread still running.
     seconds_since_resync: by the monotonic clock (None: never resynced); last_resync_at and
     last_reconcile_at: wall-clock times of the last resync (every router queued) and the last
-    finished reconcile. routers: routers whose last reconcile did not remove them."""
+    finished reconcile. routers: routers whose last reconcile did not remove them.
+    deployment_id: the identity this agent marks kernel state with; unclaimed: what the
+    start-up sweep left alone (namespace -> another deployment's id, None when unmarked)."""
 
     started_at: datetime | None
     last_resync_at: datetime | None
@@ -52,6 +58,8 @@ class AgentSnapshot:
     routers: int
     workers: int
     resync_interval: float
+    deployment_id: str | None = None
+    unclaimed: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class Agent:
@@ -69,15 +77,25 @@ class Agent:
         sweep_orphans: bool = True,
         orphan_scope: Callable[[str], bool] | None = None,
         retired_backends: Sequence[KernelBackend] = (),
+        raw_tables: RawTableReader | None = None,
     ) -> None:
         """sweep_orphans: remove orphaned cthm tables at start(); orphan_scope: which namespace
-        names the sweep may look at (default: all of them; tests narrow it to their own)."""
+        names the sweep may look at (default: all of them; tests narrow it to their own).
+        raw_tables: reads a namespace's iptables raw tables (netfilter.read_raw_tables), so
+        each resync finds the bindings other `-j CT` rules shadow; None: not looked for."""
         self._source = source
         self._backend = backend
         self.capabilities = HelperCapabilities(backend)
         self.book = KernelStateBook()
         self.reconciler = Reconciler(
-            source, backend, catalog, self.capabilities, self.book, retired=retired_backends
+            source,
+            backend,
+            catalog,
+            self.capabilities,
+            self.book,
+            retired=retired_backends,
+            raw_tables=raw_tables,
+            claims=NamespaceClaims(netns_dir),
         )
         self._sweep_orphans = sweep_orphans
         self._orphan_scope = orphan_scope
@@ -98,6 +116,8 @@ class Agent:
         self._waiting_for_namespace: dict[str, str] = {}  # router id -> namespace
         self._last: dict[str, ReconcileResult] = {}
         self.counts: Counter[str] = Counter()
+        self._unclaimed: dict[str, str | None] = {}  # the sweep's finds it did not delete
+        self._unavailable_logged_at: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -110,6 +130,7 @@ class Agent:
                 self.remove_orphans()
             except Exception:  # cleanup must never keep the agent from starting
                 log.exception("could not remove orphaned tables")
+        self._note_namespaces()
         self._started_at = datetime.now(UTC)
         self._loops = [
             self._spawn(self._work_loop, f"cthm-agent-worker-{index}")
@@ -141,8 +162,10 @@ class Agent:
             self.queue.add(router_id)
 
     def resync(self) -> None:
-        """Every router and every tombstone goes through reconcile (catches missed events)."""
+        """Every router and every tombstone goes through reconcile (catches missed events),
+        reading its namespace's raw tables again for shadowing rules."""
         ids = set(self._source.router_ids()) | set(self._source.tombstones())
+        self.reconciler.check_shadows(ids)
         self.enqueue(sorted(ids))
         with self._lock:
             self._resynced = (datetime.now(UTC), time.monotonic())
@@ -181,6 +204,8 @@ class Agent:
             routers=routers,
             workers=self._workers,
             resync_interval=self._resync_interval,
+            deployment_id=self._backend.owner,
+            unclaimed=self.unclaimed,
         )
 
     def kernel_state(self, router_id: str) -> RouterKernelState | None:
@@ -188,8 +213,13 @@ class Agent:
         return self.book.get(router_id)
 
     def remove_orphans(self) -> list[str]:
-        """Deletes `table inet cthm` (nothing else) in every namespace under the netns
-        directory that no router or pending tombstone claims; returns those namespaces.
+        """Deletes cthm's table (or chains: nothing else) in every namespace under the netns
+        directory that no router or pending tombstone claims and that carries THIS deployment's
+        identity (the backend's owner); returns those namespaces.
+
+        Anything else of cthm's (another deployment's on a shared host, or unmarked: written by
+        a cthm before identities, or by hand) is never deleted: it is logged once as a WARNING
+        and kept in `unclaimed` (namespace -> its owner, None if unmarked) for operators.
 
         Meant for start() only (see the module's docstring). Does nothing if any stored router
         cannot be read: its namespace is unknown, and its table must not be taken for an orphan.
@@ -212,11 +242,22 @@ class Agent:
         except FileNotFoundError:
             return []
         removed = []
+        identity = self._backend.owner
+        # Another name (a bind mount) of a claimed namespace is no orphan: its table is a router's.
+        kernels = {kernel_namespace(name, self._netns_dir) for name in claimed} - {None}
         for name in names:
             if name in claimed or (self._orphan_scope is not None and not self._orphan_scope(name)):
                 continue
+            if kernel_namespace(name, self._netns_dir) in kernels:
+                continue
             try:
-                if self._backend.read(name) is None or not self._backend.delete(name):
+                table = self._backend.read(name)
+                if table is None:
+                    continue
+                if identity is None or table.owner != identity:
+                    self._unclaimed_found(name, table.owner)
+                    continue
+                if not self._backend.delete(name):
                     continue
             except (NftError, UnsafeValue, OSError) as exc:
                 log.warning(
@@ -224,17 +265,68 @@ class Agent:
                 )
                 continue
             log.info(
-                "removed orphaned table inet cthm from namespace %s (no router claims it)", name
+                "removed orphaned cthm %s state from namespace %s (it carries this deployment's "
+                "identity %s and no router of it claims the namespace)",
+                _label(self._backend),
+                name,
+                identity,
             )
             removed.append(name)
         return removed
 
+    @property
+    def unclaimed(self) -> dict[str, str | None]:
+        """cthm state the start-up sweep found and left alone: namespace -> the deployment id it
+        carries (another deployment's), or None (unmarked)."""
+        with self._lock:
+            return dict(self._unclaimed)
+
+    def _unclaimed_found(self, namespace: str, owner: str | None) -> None:
+        with self._lock:
+            known = self._unclaimed.get(namespace, "") == owner
+            self._unclaimed[namespace] = owner
+        if known:
+            return  # said once
+        whose = (
+            f"deployment {owner}"
+            if owner is not None
+            else "no deployment (unmarked: written by a cthm before deployment identities, "
+            "or by hand)"
+        )
+        log.warning(
+            "namespace %s holds cthm %s state of %s and no router of this deployment claims it: "
+            "left in place (the sweep removes only this deployment's); if it is no one's, "
+            "remove it by hand",
+            namespace,
+            _label(self._backend),
+            whose,
+        )
+
+    def _note_namespaces(self) -> None:
+        """Records every router's kernel namespace before the first reconcile, so which of two
+        routers sharing one keeps it does not depend on the order of reconciles (claims.py)."""
+        try:
+            for router_id in self._source.router_ids():
+                try:
+                    desired = self._source.load(router_id)
+                    if desired is not None:
+                        self.reconciler.claims.note(desired.router)
+                except (InvalidDesiredState, NftError, UnsafeValue):
+                    continue  # its reconcile reports it
+        except Exception:  # never keeps the agent from starting; reconciles note them too
+            log.exception("could not look at the routers' namespaces")
+
     def _reconcile(self, router_id: str) -> ReconcileResult:
         try:
             result = self.reconciler.reconcile(router_id)
+        except Unavailable as exc:  # the database, not the router: retried with backoff
+            self._log_unavailable(exc)
+            result = ReconcileResult(router_id, Action.FAILED, exc.message, retry=True)
         except Exception as exc:  # one bad router must never stop the worker
             log.exception("router %s: reconcile failed", router_id)
             result = ReconcileResult(router_id, Action.FAILED, f"internal error: {exc}", retry=True)
+        if result.requeue:
+            self.enqueue(result.requeue)
         with self._lock:
             self._last[router_id] = result
             self._reconciled_at = datetime.now(UTC)
@@ -271,14 +363,28 @@ class Agent:
                 waiting = dict(self._waiting_for_namespace)
             # A namespace that appears is applied at once, not after the next backoff step.
             for router_id, namespace in waiting.items():
-                if (self._netns_dir / namespace).exists():
+                # lexists: never follows a symlink (one to /proc/1/ns/net raises EACCES).
+                if os.path.lexists(self._netns_dir / namespace):
                     self.queue.add(router_id)
             if time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + self._resync_interval
                 try:
                     self.resync()
+                except Unavailable as exc:
+                    self._log_unavailable(exc)
                 except Exception:
                     log.exception("periodic resync failed")
+
+    def _log_unavailable(self, exc: Unavailable) -> None:
+        """One warning, then one a minute while it lasts: every router retries with backoff
+        and each retry would say the same."""
+        now = time.monotonic()
+        with self._lock:
+            last, self._unavailable_logged_at = self._unavailable_logged_at, now
+            if last is not None and now - last < UNAVAILABLE_LOG_INTERVAL:
+                self._unavailable_logged_at = last
+                return
+        log.warning("cannot read or report desired state: %s; retrying", exc.message)
 
     def _probe_catalog(self) -> None:
         """Learns which catalog helpers this kernel has before any router needs them, so the
@@ -299,3 +405,9 @@ class Agent:
         thread.start()
         self._threads.append(thread)
         return thread
+
+
+def _label(backend: KernelBackend) -> str:
+    """`nftables` (table inet cthm) or the iptables flavour's label (chains cthm-*)."""
+    label = getattr(backend, "label", None)
+    return label if isinstance(label, str) else type(backend).__name__

@@ -17,12 +17,35 @@ from cthm.domain import Assignment, Direction
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowedBinding:
+    """A binding whose connections another rule's `-j CT` gets to first (netfilter.foreign):
+    the kernel gives them foreign_helper (None: no helper at all) instead of kernel_helper.
+    conditions: the rule's matches not evaluated (it may not match every connection)."""
+
+    binding_id: str
+    protocol: str
+    port: int
+    direction: str
+    helper: str  # as bound (an alias such as h323 included)
+    kernel_helper: str
+    rule: str
+    where: str
+    families: tuple[str, ...]
+    foreign_helper: str | None
+    conditions: tuple[str, ...]
+    effect: str
+    reason: str  # the binding's status_reason
+
+
+@dataclass(frozen=True, slots=True)
 class RouterKernelState:
     """One router's kernel view as this agent last observed it.
 
     in_sync: True when the last read equals the desired table, False when it differs (or the
     namespace is missing), None when unknown (never read, or the read itself failed).
     actual: the assignments read back; None when unknown, () when there is no table.
+    shadowed: bindings other rules' `-j CT` get to first, as of shadow_checked_at (the raw
+    tables are read at the periodic resync, not on every change).
     """
 
     router_id: str
@@ -38,6 +61,8 @@ class RouterKernelState:
     last_error: str | None = None  # kept after recovery: compare last_error_at with verified_at
     last_error_at: datetime | None = None
     drift_repairs: int = 0
+    shadowed: tuple[ShadowedBinding, ...] = ()
+    shadow_checked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +167,19 @@ class KernelStateBook:
                 changes.update(actual=None, table_present=None, garbage=(), in_sync=None)
             self._states[router_id] = replace(state, **changes)  # type: ignore[arg-type]
 
+    def shadows(
+        self,
+        router_id: str,
+        shadowed: tuple[ShadowedBinding, ...],
+        checked_at: datetime | None,
+    ) -> None:
+        """Records the bindings found shadowed, and when the raw tables were last read."""
+        with self._lock:
+            state = self._state(router_id)
+            self._states[router_id] = replace(
+                state, shadowed=shadowed, shadow_checked_at=checked_at
+            )
+
     def forget(self, router_id: str) -> None:
         """The router is gone (its table removed): nothing left to show."""
         with self._lock:
@@ -169,6 +207,8 @@ def describe_difference(want: KernelState | None, have: KernelState | None) -> s
         parts.append("unexpected " + ", ".join(_shown(a) for a in extra))
     if have.garbage:
         parts.append("not ours: " + "; ".join(have.garbage))
+    if have.owner != want.owner:
+        parts.append(f"marked as deployment {have.owner or '(unmarked)'}, not {want.owner}")
     if not parts:
         parts.append("helper objects or chain differ")
     return "; ".join(parts)[:1000]

@@ -18,8 +18,18 @@ class KernelState(TypingProtocol):
     @property
     def garbage(self) -> tuple[str, ...]: ...
 
+    @property
+    def owner(self) -> str | None:
+        """The deployment id the state is marked with; None: unmarked."""
+        ...
+
 
 class KernelBackend(TypingProtocol):
+    @property
+    def owner(self) -> str | None:
+        """The deployment id everything this backend writes is marked with (None: unmarked)."""
+        ...
+
     def read(self, namespace: str) -> KernelState | None: ...
 
     def desired(self, assignments: Sequence[Assignment]) -> KernelState | None: ...

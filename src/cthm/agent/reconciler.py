@@ -2,17 +2,28 @@
 
 There are no create/update/delete paths: every call re-reads desired and kernel state and
 enforces the whole of it (Kubernetes controller style). Nothing is written when they agree.
+
+Shadowed bindings: other software's `-j CT` rules in the namespace's raw tables (Neutron's
+leftovers) may give a binding's connections another helper, or none, before cthm's rule runs.
+Reading those tables costs an `iptables-save` per flavour and family, so they are read only when
+the periodic resync asks (`check_shadows`), or the first time a router has bindings; every
+reconcile judges its bindings against the tables last read. A shadowed binding stays ACTIVE
+(cthm's own rule is in the kernel and verified) with a status_reason naming the rule; the
+reason goes when a later read finds the rule gone.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from cthm.agent.capabilities import HelperCapabilities
-from cthm.agent.kernel_state import KernelStateBook, describe_difference
+from cthm.agent.claims import NamespaceClaims
+from cthm.agent.kernel_state import KernelStateBook, ShadowedBinding, describe_difference
 from cthm.agent.ports import (
     BindingReport,
     DesiredRouter,
@@ -21,8 +32,18 @@ from cthm.agent.ports import (
     KernelBackend,
     RouterReport,
 )
-from cthm.domain import HelperCatalog, InvalidInput, Protocol, Status, assignments_for
-from cthm.netfilter import NamespaceNotFound, NftError
+from cthm.domain import (
+    Assignment,
+    HelperBinding,
+    HelperCatalog,
+    InvalidInput,
+    Protocol,
+    Status,
+    assignments_for,
+    validate_status_reason,
+)
+from cthm.netfilter import NamespaceNotFound, NftError, RawTable, Shadow, find_shadows
+from cthm.netfilter.netns import UnsafeNamespace
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +63,23 @@ class ReconcileResult:
     retry: bool = False
     missing_namespace: str | None = None
     drift: bool = False  # the kernel had changed behind cthm's back since it was verified
+    # Routers to reconcile next: they share the deleted router's kernel namespace.
+    requeue: tuple[str, ...] = ()
 
 
 class VerificationFailed(Exception):
     """The kernel did not hold what was just applied."""
+
+
+# namespace -> its raw tables (netfilter.read_raw_tables)
+RawTableReader = Callable[[str], Sequence[RawTable]]
+
+
+@dataclass(frozen=True, slots=True)
+class _RawSeen:
+    namespace: str
+    tables: tuple[RawTable, ...]
+    at: datetime
 
 
 class Reconciler:
@@ -57,7 +91,12 @@ class Reconciler:
         capabilities: HelperCapabilities,
         book: KernelStateBook | None = None,
         retired: Sequence[KernelBackend] = (),
+        raw_tables: RawTableReader | None = None,
+        claims: NamespaceClaims | None = None,
     ) -> None:
+        """raw_tables: reads a namespace's iptables raw tables, to find bindings other rules
+        shadow (None: not looked for). claims: which router keeps a kernel namespace that
+        several routers' names lead to (agent/claims.py)."""
         self._source = source
         self._backend = backend
         self._catalog = catalog
@@ -67,6 +106,16 @@ class Reconciler:
         # ours are verified, so switching a node's backend migrates its routers.
         self._retired = tuple(retired)
         self._migration_checked: set[str] = set()
+        self._raw_tables = raw_tables
+        self._raw_lock = threading.Lock()
+        self._raw_seen: dict[str, _RawSeen] = {}
+        self._raw_due: set[str] = set()
+        self.claims = claims if claims is not None else NamespaceClaims()
+
+    def check_shadows(self, router_ids: Iterable[str]) -> None:
+        """The next reconcile of each router reads its namespace's raw tables again."""
+        with self._raw_lock:
+            self._raw_due.update(router_ids)
 
     def reconcile(self, router_id: str) -> ReconcileResult:
         try:
@@ -77,6 +126,9 @@ class Reconciler:
             return self._remove(router_id)
         namespace = desired.router.namespace
         revision = desired.router.revision_number
+        unusable = self._unusable_namespace(desired)
+        if unusable is not None:
+            return self._refuse_namespace(desired, unusable)
         kernel_read = False  # whether this call read the kernel (else its state is unknown)
         drift = False
         try:
@@ -120,6 +172,8 @@ class Reconciler:
                 missing_namespace=namespace,
                 drift=drift,
             )
+        except UnsafeNamespace as exc:  # the name was changed since the check above
+            return self._refuse_namespace(desired, exc.message)
         except (NftError, VerificationFailed) as exc:
             self._capabilities.invalidate()  # a helper may have gone; probe again next time
             reason = f"kernel refused the change: {_message(exc)}"
@@ -138,10 +192,64 @@ class Reconciler:
         if failed:
             total = len(desired.bindings) + len(desired.rejected)
             summary = f"{failed} of {total} bindings could not be applied"
-        self._report(desired, Status.ACTIVE, summary, refused)
+        notes = self._shadowed(router_id, namespace, usable, assignments)
+        self._report(desired, Status.ACTIVE, summary, refused, notes)
         if action is Action.APPLIED:
             log.info("router %s: applied %d assignments", router_id, len(assignments))
         return ReconcileResult(router_id, action, summary, drift=drift)
+
+    def _shadowed(
+        self,
+        router_id: str,
+        namespace: str,
+        bindings: Sequence[HelperBinding],
+        assignments: Sequence[Assignment],
+    ) -> dict[str, str]:
+        """The applied bindings other rules' `-j CT` shadow, with their status reason (also
+        recorded in the book for kernel_state); raw tables read only when due (module doc)."""
+        if self._raw_tables is None:
+            return {}
+        with self._raw_lock:
+            due = router_id in self._raw_due
+            self._raw_due.discard(router_id)
+            seen = self._raw_seen.get(router_id)
+        if due or seen is None or seen.namespace != namespace:
+            seen = self._read_raw(router_id, namespace, seen) if assignments else None
+            with self._raw_lock:
+                if seen is None:  # no bindings: read when there are some
+                    self._raw_seen.pop(router_id, None)
+                else:
+                    self._raw_seen[router_id] = seen
+        shadows = find_shadows(assignments, seen.tables) if seen is not None else []
+        by_key = {(b.protocol, b.port, b.direction): b for b in bindings}
+        found = []
+        for shadow in shadows:
+            a = shadow.assignment
+            binding = by_key.get((a.protocol, a.port, a.direction))
+            if binding is not None:
+                found.append(_shadowed_binding(binding, shadow))
+        # Several rules may shadow one binding: the first (sorted) names it.
+        notes: dict[str, str] = {}
+        for item in found:
+            notes.setdefault(item.binding_id, item.reason)
+        self.book.shadows(router_id, tuple(found), seen.at if seen is not None else None)
+        return notes
+
+    def _read_raw(self, router_id: str, namespace: str, seen: _RawSeen | None) -> _RawSeen:
+        """The namespace's raw tables now; on failure, what was read before (if any)."""
+        assert self._raw_tables is not None
+        try:
+            return _RawSeen(namespace, tuple(self._raw_tables(namespace)), datetime.now(UTC))
+        except (NftError, OSError) as exc:
+            log.warning(
+                "router %s: cannot read the raw tables of %s for shadowing rules: %s",
+                router_id,
+                namespace,
+                _message(exc),
+            )
+            if seen is not None and seen.namespace == namespace:
+                return seen
+            return _RawSeen(namespace, (), datetime.now(UTC))
 
     def _refused_bindings(self, desired: DesiredRouter) -> dict[str, str]:
         """Bindings that cannot be in the kernel, with the reason a person can act on."""
@@ -170,6 +278,31 @@ class Reconciler:
             for b in desired.bindings
             if (b.helper, b.protocol) in problem
         }
+
+    def _unusable_namespace(self, desired: DesiredRouter) -> str | None:
+        """Why the router's namespace must not be touched on its behalf, or None: a symlink,
+        the host's or the agent's own namespace, or one another router keeps (claims.py)."""
+        router = desired.router
+        try:
+            holder = self.claims.holder(router)
+        except UnsafeNamespace as exc:
+            return exc.message
+        if holder is None:
+            return None
+        return (
+            f"namespace {router.namespace} is the same kernel namespace ({holder.identity}) as "
+            f"namespace {holder.namespace} of router {holder.router_id}, which was registered "
+            f"first and keeps it"
+        )
+
+    def _refuse_namespace(self, desired: DesiredRouter, reason: str) -> ReconcileResult:
+        """Nothing is read or written in the namespace. Not retried on a timer (a person must
+        change /run/netns or the routers); the periodic resync looks again."""
+        router = desired.router
+        log.error("router %s: refused: %s", router.id, reason)
+        self.book.failed(router.id, reason, namespace=router.namespace, kernel_unknown=True)
+        self._report(desired, Status.ERROR, reason, {b.id: reason for b in desired.bindings})
+        return ReconcileResult(router.id, Action.FAILED, reason)
 
     def _refuse(self, exc: InvalidDesiredState) -> ReconcileResult:
         """A stored router that fails validation: no namespace is touched on its behalf."""
@@ -211,11 +344,29 @@ class Reconciler:
         return removed
 
     def _remove(self, router_id: str) -> ReconcileResult:
+        with self._raw_lock:
+            self._raw_seen.pop(router_id, None)
+            self._raw_due.discard(router_id)
         namespace = self._source.tombstones().get(router_id)
+        self.claims.forget(router_id)
         if namespace is None:
             self.book.forget(router_id)
             return ReconcileResult(router_id, Action.NOOP)
         try:
+            sharing = self.claims.sharing(namespace, exclude=router_id)
+        except UnsafeNamespace as exc:
+            return self._removed_nothing(router_id, exc.message)
+        if sharing:
+            # The table there is (or becomes) theirs: only its own table is ever removed.
+            why = f"namespace {namespace} is also the namespace of router(s) {', '.join(sharing)}"
+            return self._removed_nothing(router_id, why, requeue=tuple(sharing))
+        try:
+            held = self._backend.read(namespace)
+            ours = self._backend.owner
+            if held is not None and None not in (held.owner, ours) and held.owner != ours:
+                # Another deployment on this host took the namespace over: its table stays.
+                why = f"the table in {namespace} is deployment {held.owner}'s"
+                return self._removed_nothing(router_id, why)
             self._backend.delete(namespace)
         except NamespaceNotFound:
             pass  # the namespace is gone, and our table with it
@@ -228,18 +379,30 @@ class Reconciler:
         log.info("router %s deleted: removed its table from %s", router_id, namespace)
         return ReconcileResult(router_id, Action.REMOVED)
 
+    def _removed_nothing(
+        self, router_id: str, why: str, requeue: tuple[str, ...] = ()
+    ) -> ReconcileResult:
+        """A deleted router whose namespace holds no table of its own: nothing is deleted."""
+        self._source.clear_tombstone(router_id)
+        self.book.forget(router_id)
+        log.info("router %s deleted: no table removed (%s)", router_id, why)
+        return ReconcileResult(router_id, Action.REMOVED, requeue=requeue)
+
     def _report(
         self,
         desired: DesiredRouter,
         router_status: Status,
         router_reason: str,
         binding_errors: dict[str, str],
+        binding_notes: Mapping[str, str] | None = None,
     ) -> None:
+        """binding_notes: reasons of bindings that stay ACTIVE (shadowed ones)."""
         # Only what changed is written: a no-op resync writes nothing, to the kernel or the DB.
+        notes = binding_notes or {}
         bindings = []
         for b in desired.bindings:
             status = Status.ERROR if b.id in binding_errors else Status.ACTIVE
-            reason = binding_errors.get(b.id, "")
+            reason = binding_errors.get(b.id) or notes.get(b.id, "")
             if (b.status, b.status_reason) != (status, reason):
                 bindings.append(BindingReport(b.id, b.revision_number, status, reason))
         # Rows rejected on the way out of the database are always (re)marked: their stored status
@@ -257,6 +420,35 @@ class Reconciler:
                 tuple(bindings),
             )
         )
+
+
+def _shadowed_binding(binding: HelperBinding, shadow: Shadow) -> ShadowedBinding:
+    rule = shadow.rule
+    gives = f"helper {rule.helper}" if rule.helper is not None else "no helper at all"
+    family = " (IPv6 only)" if shadow.families == ("IPv6",) else ""
+    condition = (
+        f" (if its other matches hold: {' '.join(rule.conditions)})" if rule.conditions else ""
+    )
+    # As the store keeps it (cleaned, bounded): the same reason again must write nothing.
+    reason = validate_status_reason(
+        f"shadowed by rule `{rule.text}` in {rule.where}{family}{condition}: "
+        f"connections get {gives}, not {binding.helper}"
+    )
+    return ShadowedBinding(
+        binding_id=binding.id,
+        protocol=binding.protocol.value,
+        port=binding.port,
+        direction=binding.direction.value,
+        helper=binding.helper,
+        kernel_helper=shadow.assignment.helper,
+        rule=rule.text,
+        where=rule.where,
+        families=shadow.families,
+        foreign_helper=rule.helper,
+        conditions=rule.conditions,
+        effect=shadow.effect,
+        reason=reason,
+    )
 
 
 def _label(backend: KernelBackend) -> str:

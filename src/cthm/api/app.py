@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
@@ -22,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cthm.api import audit
 from cthm.api.auth import CHALLENGE, AuthenticationMiddleware, Authenticator, openapi_security
+from cthm.api.auth_audit import FailedAuthentications
 from cthm.api.deps import ApiContext, HelperAvailability, require_json_body
 from cthm.api.errors import (
     INTERNAL_ERROR_MESSAGE,
@@ -51,7 +57,7 @@ from cthm.api.routes.kernel_state import KernelStateProvider
 from cthm.api.schemas import ErrorResponse
 from cthm.domain import CthmError, HelperCatalog
 from cthm.settings import Settings
-from cthm.store import Store
+from cthm.store import AuditContext, Store
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,7 @@ def create_app(
         # The OpenAPI document needs a token like everything else; no pages that cannot send one.
         docs_url=None,
         redoc_url=None,
+        lifespan=_lifespan,
         dependencies=[Depends(require_json_body)],
         responses={
             400: {"model": ErrorResponse, "description": "invalid request"},
@@ -106,6 +113,7 @@ def create_app(
     app.state.authenticator = authenticator if authenticator is not None else Authenticator()
     app.state.kernel_state = kernel_state
     app.state.agents = agents
+    app.state.failed_authentications = FailedAuthentications(store)
     # Added before the request-context middleware, so it runs inside it: a 401 has a request id.
     app.add_middleware(AuthenticationMiddleware, authenticator=app.state.authenticator, store=store)
     app.add_middleware(
@@ -131,6 +139,27 @@ def create_app(
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While serving, counts of failed authentications reach the database every few seconds;
+    the last ones as the server stops."""
+    failures: FailedAuthentications = app.state.failed_authentications
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_flush_periodically, failures)
+        try:
+            yield
+        finally:
+            tasks.cancel_scope.cancel()
+    await anyio.to_thread.run_sync(failures.flush)
+
+
+async def _flush_periodically(failures: FailedAuthentications) -> None:
+    while True:
+        await anyio.sleep(failures.flush_interval)
+        if failures.pending():
+            await anyio.to_thread.run_sync(failures.flush)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -172,24 +201,40 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     response = domain_error_response(exc)
     if response.status_code == 500:
         log.error("unexpected domain error %r", exc, exc_info=exc)
-    if isinstance(exc, Denial) or (isinstance(exc, Unauthenticated) and exc.audited):
-        await run_in_threadpool(_record_denial, request, exc, response.status_code)
+    if isinstance(exc, Denial):
+        # Queued once the answer is sent (never waiting for the database), so the answer to a
+        # denied attempt costs what the same answer to an unknown id costs.
+        response.background = BackgroundTask(
+            _record_denial_after, request, exc, response.status_code
+        )
     if isinstance(exc, Unauthenticated):
+        await _count_failed_authentication(request, exc)
         response.headers.update(CHALLENGE)
     return response
 
 
-def _record_denial(request: Request, exc: Denial | Unauthenticated, status_code: int) -> None:
+async def _count_failed_authentication(request: Request, exc: Unauthenticated) -> None:
+    """One audit event per client per window, with a count (see auth_audit); a write, when
+    one is due, happens before the 401 is sent."""
+    failures: FailedAuthentications = request.app.state.failed_authentications
+    state = request.scope.get("state") or {}
+    context = audit.context_of(state)
+    context = AuditContext(context.request_id, exc.token_id, None)
+    due = failures.failed(exc.client or "unknown", context, f"{request.method} {request.url.path}")
+    if due:
+        await run_in_threadpool(failures.write, due)
+
+
+async def _record_denial_after(request: Request, exc: Denial, status_code: int) -> None:
+    _record_denial(request, exc, status_code)  # async: no thread hop, it only queues
+
+
+def _record_denial(request: Request, exc: Denial, status_code: int) -> None:
     """Every denied attempt goes to the audit trail (in a transaction of its own)."""
     store: Store = request.app.state.cthm.store
     state = request.scope.get("state") or {}  # request id, principal (set by the middlewares)
     detail = f"{request.method} {request.url.path}"
-    if isinstance(exc, Denial):
-        audit.record_denial(store, state, exc, status_code, detail)
-    else:
-        if exc.failures_in_a_row > 1:
-            detail += f" ({exc.failures_in_a_row} failures in a row from this client)"
-        audit.record_unauthenticated(store, state, exc.token_id, detail)
+    audit.record_denial(store, state, exc, status_code, detail)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

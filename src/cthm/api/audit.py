@@ -1,10 +1,12 @@
 """The API's side of the audit trail: denied attempts.
 
 A change is recorded by the store in the change's own transaction. A denied attempt changes
-nothing, and the request's transaction (if it had one) was rolled back, so it is recorded here
-in a short transaction of its own: a 403 from the policy, a 404 that hides another project's
-object (`Denial` errors), and a 401 (no usable token). Recording must never change the answer:
-a failure to record is logged and the caller still gets the denial.
+nothing, and the request's transaction (if it had one) was rolled back, so it is recorded apart:
+a 403 from the policy, a 404 that hides another project's object (`Denial` errors), and a 401
+(no usable token). Recording must never change the answer, not even its timing: the event is
+queued and committed by the store's background writer (cthm.store.audit_writer), so a 404 that
+hides a router costs what a 404 for an unknown id costs. A failure to record is logged and the
+caller still gets the denial.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def record_unauthenticated(
 
 def _record(store: Store, context: AuditContext, **fields: Any) -> None:
     try:
-        store.record_denied(context, **fields)
+        store.submit_denied(context, **fields)
     except Exception:
         log.exception(
             "could not record a denied %s in the audit trail (request %s)",

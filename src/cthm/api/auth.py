@@ -56,9 +56,6 @@ class AuthFailure(Exception):
         self.reason = reason
         self.token_id = token_id
         self.failures_in_a_row = 1
-        # Whether the audit trail stores this one: a client's first failures, then the 8th,
-        # 16th, 32nd... so an unauthenticated flood cannot fill the database.
-        self.audited = True
 
 
 def is_exempt(method: str, path: str) -> bool:
@@ -229,7 +226,6 @@ class Authenticator:
     async def _fail(self, failure: AuthFailure, client: str) -> None:
         state = self.throttle.record_failure(client)
         failure.failures_in_a_row = state.count
-        failure.audited = _sampled(state.count, self.throttle.free_failures)
         which = f" (token id {failure.token_id})" if failure.token_id else ""
         if state.count <= self.throttle.free_failures:
             log.info("authentication failed from %s: %s%s", client, failure.reason, which)
@@ -244,10 +240,6 @@ class Authenticator:
             )
         if state.delay > 0:
             await self.sleep(state.delay)
-
-
-def _sampled(count: int, free_failures: int) -> bool:
-    return count <= free_failures or count & (count - 1) == 0
 
 
 def _lookup(store: Store, secret: str) -> AuthToken | None:
@@ -281,7 +273,7 @@ class AuthenticationMiddleware:
         except AuthFailure as failure:
             denied = Unauthenticated(
                 token_id=failure.token_id,
-                audited=failure.audited,
+                client=key,
                 failures_in_a_row=failure.failures_in_a_row,
             )
             response = await _handled(scope, receive, denied)

@@ -77,14 +77,14 @@ class Unauthenticated(CthmError):
         self,
         *,
         token_id: str | None = None,
-        audited: bool = True,
+        client: str | None = None,
         failures_in_a_row: int = 1,
     ) -> None:
         super().__init__("Authentication required")
         # For the audit trail only (never in the response): the id of a revoked or expired
-        # token, whether this failure is stored, and the client's count so far.
+        # token, who failed (the throttle's client key), and the client's count so far.
         self.token_id = token_id
-        self.audited = audited
+        self.client = client
         self.failures_in_a_row = failures_in_a_row
 
 

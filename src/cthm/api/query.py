@@ -178,15 +178,12 @@ class ListRequest:
         return Page(page, has_more=len(items) > self.limit)
 
     def narrowed_to(self, project_id: str | None) -> ListRequest:
-        """The same request seeing only `project_id` (None: unchanged)."""
+        """The same request seeing only `project_id` (None: unchanged). A scope, not a filter:
+        the marker is looked up only inside it."""
         if project_id is None:
             return self
-        filters = dict(self.query.filters)
-        wanted = filters.get("project_id")
-        filters["project_id"] = (
-            (project_id,) if wanted is None else tuple(v for v in wanted if v == project_id)
-        )
-        return replace(self, query=replace(self.query, filters=filters))
+        scope = {**self.query.scope, "project_id": (project_id,)}
+        return replace(self, query=replace(self.query, scope=scope))
 
 
 def _singular(params: Params, name: str) -> str | None:

@@ -243,8 +243,10 @@ class CthmClient:
     def get_token(self, token_id: str) -> JSONObject:
         return self._member(self._request("GET", _path("auth_tokens", token_id)), "auth_token")
 
-    def revoke_token(self, token_id: str) -> None:
-        self._request("DELETE", _path("auth_tokens", token_id))
+    def revoke_token(self, token_id: str, *, force: bool = False) -> None:
+        """force: revoke even the last active admin token (otherwise a 409)."""
+        params = {"force": "true"} if force else None
+        self._request("DELETE", _path("auth_tokens", token_id), params=params)
 
     # agents (admin only)
 

@@ -1,7 +1,7 @@
 """Errors the command line reports, each with the exit status it ends with.
 
-Exit statuses: 0 success, 1 the request or the service failed, 2 usage or settings error,
-3 the server cannot be reached.
+Exit statuses: 0 success, 1 the request or the service failed, 2 usage or settings error (or a
+data directory another `cthm serve` holds), 3 the server cannot be reached.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ class ServiceError(Exception):
 
 class ServiceSettingError(ServiceError):
     """A setting passed validation but cannot be used (e.g. a database URL of no known kind)."""
+
+
+class DataDirInUse(ServiceError):
+    """Another process holds the data directory's lock: two servers must never share one."""
 
 
 class Failure(click.ClickException):

@@ -2,19 +2,70 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import resource
 import signal
 import socket
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from cthm.cli import redaction
 from cthm.cli.errors import ServiceError
+from cthm.cli.frontdoor import FrontDoor
+
+if TYPE_CHECKING:
+    from cthm.settings import Settings
 
 BACKLOG = 2048
 GRACEFUL_SHUTDOWN_SECONDS = 10
+# Descriptors kept for everything but API clients: the agent (namespaces, nft, iptables
+# pipes), the database, logs. The connection cap is lowered to leave them free.
+DESCRIPTOR_RESERVE = 256
+# Without a hard limit, how far the soft one is raised.
+UNLIMITED_DESCRIPTORS = 1 << 16
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What protects the server from its clients (settings header_timeout, max_connections,
+    forwarded_allow_ips)."""
+
+    header_timeout: float = 5.0
+    max_connections: int = 1000
+    forwarded_allow_ips: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(settings.header_timeout, settings.max_connections, settings.forwarded_allow_ips)
+
+
+def raise_descriptor_limit() -> int:
+    """Raises this process's soft limit on open files to its hard limit; returns the soft limit
+    in force afterwards. The default soft limit (often 1024) is far below what is allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, UNLIMITED_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft if soft != resource.RLIM_INFINITY else UNLIMITED_DESCRIPTORS
+
+
+def connection_budget(descriptors: int, wanted: int) -> tuple[int, int]:
+    """(max connections, accept backlog) that fit in `descriptors` open files: asyncio may
+    accept a whole backlog before the first of them is counted, and the reserve stays free."""
+    backlog = max(16, min(BACKLOG, descriptors // 8))
+    return max(1, min(wanted, descriptors - backlog - DESCRIPTOR_RESERVE)), backlog
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -64,24 +115,70 @@ def check_tls_files(cert_file: Path, key_file: Path) -> None:
         ) from exc
 
 
+class GuardedServer(uvicorn.Server):
+    """uvicorn's server with the front door's event-loop error handler (bounded log lines), and
+    with TLS handshakes held to the same deadline as request headers."""
+
+    def __init__(self, config: uvicorn.Config, door: FrontDoor) -> None:
+        super().__init__(config)
+        self.door = door
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self.door.loop_exception)
+        if self.config.ssl is not None:
+            # uvicorn does not pass a handshake timeout (asyncio's default is 60 s); a client
+            # that connects and never finishes its handshake is a half-sent request too.
+            create_server = loop.create_server
+            loop.create_server = functools.partial(  # type: ignore[method-assign]
+                create_server, ssl_handshake_timeout=self.door.header_timeout
+            )
+        await super().startup(sockets)
+
+
 def run_server(
-    app: Any, sock: socket.socket, *, log_level: str, tls: tuple[Path, Path] | None = None
+    app: Any,
+    sock: socket.socket,
+    *,
+    log_level: str,
+    tls: tuple[Path, Path] | None = None,
+    limits: Limits | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully and returns normally.
-    tls: (certificate file, key file) to serve HTTPS."""
+    tls: (certificate file, key file) to serve HTTPS. limits: see `Limits` (default: its
+    defaults)."""
+    limits = limits or Limits()
     level = uvicorn_log_level(log_level)
+    max_connections, backlog = connection_budget(raise_descriptor_limit(), limits.max_connections)
+    if max_connections < limits.max_connections:
+        log.warning(
+            "max_connections lowered from %d to %d: the open-file limit leaves no more",
+            limits.max_connections,
+            max_connections,
+        )
+    door = FrontDoor(header_timeout=limits.header_timeout, max_connections=max_connections)
     config = uvicorn.Config(
         app,
+        http=door.protocol_class(),
+        loop="asyncio",
+        backlog=backlog,
         log_level=level,
         access_log=level <= logging.DEBUG,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
+        # The client is the TCP peer unless the operator names the proxies to believe: a
+        # forged X-Forwarded-For must not make one client look like many (the failure throttle
+        # and the audit trail key on the client).
+        proxy_headers=limits.forwarded_allow_ips is not None,
+        forwarded_allow_ips=limits.forwarded_allow_ips or "",
         ssl_certfile=str(tls[0]) if tls else None,
         ssl_keyfile=str(tls[1]) if tls else None,
         # Only modern protocol versions: TLS 1.2 at least.
         ssl_version=ssl.PROTOCOL_TLS_SERVER,
     )
-    server = uvicorn.Server(config)
+    # uvicorn.Config set up uvicorn's loggers just now; the filter goes on after it.
+    redaction.install()
+    server = GuardedServer(config, door)
     # After its graceful shutdown uvicorn raises the captured signal again against the handler
     # that was installed before it started; with the default one SIGTERM would kill the process
     # before the caller closes the store. Installing uvicorn's own handler there makes that a

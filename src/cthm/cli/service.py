@@ -1,6 +1,7 @@
 """The embedded cthm service: everything `cthm serve` runs in one process, built from settings.
 
-Start order: data directory, store (migrated), [in-process agent], API; stop in reverse. Once
+Start order: data directory, its lock (one server per data directory, taken before any database
+or kernel work), store (migrated), [in-process agent], API; stop in reverse. Once
 the API's socket is bound, the first admin token is made if no token exists at all (after every
 check that can refuse to start, so a start that fails creates nothing and prints nothing).
 """
@@ -8,10 +9,15 @@ check that can refuse to start, so a start that fails creates nothing and prints
 from __future__ import annotations
 
 import errno
+import fcntl
+import functools
+import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Generator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -21,10 +27,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from cthm.agent import Agent, KernelBackend, LocalStoreSource
-from cthm.cli.errors import ServiceError, ServiceSettingError
-from cthm.cli.server import bind_listener, check_tls_files, listener_url, run_server
-from cthm.domain import CthmError, Role
-from cthm.netfilter import IptablesBackend, NftablesBackend, NftRunner
+from cthm.cli.errors import DataDirInUse, ServiceError, ServiceSettingError
+from cthm.cli.server import Limits, bind_listener, check_tls_files, listener_url, run_server
+from cthm.domain import AuthToken, CthmError, Role
+from cthm.netfilter import (
+    IptablesBackend,
+    NftablesBackend,
+    NftRunner,
+    UnsafeValue,
+    read_raw_tables,
+)
 from cthm.netfilter.detect import (
     BackendChoice,
     BackendUnavailable,
@@ -34,8 +46,9 @@ from cthm.netfilter.detect import (
     observe,
 )
 from cthm.netfilter.factory import make_usable_runner
+from cthm.netfilter.model import check_owner
 from cthm.settings import Settings
-from cthm.store import Store
+from cthm.store import AuditContext, Store, deployment_id
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -46,6 +59,12 @@ DATA_DIR_MODE = 0o700
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
 ADMIN_TOKEN_MODE = 0o600
 BOOTSTRAP_PROJECT = "admin"
+LOCK_FILE = "cthm.lock"
+LOCK_MODE = 0o600
+RECOVERY_FILE = "admin-recovery-{stamp}{suffix}.token"
+RECOVERY_ATTEMPTS = 100  # names tried when recoveries in the same second collide
+# `cthm serve` warns at start when every admin token expires within this.
+ADMIN_EXPIRY_WARNING = timedelta(days=14)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +80,7 @@ class Service:
         self._say = say or _echo
         self.admin_token_file: Path | None = None  # set when this start created it
         self._store: Store | None = None
+        self._lock: DataDirLock | None = None
         self._backend: KernelBackend | None = None
         self._retired: tuple[KernelBackend, ...] = ()
         self.agent: Agent | None = None
@@ -88,13 +108,16 @@ class Service:
     def start(self) -> None:
         """Prepares the data directory and the migrated store; ServiceError if it cannot."""
         prepare_data_dir(self.settings.data_dir)
-        self._store = open_store(self.settings.effective_database_url)
-        if self.settings.agent_enabled:
-            try:
+        # Before the database and the kernel: a second server on this directory would migrate
+        # under the first one and its agent would fight the first one's over the same routers.
+        self._lock = DataDirLock.acquire(self.settings.data_dir)
+        try:
+            self._store = open_store(self.settings.effective_database_url)
+            if self.settings.agent_enabled:
                 self._start_agent(self._store)
-            except BaseException:
-                self.stop()
-                raise
+        except BaseException:
+            self.stop()
+            raise
 
     def bootstrap(self) -> Path | None:
         """Makes the first admin token if the store holds none, and says where its secret is.
@@ -105,7 +128,28 @@ class Service:
                 f"cthm created the first admin token: it is in {self.admin_token_file} "
                 "(readable only by its owner); use it as --token or CTHM_TOKEN"
             )
+        self.warn_admin_access()
         return self.admin_token_file
+
+    def warn_admin_access(self) -> None:
+        """Logs a WARNING when no admin token is usable, or every one expires soon: revoking
+        into that state is refused unless forced, but tokens also just expire."""
+        now = datetime.now(UTC)
+        with self.store.unit_of_work(write=False) as repo:
+            end = repo.tokens.admin_access_end(now)
+        recover = f"cthm token recover --data-dir {self.settings.data_dir}"
+        if end is None or end - now > ADMIN_EXPIRY_WARNING:
+            return
+        if end <= now:
+            log.warning("no admin token is usable: nobody can administer cthm; run `%s`", recover)
+            return
+        log.warning(
+            "admin access ends at %s (in %d days): every admin token expires by then; create an "
+            "admin token without expiry (cthm token create --role admin) or run `%s`",
+            end.isoformat().replace("+00:00", "Z"),
+            (end - now).days,
+            recover,
+        )
 
     def _start_agent(self, store: Store) -> None:
         runner, problem = self._nftables_runner()
@@ -114,11 +158,14 @@ class Service:
             if choice.backend == "nftables" and runner is None:
                 raise ServiceError(f"cannot program nftables: {problem}")
             self.backend_choice = choice
-            self._backend, self._retired = self._backends(choice, runner)
+            self._backend, self._retired = self._backends(choice, runner, _identity(store))
         except BaseException:
             if runner is not None and self._backend is None:
                 runner.close()
             raise
+        # Looks for iptables-nft's raw tables in-process first; only while the agent's nftables
+        # backend keeps the runner open (the iptables backend reads with iptables-save anyway).
+        nft = runner if choice.backend == "nftables" else None
         self.agent = Agent(
             LocalStoreSource(store),
             self._backend,
@@ -128,6 +175,7 @@ class Service:
             probe_at_start=True,
             sweep_orphans=self.settings.sweep_orphans,
             retired_backends=self._retired,
+            raw_tables=functools.partial(read_raw_tables, nft=nft),
         )
         # Every committed API change wakes the agent at once: no polling delay.
         store.subscribe(self.agent.enqueue)
@@ -161,16 +209,17 @@ class Service:
             raise ServiceSettingError(exc.message) from exc
 
     def _backends(
-        self, choice: BackendChoice, runner: NftRunner | None
+        self, choice: BackendChoice, runner: NftRunner | None, owner: str
     ) -> tuple[KernelBackend, tuple[KernelBackend, ...]]:
         """The backend in use, and the retired ones: switching a node's backend migrates its
-        routers (the other backends' rules go once ours are verified)."""
+        routers (the other backends' rules go once ours are verified). Everything they write
+        is marked with `owner`, the database's deployment identity."""
 
         def iptables(flavour: str) -> KernelBackend:
-            backend = IptablesBackend(self.settings.nft_backend, flavour=flavour)
+            backend = IptablesBackend(self.settings.nft_backend, flavour=flavour, owner=owner)
             return LegacyGuard(backend) if choice.uses_legacy_tables(flavour) else backend
 
-        nftables = NftablesBackend(runner) if runner is not None else None
+        nftables = NftablesBackend(runner, owner=owner) if runner is not None else None
         retired = [iptables(flavour) for flavour in choice.retired_flavours]
         if choice.backend == "nftables":
             assert nftables is not None  # checked by the caller
@@ -194,6 +243,9 @@ class Service:
         store, self._store = self._store, None
         if store is not None:
             store.close()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()  # last: nothing of this server touches the directory after it
 
     def app(self) -> FastAPI:
         from cthm.api import create_app
@@ -253,9 +305,25 @@ class Service:
                 log.info("%s", self.backend_choice.describe())
             if on_listening is not None:
                 on_listening(listener_url(sock, tls=tls is not None))
-            run_server(app, sock, log_level=self.settings.log_level, tls=tls)
+            run_server(
+                app,
+                sock,
+                log_level=self.settings.log_level,
+                tls=tls,
+                limits=Limits.of(self.settings),
+            )
         finally:
             sock.close()
+
+
+def _identity(store: Store) -> str:
+    """The database's deployment identity, which marks everything the agent writes."""
+    try:
+        return check_owner(deployment_id(store))
+    except CthmError as exc:
+        raise ServiceError(f"cannot read the deployment identity: {exc.message}") from exc
+    except UnsafeValue as exc:  # the row edited by hand: never written into the kernel
+        raise ServiceError(f"the database's deployment identity is unusable: {exc}") from exc
 
 
 def stored_namespaces(store: Store) -> Generator[str, None, None]:
@@ -282,6 +350,71 @@ def prepare_data_dir(path: Path) -> None:
     except OSError as exc:
         raise ServiceError(f"cannot create data directory {path}: {exc.strerror or exc}") from exc
     path.chmod(DATA_DIR_MODE)  # mkdir's mode is masked by the umask
+
+
+class DataDirLock:
+    """An exclusive flock on `<data dir>/cthm.lock`, holding the holder's pid and host.
+
+    flock, not the file's existence, is the lock: the kernel drops it when the process ends,
+    however it ends, so a SIGKILLed server never leaves a stale lock. The file itself stays.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, data_dir: Path) -> DataDirLock:
+        """The lock, or DataDirInUse naming its holder; ServiceError if it cannot be taken."""
+        path = data_dir / LOCK_FILE
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, LOCK_MODE)
+        except OSError as exc:
+            raise ServiceError(f"cannot open lock file {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise DataDirInUse(
+                f"data directory {data_dir} is in use by another cthm serve ({holder}); "
+                "stop it first or use another --data-dir"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise ServiceError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+        try:
+            record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record.encode("utf-8"), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise ServiceError(f"cannot write lock file {path}: {exc.strerror or exc}") from exc
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Idempotent. Closing the descriptor drops the lock."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    """'pid N on host H' from a lock file, as far as it can be read (its holder may be
+    writing it right now: a few short retries)."""
+    for _ in range(5):
+        try:
+            record = json.loads(os.pread(fd, 512, 0).decode("utf-8", "replace"))
+            pid, host = record["pid"], record["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.02)
+            continue
+        if isinstance(pid, int) and isinstance(host, str):
+            shown = "".join(c for c in host[:64] if c.isprintable())
+            return f"pid {pid} on host {shown}"
+        break
+    return "its pid is not recorded"
 
 
 def bootstrap_admin_token(store: Store, data_dir: Path) -> Path | None:
@@ -326,15 +459,78 @@ def bootstrap_admin_token(store: Store, data_dir: Path) -> Path | None:
     return path
 
 
-def _write_secret(path: Path, secret: str) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+def recover_admin_token(store: Store, data_dir: Path, *, caller: str) -> tuple[AuthToken, Path]:
+    """`cthm token recover`: a new admin token (project `admin`, no expiry), its secret written
+    to a new file `<data_dir>/admin-recovery-<UTC time>.token` (mode 0600, never an existing
+    file), and an audit event `recover_auth_token` naming `caller`, all in one transaction.
+
+    Whoever can write the database file is already its master: that access is the authority, so
+    it needs no token. It goes through the store (not the API) and takes no data directory lock,
+    so it works beside a running server (SQLite WAL) and without one; the running server sees
+    the token at its next request. ServiceError if it cannot.
+    """
+    now = datetime.now(UTC)
+    path: Path | None = None
     try:
-        fd = os.open(path, flags, ADMIN_TOKEN_MODE)
+        audit = AuditContext(request_id="", token_id=None, project_id=None)
+        with store.unit_of_work(audit=audit) as repo:
+            token, secret = repo.tokens.create(
+                project_id=BOOTSTRAP_PROJECT,
+                roles=[Role.ADMIN],
+                description="admin token made by cthm token recover",
+            )
+            path = _write_recovery_file(data_dir, now, secret)
+            repo.audit.record(
+                action="recover_auth_token",
+                target_type="auth_token",
+                target_id=token.id,
+                target_project_id=token.project_id,
+                before=None,
+                after={"id": token.id, "project_id": token.project_id, "roles": ["admin"]},
+                status_code=201,
+                detail=f"local recovery by {caller}; secret written to {path}",
+            )
+    except BaseException as exc:
+        # As for the first token: no file may outlive a commit that failed.
+        if path is not None:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, CthmError):
+            raise ServiceError(f"cannot create a recovery token: {exc.message}") from exc
+        raise
+    return token, path
+
+
+def _write_recovery_file(data_dir: Path, now: datetime, secret: str) -> Path:
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    for attempt in range(1, RECOVERY_ATTEMPTS + 1):
+        suffix = "" if attempt == 1 else f"-{attempt}"
+        path = data_dir / RECOVERY_FILE.format(stamp=stamp, suffix=suffix)
+        try:
+            _create_secret_file(path, secret)
+        except FileExistsError:
+            continue  # never overwrite: someone may rely on that file
+        return path
+    raise ServiceError(f"cannot find a free file name for {data_dir / RECOVERY_FILE}")
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    try:
+        _create_secret_file(path, secret)
     except FileExistsError:
         raise ServiceError(
             f"{path} exists but the database has no token: refusing to overwrite it; "
             "move it away (its token cannot work with this database) and start again"
         ) from None
+
+
+def _create_secret_file(path: Path, secret: str) -> None:
+    """Creates `path` new (FileExistsError if anything is there, even a dangling link), mode
+    0600 whatever the umask, holding the secret, synced."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, ADMIN_TOKEN_MODE)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise ServiceError(f"cannot create {path}: {exc.strerror or exc}") from exc
     try:
@@ -368,6 +564,29 @@ def open_store(url: str) -> Store:
         store.close()
         raise ServiceError(f"cannot open database {shown}: {_reason(exc)}") from exc
     return store
+
+
+def open_existing_store(settings: Settings) -> Store:
+    """The store of a deployment as it is, for a tool beside its server: never creates the
+    database and never migrates it (the server may be running on it). ServiceError if there is
+    no database yet."""
+    url = settings.effective_database_url
+    shown = redact_url(url)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ServiceSettingError(f"cannot use database {shown}: {_reason(exc)}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        database = str(parsed.database or "").removeprefix("file:").split("?", 1)[0]
+        if database in ("", ":memory:") or not Path(database).is_file():
+            raise ServiceError(
+                f"no database at {shown}: is this the data directory of a cthm serve "
+                "(--data-dir, CTHM_DATA_DIR)?"
+            )
+    try:
+        return Store(url)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise ServiceSettingError(f"cannot use database {shown}: {_reason(exc)}") from exc
 
 
 def redact_url(url: str) -> str:

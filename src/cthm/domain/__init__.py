@@ -3,7 +3,7 @@
 Imports nothing else of cthm; everything above builds on it.
 """
 
-from cthm.domain.auth import AuthToken, Role, TokenNotFound, parse_roles
+from cthm.domain.auth import AuthToken, LastAdminToken, Role, TokenNotFound, parse_roles
 from cthm.domain.catalog import (
     ALIASES,
     KERNEL_HELPERS,
@@ -18,7 +18,9 @@ from cthm.domain.errors import (
     Conflict,
     CthmError,
     InvalidInput,
+    MarkerNotFound,
     NamespaceInUse,
+    NamespaceRefused,
     NotFound,
     PreconditionFailed,
     RouterNotFound,
@@ -38,6 +40,7 @@ from cthm.domain.models import (
     restore_binding,
 )
 from cthm.domain.query import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, ListQuery, SortDir
+from cthm.domain.quota import UNLIMITED, BindingQuota, OverQuota
 from cthm.domain.types import Direction, Protocol, Status
 from cthm.domain.validation import (
     validate_name,
@@ -54,10 +57,12 @@ __all__ = [
     "KERNEL_HELPERS",
     "MAX_PAGE_LIMIT",
     "NAMESPACE_PREFIX",
+    "UNLIMITED",
     "Assignment",
     "AuthToken",
     "BindingConflict",
     "BindingNotFound",
+    "BindingQuota",
     "CatalogEntry",
     "Conflict",
     "CthmError",
@@ -66,9 +71,13 @@ __all__ = [
     "HelperCatalog",
     "HelperSpec",
     "InvalidInput",
+    "LastAdminToken",
     "ListQuery",
+    "MarkerNotFound",
     "NamespaceInUse",
+    "NamespaceRefused",
     "NotFound",
+    "OverQuota",
     "PreconditionFailed",
     "Protocol",
     "Role",

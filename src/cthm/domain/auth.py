@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from cthm.domain.errors import InvalidInput, NotFound
+from cthm.domain.errors import Conflict, InvalidInput, NotFound
 
 
 class Role(StrEnum):
@@ -53,4 +53,19 @@ class TokenNotFound(NotFound):
 
     def __init__(self, token_id: str) -> None:
         super().__init__(f"Auth token {token_id} could not be found")
+        self.token_id = token_id
+
+
+class LastAdminToken(Conflict):
+    """Revoking this token would end admin access sooner, or at once: no other active admin
+    token lasts as long as it does. Refused unless forced."""
+
+    kind = "LastAdminToken"
+
+    def __init__(self, token_id: str, reason: str) -> None:
+        super().__init__(
+            f"Auth token {token_id} {reason}. Create another admin token first, or force it "
+            "(?force=true; cthm token revoke --force); `cthm token recover` on the server's "
+            "host makes a new admin token"
+        )
         self.token_id = token_id

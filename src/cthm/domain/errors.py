@@ -2,12 +2,15 @@
 
 CthmError
 ├── InvalidInput        the request is wrong: fix the input (HTTP 400)
+│   └── MarkerNotFound  a list marker names no item the caller's listing holds
 ├── NotFound            the object does not exist, or is not visible to the caller (404)
 │   ├── RouterNotFound
 │   └── BindingNotFound
 ├── Conflict            the request clashes with stored state (409)
+│   ├── OverQuota       a binding quota would be exceeded (cthm.domain.quota)
 │   ├── BindingConflict
-│   └── NamespaceInUse
+│   ├── NamespaceInUse
+│   └── NamespaceRefused
 ├── PreconditionFailed  the caller's view is stale (412)
 └── Unavailable         a dependency is down; try again later (503)
 """
@@ -32,6 +35,15 @@ class InvalidInput(CthmError):
         super().__init__(f"Invalid input for {field}: {message}" if field else message)
         self.field = field
         self.reason = message
+
+
+class MarkerNotFound(InvalidInput):
+    """A list marker that names no item of the listing the caller may see. The message does not
+    repeat the id: every such id, unknown or another project's, gets the same answer."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__("does not match any item", field="marker")
+        self.marker = marker
 
 
 class NotFound(CthmError):
@@ -75,6 +87,16 @@ class NamespaceInUse(Conflict):
 
     def __init__(self, namespace: str, router_id: str) -> None:
         super().__init__(f"Namespace {namespace} is already used by router {router_id}")
+        self.router_id = router_id
+
+
+class NamespaceRefused(Conflict):
+    """The namespace name leads to a kernel namespace cthm must not use for this router (a
+    symlink, the host's own, one another router already has under another name)."""
+
+    def __init__(self, namespace: str, reason: str, router_id: str | None = None) -> None:
+        super().__init__(f"Namespace {namespace} refused: {reason}")
+        self.namespace = namespace
         self.router_id = router_id
 
 

@@ -16,9 +16,12 @@ class SortDir(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ListQuery:
-    """filters: field -> accepted values (any of them matches); values are already typed."""
+    """filters: field -> accepted values (any of them matches); values are already typed.
+    scope: the same form, what the caller may see at all (e.g. its project). It bounds the
+    marker as well as the items: a marker outside it is unknown, whatever the filters say."""
 
     filters: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    scope: dict[str, tuple[object, ...]] = field(default_factory=dict)
     sort: tuple[tuple[str, SortDir], ...] = ()
     limit: int | None = None
     marker: str | None = None

@@ -3,9 +3,13 @@ table `inet cthm` (which cthm alone owns in the router's namespace), parse the k
 back, and run transactions inside namespaces (in-process with libnftables, or the nft binary),
 plus an honest in-memory fake for tests above this layer. iptables: chains `cthm-PREROUTING` and
 `cthm-OUTPUT` in the raw table (iptables.py); `detect.py` chooses between them for `auto`.
+Other software's `-j CT` rules in the raw tables, and the assignments of cthm's they shadow:
+`read_raw_tables` (raw_tables.py) and `find_shadows` (foreign.py).
 
 Decisions (each checked against nft 1.0.6 on this kernel by tests/netfilter):
 - Every apply replaces the table whole in one transaction (add; delete; define).
+- The table's comment `cthm:<deployment id>` says whose it is (nft keeps a table's comment for
+  its lifetime; nft 1.0.6 leaves it out of JSON, so it is read from the text listing).
 - No assignments -> an empty `table inet cthm` (no chain: no per-packet cost);
   `read()` then equals `desired_table([])`. `delete()` removes the table (router gone).
 - One anonymous map rule per protocol (`ct helper set tcp dport map { ... }`) in a chain
@@ -30,6 +34,7 @@ from cthm.netfilter.errors import (
 )
 from cthm.netfilter.factory import RUNNER_KINDS, make_runner
 from cthm.netfilter.fake import FakeNftables, FakeRun, FakeUnsupported
+from cthm.netfilter.foreign import ForeignRule, RawTable, Shadow, find_shadows
 from cthm.netfilter.iptables import IPTABLES_FLAVOURS, IptablesBackend
 from cthm.netfilter.libnftables import LibNftablesRunner, LibraryUnavailable
 from cthm.netfilter.model import (
@@ -41,6 +46,7 @@ from cthm.netfilter.model import (
     helper_object_name,
 )
 from cthm.netfilter.parse import parse_table
+from cthm.netfilter.raw_tables import read_raw_tables
 from cthm.netfilter.render import desired_table, render, render_delete, render_probe
 from cthm.netfilter.runner import NftRunner
 from cthm.netfilter.scratch import scratch_namespace
@@ -56,6 +62,7 @@ __all__ = [
     "FakeNftables",
     "FakeRun",
     "FakeUnsupported",
+    "ForeignRule",
     "HelperObject",
     "IptablesBackend",
     "KernelTable",
@@ -70,13 +77,17 @@ __all__ = [
     "NftRunner",
     "NftablesBackend",
     "Operation",
+    "RawTable",
+    "Shadow",
     "SubprocessRunner",
     "Transaction",
     "UnsafeValue",
     "desired_table",
+    "find_shadows",
     "helper_object_name",
     "make_runner",
     "parse_table",
+    "read_raw_tables",
     "render",
     "render_delete",
     "render_probe",

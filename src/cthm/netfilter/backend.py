@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from cthm.domain import Assignment, Protocol
 from cthm.netfilter.errors import NftNotFound
-from cthm.netfilter.model import TABLE_FAMILY, TABLE_NAME, KernelTable
-from cthm.netfilter.parse import parse_table
+from cthm.netfilter.model import (
+    TABLE_FAMILY,
+    TABLE_NAME,
+    KernelTable,
+    check_owner,
+    owner_from_comment,
+)
+from cthm.netfilter.parse import parse_table, table_comment
 from cthm.netfilter.render import desired_table, render, render_delete, render_probe
 from cthm.netfilter.runner import NftRunner
 
@@ -19,8 +26,11 @@ LIST_COMMAND = f"list table {TABLE_FAMILY} {TABLE_NAME}"
 class NftablesBackend:
     label = "nftables"  # for logs: which backend did what
 
-    def __init__(self, runner: NftRunner) -> None:
+    def __init__(self, runner: NftRunner, *, owner: str | None = None) -> None:
+        """owner: the deployment id every table this backend writes is marked with (its
+        comment `cthm:<owner>`); None writes unmarked tables (tests, tools that only read)."""
         self.runner = runner
+        self.owner = check_owner(owner) if owner is not None else None
         # The last listing parsed per namespace. parse_table is a pure function of the listing
         # text, and an unchanged table lists byte-for-byte the same (handles included), so an
         # equal text gets the same (immutable) result without parsing a thousand map elements
@@ -40,6 +50,16 @@ class NftablesBackend:
         if last is not None and last[0] == text:
             return last[1]
         table = parse_table(text)
+        if table is not None and table.owner is None:
+            # nft 1.0.6 leaves the table's comment out of JSON: one text listing. Never changed
+            # in place (nft cannot alter a table's comment, and a new table has a new handle,
+            # so a new JSON text), the owner is cached with the listing like the rest.
+            try:
+                comment = table_comment(self.runner.run(namespace, LIST_COMMAND))
+            except NftNotFound:
+                self._forget(namespace)  # deleted between the two listings
+                return None
+            table = replace(table, owner=owner_from_comment(comment))
         with self._parsed_lock:
             self._parsed[namespace] = (text, table)
         return table
@@ -49,13 +69,14 @@ class NftablesBackend:
             self._parsed.pop(namespace, None)
 
     def desired(self, assignments: Sequence[Assignment]) -> KernelTable:
-        """What `read()` returns after `apply(assignments)`: `desired_table(assignments)`."""
-        return desired_table(assignments)
+        """What `read()` returns after `apply(assignments)`: `desired_table(assignments, owner)`."""
+        return desired_table(assignments, self.owner)
 
     def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None:
         """Replaces cthm's table with exactly `assignments`, in one transaction; afterwards
-        `read(namespace) == desired_table(assignments)`. Nothing else in the namespace changes."""
-        text = str(render(assignments))  # raises UnsafeValue before anything runs
+        `read(namespace) == self.desired(assignments)`, marked with this backend's owner.
+        Nothing else in the namespace changes."""
+        text = str(render(assignments, self.owner))  # raises UnsafeValue before anything runs
         self.runner.run(namespace, text)
 
     def delete(self, namespace: str) -> bool:

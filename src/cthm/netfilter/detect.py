@@ -42,8 +42,9 @@ from cthm.domain import Assignment, Protocol
 from cthm.netfilter.errors import NamespaceNotFound, NftError, NftOther, UnsafeValue
 from cthm.netfilter.iptables import IPTABLES_FLAVOURS, IptablesBackend
 from cthm.netfilter.model import KernelTable, check_namespace
-from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR, NftRunner, namespace_path
-from cthm.netfilter.subprocess_runner import run_argv, which
+from cthm.netfilter.netns import UnsafeNamespace, namespace_identity, open_namespace
+from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR, NftRunner
+from cthm.netfilter.subprocess_runner import run_in_namespace, which
 
 log = logging.getLogger(__name__)
 
@@ -434,10 +435,12 @@ def observe_namespace(
     netns_dir: Path = NETNS_DIR,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> NamespaceState | None:
-    """One namespace, read-only; None if it does not exist (any more)."""
+    """One namespace, read-only; None if it does not exist (any more) or is refused (a
+    symlink, the host's namespace: see netns.py)."""
     try:
-        namespace_path(namespace, netns_dir)
-    except (NamespaceNotFound, UnsafeValue):
+        if namespace_identity(namespace, netns_dir) is None:
+            return None
+    except (UnsafeNamespace, UnsafeValue):
         return None
     nft_table, ip_tables = False, True
     if nft is not None:
@@ -476,8 +479,14 @@ def _read_flavour(namespace: str, flavour: str, netns_dir: Path, timeout: float)
     for ipv6, exists in zip((False, True), present, strict=True):
         if exists:
             program = backend.tool("save", ipv6=ipv6)
-            argv = [which("ip"), "netns", "exec", namespace, which(program)]
-            text = run_argv(argv, program=program, namespace=namespace, stdin=None, timeout=timeout)
+            text = run_in_namespace(
+                namespace,
+                [which(program)],
+                program=program,
+                stdin=None,
+                timeout=timeout,
+                netns_dir=netns_dir,
+            )
             state = state.merged(iptables_state(text))
     return state
 
@@ -500,11 +509,7 @@ def legacy_tables(
     """The legacy (x_tables) tables that exist in the namespace, IPv4 and IPv6, as the kernel
     lists them in /proc/net/ip{,6}_tables_names there. Read in a short-lived thread that
     `setns()`s into the namespace, so nothing is spawned and nothing is created."""
-    path = namespace_path(namespace, netns_dir)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NamespaceNotFound(namespace) from None
+    fd, _ = open_namespace(namespace, netns_dir)  # checked: no symlink, not the host's
     outcome: list[tuple[frozenset[str], frozenset[str]] | BaseException] = []
 
     def peek() -> None:
@@ -555,6 +560,10 @@ class LegacyGuard:
     @property
     def label(self) -> str:
         return self.inner.label
+
+    @property
+    def owner(self) -> str | None:
+        return self.inner.owner
 
     def has_raw(self, namespace: str) -> bool:
         """Both families' legacy raw tables exist. The inner backend reads both, so with one

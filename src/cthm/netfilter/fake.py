@@ -14,7 +14,10 @@ this kernel (tests/netfilter run the same cases against real nft and the fake):
   fail with `l3proto ip6` and read back as `ip` when added with `inet`;
 - `add chain` of an existing base chain may change its policy only (else EOPNOTSUPP);
 - a dry run checks everything and commits nothing;
-- `list table F N` / `list ruleset` answer in JSON shaped as nft's (json=True only).
+- `list table F N` / `list ruleset` answer in JSON shaped as nft's (json=True), which, as nft
+  1.0.6's, leaves a table's comment out; a text listing of one table (json=False) shows only
+  its first line and its comment (all cthm reads from text);
+- a table's comment is set when the table is created, never changed by `add table`.
 
 Anything else raises FakeUnsupported (not an NftError, so no caller mistakes it for a kernel
 answer). Namespaces exist only when a test adds them (else NamespaceNotFound).
@@ -104,6 +107,7 @@ class _Table:
     family: str
     name: str
     handle: int
+    comment: str | None = None
     helpers: dict[str, _Helper] = field(default_factory=dict)
     chains: dict[str, _Chain] = field(default_factory=dict)
     last_handle: int = 0
@@ -193,8 +197,10 @@ class FakeNftables:
             if line.strip() and not line.strip().startswith("#")
         ]
         if lines and lines[0][1][0] == "list":
-            if len(lines) != 1 or not as_json:
-                raise FakeUnsupported("the fake lists one thing at a time, in JSON only")
+            if len(lines) != 1:
+                raise FakeUnsupported("the fake lists one thing at a time")
+            if not as_json:
+                return self._list_text(state, lines[0][0], lines[0][1], namespace)
             return self._list(state, lines[0][0], lines[0][1], namespace)
         work = copy.deepcopy(state)
         for line, tokens in lines:
@@ -205,6 +211,16 @@ class FakeNftables:
         if not dry_run:
             self._namespaces[namespace] = work
         return ""
+
+    def _list_text(self, state: _Namespace, line: str, tokens: list[str], namespace: str) -> str:
+        if len(tokens) != 4 or tokens[1] != "table":
+            raise FakeUnsupported("the fake lists only one table as text")
+        table = state.tables.get((tokens[2], tokens[3]))
+        if table is None:
+            error = _KernelError(_ENOENT, line)
+            raise translate_error(str(error), namespace=namespace) from error
+        comment = f'\tcomment "{table.comment}"\n' if table.comment is not None else ""
+        return f"table {table.family} {table.name} {{\n{comment}}}\n"
 
     def _list(self, state: _Namespace, line: str, tokens: list[str], namespace: str) -> str:
         if tokens[1:] == ["ruleset"]:
@@ -362,13 +378,21 @@ class _Command:
 
     def add_table(self, exclusive: bool) -> None:
         key, table = self.table(must_exist=False)
+        comment = None
+        if self.peek() == "{":
+            self.take()
+            self.take("comment")
+            comment = self.quoted()
+            self.take(";")
+            self.take("}")
         self.end()
         if table is not None:
             if exclusive:
                 raise self.fail(_EEXIST)
-            return
+            return  # nft keeps the existing table's comment
         self.state.last_table_handle += 1
-        self.state.tables[key] = _Table(key[0], key[1], self.state.last_table_handle)
+        handle = self.state.last_table_handle
+        self.state.tables[key] = _Table(key[0], key[1], handle, comment)
 
     def delete_table(self, _exclusive: bool) -> None:
         key, _table = self.table()

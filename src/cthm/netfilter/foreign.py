@@ -15,28 +15,41 @@ order, descending into user chains it jumps or goes to (Neutron's layout is one 
 deeper nesting is followed too, each chain once per path, up to MAX_DEPTH). Best effort: matches
 other than protocol and destination port (-s, -d, -i, negations, ...) are not evaluated; such a
 rule "may match" and says which conditions it has. Verdicts that end a chain early (ACCEPT,
-RETURN, a goto's return) are not followed: a rule after one is still taken as reached.
+DROP, RETURN, and a goto, whose chain's end returns past this one) are followed where their
+match is only protocol and port: a rule after one is not reached by the connections it matches.
+One with other conditions may or may not end the chain, so later rules are still taken as
+reached; and an ACCEPT or DROP inside a user chain is not carried out to the chains that called
+it (their later rules are taken as reached: a warning too many rather than one too few).
+
+`RawTable` is one family's raw table of one iptables flavour (raw_tables.read_raw_tables reads
+them); `find_shadows` judges each by the precedence of the backend it holds cthm's chains for.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from cthm.domain import Assignment, Direction
 from cthm.netfilter.iptables_model import CHAIN_BY_DIRECTION, CHAIN_BY_NAME, TABLE
+from cthm.netfilter.iptables_parse import parse_save
 
 Backend = Literal["nftables", "iptables"]
 MAX_DEPTH = 4
 _JUMPS = frozenset(("-j", "-g", "--jump", "--goto"))
+_GOTOS = frozenset(("-g", "--goto"))
+# Verdicts after which the rest of the chain is not run for the packets the rule matches.
+_ENDS_CHAIN = frozenset(("ACCEPT", "DROP", "RETURN"))
 _HOOKS = {chain.hook: chain.direction for chain in CHAIN_BY_DIRECTION.values()}
 # Options that only load a module or annotate: never a condition on the packet.
 _NEUTRAL = frozenset(("-m", "--match"))
 _NEUTRAL_MODULES = frozenset(("tcp", "udp", "comment", "multiport"))
 _PORT_OPTIONS = frozenset(("--dport", "--destination-port", "--dports", "--destination-ports"))
 PortRange = tuple[int, int]
+# Protocol (None: any) and ports (None: any) of a rule that ends the chain before another.
+Filter = tuple[str | None, tuple[PortRange, ...] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +60,8 @@ class ForeignRule:
     conditions: the other matches on the rule and on the jumps leading to it, which this module
     does not evaluate (the rule may or may not match a given connection). before_cthm: reached
     before cthm's jump in the built-in chain (always True when that chain has no jump of cthm's).
+    unreached_for: the protocol and ports of earlier rules on its path that end the chain
+    (ACCEPT, DROP, RETURN, goto): connections they match never reach this rule.
     """
 
     text: str
@@ -58,6 +73,7 @@ class ForeignRule:
     helper: str | None
     before_cthm: bool
     conditions: tuple[str, ...] = ()
+    unreached_for: tuple[Filter, ...] = ()
 
     @property
     def where(self) -> str:
@@ -69,9 +85,9 @@ class ForeignRule:
         port); `conditions` are not evaluated."""
         if assignment.direction is not self.direction:
             return False
-        if self.protocol is not None and self.protocol != assignment.protocol.value:
+        if not _covers(self.protocol, self.ports, assignment):
             return False
-        return self.ports is None or any(lo <= assignment.port <= hi for lo, hi in self.ports)
+        return not any(_covers(p, ports, assignment) for p, ports in self.unreached_for)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +98,29 @@ class Shadow:
     assignment: Assignment
     rule: ForeignRule
     effect: str
+    families: tuple[str, ...] = ()  # "IPv4", "IPv6": the raw tables it was found in
 
     @property
     def rule_text(self) -> str:
         return self.rule.text
+
+
+@dataclass(frozen=True, slots=True)
+class RawTable:
+    """One family's raw table as one iptables flavour shows it. holds_cthm: cthm's chains are
+    in it, so it is judged by the iptables backend's precedence (else by nftables': only a rule
+    that sets a helper wins; this is also how another flavour's rules are judged beside cthm's
+    iptables chains, their relative order being unknown)."""
+
+    family: str
+    flavour: str
+    rules: tuple[ForeignRule, ...]
+    holds_cthm: bool
+
+    @classmethod
+    def parse(cls, family: str, flavour: str, text: str) -> RawTable:
+        """From that family's `iptables-save -t raw` text."""
+        return cls(family, flavour, parse_foreign(text), not parse_save(text).empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +151,7 @@ class _Rule:
     match: _Match
     target: str | None
     helper: str | None
+    goto: bool = False  # -g: the chain's end returns past the chain that went to it
 
 
 def parse_foreign(text: str) -> tuple[ForeignRule, ...]:
@@ -128,10 +164,12 @@ def parse_foreign(text: str) -> tuple[ForeignRule, ...]:
         rules = chains.get(hook, [])
         ours = CHAIN_BY_DIRECTION[direction].name
         cthm_at = next((i for i, rule in enumerate(rules) if rule.target == ours), len(rules))
+        ended: tuple[Filter, ...] = ()
         for index, rule in enumerate(rules):
             found.extend(
-                _walk(chains, rule, hook, direction, _Match(), index < cthm_at, (hook,), 0)
+                _walk(chains, rule, hook, direction, _Match(), index < cthm_at, (hook,), 0, ended)
             )
+            ended = _ended_after(rule, ended)
     return tuple(found)
 
 
@@ -160,6 +198,23 @@ def shadowed(
     return shadows
 
 
+def find_shadows(assignments: Iterable[Assignment], tables: Iterable[RawTable]) -> list[Shadow]:
+    """`shadowed` over every raw table, each judged on its own (see RawTable): one Shadow per
+    (assignment, rule) with the families it was found in, sorted by assignment then rule."""
+    assignments = list(assignments)
+    found: dict[tuple[tuple[str, int, str], str], tuple[Shadow, set[str]]] = {}
+    for table in tables:
+        backend: Backend = "iptables" if table.holds_cthm else "nftables"
+        for shadow in shadowed(assignments, table.rules, backend):
+            a = shadow.assignment
+            key = ((a.protocol.value, a.port, a.direction.value), shadow.rule_text)
+            found.setdefault(key, (shadow, set()))[1].add(table.family)
+    return [
+        replace(shadow, families=tuple(sorted(families)))
+        for _, (shadow, families) in sorted(found.items(), key=lambda item: item[0])
+    ]
+
+
 def _walk(
     chains: dict[str, list[_Rule]],
     rule: _Rule,
@@ -169,6 +224,7 @@ def _walk(
     before: bool,
     path: tuple[str, ...],
     depth: int,
+    ended: tuple[Filter, ...],
 ) -> list[ForeignRule]:
     match = path_match.narrowed(rule.match)
     if match.impossible:
@@ -185,6 +241,7 @@ def _walk(
                 helper=rule.helper,
                 before_cthm=before,
                 conditions=match.conditions,
+                unreached_for=ended,
             )
         ]
     target = rule.target
@@ -193,11 +250,39 @@ def _walk(
     if depth >= MAX_DEPTH:
         return []
     found: list[ForeignRule] = []
+    inner_ended = ended
     for inner in chains[target]:
         found.extend(
-            _walk(chains, inner, hook, direction, match, before, (*path, target), depth + 1)
+            _walk(
+                chains,
+                inner,
+                hook,
+                direction,
+                match,
+                before,
+                (*path, target),
+                depth + 1,
+                inner_ended,
+            )
         )
+        inner_ended = _ended_after(inner, inner_ended)
     return found
+
+
+def _ended_after(rule: _Rule, ended: tuple[Filter, ...]) -> tuple[Filter, ...]:
+    """`ended` plus the rule's protocol and ports if it ends its chain for what it matches;
+    a rule with other conditions may not match, so it adds nothing."""
+    if not (rule.goto or rule.target in _ENDS_CHAIN) or rule.match.conditions:
+        return ended
+    return (*ended, (rule.match.protocol, rule.match.ports))
+
+
+def _covers(
+    protocol: str | None, ports: tuple[PortRange, ...] | None, assignment: Assignment
+) -> bool:
+    if protocol is not None and protocol != assignment.protocol.value:
+        return False
+    return ports is None or any(lo <= assignment.port <= hi for lo, hi in ports)
 
 
 def _chains(text: str) -> dict[str, list[_Rule]]:
@@ -234,6 +319,7 @@ def _parse_rule(line: str) -> _Rule | None:
     conditions: list[str] = []
     target: str | None = None
     helper: str | None = None
+    goto = False
     i, negate = 2, False
     while i < len(words):
         word = words[i]
@@ -242,7 +328,7 @@ def _parse_rule(line: str) -> _Rule | None:
             negate, i = True, i + 1
             continue
         if word in _JUMPS:
-            target = value
+            target, goto = value, word in _GOTOS
             rest = words[i + 2 :]
             if target == "CT" and "--helper" in rest[:-1]:
                 helper = rest[rest.index("--helper") + 1]
@@ -267,7 +353,7 @@ def _parse_rule(line: str) -> _Rule | None:
             continue
         negate = False
         i += 2
-    return _Rule(line, chain, _Match(protocol, ports, tuple(conditions)), target, helper)
+    return _Rule(line, chain, _Match(protocol, ports, tuple(conditions)), target, helper, goto)
 
 
 def _ports(value: str) -> tuple[PortRange, ...] | None:

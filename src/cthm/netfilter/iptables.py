@@ -32,9 +32,9 @@ from cthm.netfilter.iptables_render import (
     render_apply,
     render_delete,
 )
-from cthm.netfilter.model import KernelTable
+from cthm.netfilter.model import KernelTable, check_owner
 from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR, namespace_path
-from cthm.netfilter.subprocess_runner import run_argv, which
+from cthm.netfilter.subprocess_runner import run_in_namespace, which
 
 IPTABLES_FLAVOURS = ("default", "nft", "legacy")
 _FAMILIES = (False, True)  # ipv6?
@@ -47,17 +47,20 @@ class IptablesBackend:
         *,
         flavour: str = "default",
         timeout: float = DEFAULT_TIMEOUT,
+        owner: str | None = None,
     ) -> None:
         """`runner_kind` is the nftables runner used only for helper probes (made on first
         use); `flavour` picks `iptables-restore`, `iptables-nft-restore` or
-        `iptables-legacy-restore` (and the matching save and ip6tables tools)."""
+        `iptables-legacy-restore` (and the matching save and ip6tables tools); `owner` is the
+        deployment id every chain written is marked with (None: unmarked)."""
         if flavour not in IPTABLES_FLAVOURS:
             raise ValueError(f"unknown iptables flavour {flavour!r}; one of {IPTABLES_FLAVOURS}")
         self.flavour = flavour
+        self.owner = check_owner(owner) if owner is not None else None
         self.timeout = timeout
         self._runner_kind = runner_kind
         self._probe: NftablesBackend | None = None
-        # The IPv6 save runs beside the IPv4 one: each is a process (two with `ip netns exec`)
+        # The IPv6 save runs beside the IPv4 one: each is a process (two with nsenter)
         # that mostly waits, and every reconcile reads both families.
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -73,11 +76,17 @@ class IptablesBackend:
 
         Assignments (both directions) are the IPv4 chains'; IPv6 chains that do not hold
         exactly the IPv6-capable subset of them are reported as garbage, so the next apply
-        rewrites them."""
+        rewrites them. The owner is the identity every existing chain of both families is
+        marked with; None when one is unmarked or they differ (not provably one deployment's)."""
         v4, v6 = self._saved_both(namespace)
         if v4.empty and v6.empty:
             return None
         garbage = [*v4.garbage, *(f"ip6tables: {g}" for g in v6.garbage)]
+        owners = v4.owners | v6.owners
+        owner = next(iter(owners)) if len(owners) == 1 else None
+        if len(owners - {None}) > 1:
+            shown = ", ".join(sorted(o for o in owners if o is not None))
+            garbage.append(f"chains marked by different deployments: {shown}")
         if not v4.present:
             garbage.append(f"iptables: chain {CHAIN} missing in table {TABLE}")
         if not v6.present:
@@ -90,11 +99,11 @@ class IptablesBackend:
                 f"ip6tables: {len(extra)} rule(s) not in iptables, "
                 f"{len(missing)} missing (e.g. {(extra or missing)[0]})"
             )
-        return KernelTable(v4.assignments, frozenset(), tuple(garbage))
+        return KernelTable(v4.assignments, frozenset(), tuple(garbage), owner)
 
     def desired(self, assignments: Sequence[Assignment]) -> KernelTable:
         """What `read()` returns after `apply(assignments)`."""
-        return desired_iptables(assignments)
+        return desired_iptables(assignments, self.owner)
 
     def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None:
         """Makes cthm's chains hold exactly `assignments` (IPv6: the helpers that exist for it),
@@ -106,7 +115,7 @@ class IptablesBackend:
         # Both families read at once; restored one after the other (IPv4 first, as always), so
         # an IPv4 failure still leaves IPv6 untouched.
         for ipv6, saved in zip(_FAMILIES, self._saved_both(namespace), strict=True):
-            text = render_apply(for_family(wanted, ipv6=ipv6), saved)
+            text = render_apply(for_family(wanted, ipv6=ipv6), saved, self.owner)
             if text is None:
                 continue  # nothing to change: no rule is rewritten
             self._run(namespace, self.tool("restore", ipv6=ipv6), ["--noflush"], text)
@@ -163,9 +172,13 @@ class IptablesBackend:
         return parse_save(text)
 
     def _run(self, namespace: str, program: str, args: list[str], stdin: str | None) -> str:
-        """`ip netns exec NS program args`, stdin text, no shell; failures as NftError."""
-        namespace_path(namespace, NETNS_DIR)  # UnsafeValue / NamespaceNotFound first
-        argv = [which("ip"), "netns", "exec", namespace, which(program), *args]
-        return run_argv(
-            argv, program=program, namespace=namespace, stdin=stdin, timeout=self.timeout
+        """`program args` in the namespace (entered by its checked descriptor, see
+        netns.py), stdin text, no shell; failures as NftError."""
+        return run_in_namespace(
+            namespace,
+            [which(program), *args],
+            program=program,
+            stdin=stdin,
+            timeout=self.timeout,
+            netns_dir=NETNS_DIR,
         )

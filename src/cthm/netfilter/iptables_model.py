@@ -7,6 +7,11 @@ what `iptables-save` showed of them (shared by iptables_render and iptables_pars
                                                   as one and not as "nothing of ours"
     cthm-OUTPUT       jumped to from OUTPUT       output assignments; exists, with its jump,
                                                   only while output has assignments
+
+Each chain's first rule marks whose it is (the deployment identity, as nftables' table comment):
+`-A cthm-PREROUTING -m comment --comment "cthm:<deployment id>"`, a rule with no target (it
+changes nothing for a packet); the jumps are not touched to mark them, so a jump's place in
+PREROUTING/OUTPUT, which decides precedence, never moves for it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cthm.domain import Assignment, Direction
+from cthm.netfilter.model import owner_comment
 
 TABLE = "raw"
 
@@ -32,6 +38,10 @@ class IptablesChain:
         """The one jump rule to this chain, as `iptables-save` prints it without `-A`."""
         return f"{self.hook} -j {self.name}"
 
+    def marker(self, owner: str) -> str:
+        """The identity rule heading this chain, as `iptables-save` prints it without `-A`."""
+        return f'{self.name} -m comment --comment "{owner_comment(owner)}"'
+
 
 INGRESS_CHAIN = IptablesChain(Direction.INGRESS, "cthm-PREROUTING", "PREROUTING", anchor=True)
 OUTPUT_CHAIN = IptablesChain(Direction.OUTPUT, "cthm-OUTPUT", "OUTPUT", anchor=False)
@@ -45,7 +55,8 @@ class SavedChain:
     """One of cthm's chains in one family's `raw` table, as iptables-save printed it.
 
     `assignments` are its rules' (sorted by protocol and port); `jumps` are the specs (save
-    lines without `-A`) of all rules outside our chains that jump or go to it, in order.
+    lines without `-A`) of all rules outside our chains that jump or go to it, in order; `owner`
+    the deployment id its first rule marks it with (None: unmarked).
     """
 
     chain: IptablesChain
@@ -53,17 +64,20 @@ class SavedChain:
     assignments: tuple[Assignment, ...]
     jumps: tuple[str, ...]
     garbage: tuple[str, ...]
+    owner: str | None = None
 
     @property
     def empty(self) -> bool:
         """Nothing of this chain's: neither the chain nor a jump to it."""
         return not self.present and not self.jumps
 
-    def holds_exactly(self, assignments: tuple[Assignment, ...]) -> bool:
-        """Whether the chain is exactly what rendering `assignments` into it writes."""
+    def holds_exactly(self, assignments: tuple[Assignment, ...], owner: str | None = None) -> bool:
+        """Whether the chain is exactly what rendering `assignments` (marked with `owner`)
+        into it writes."""
         return (
             self.present
             and not self.garbage
+            and self.owner == owner
             and self.jumps == (self.chain.jump,)
             and self.assignments == assignments
         )
@@ -96,3 +110,8 @@ class SavedTable:
     def empty(self) -> bool:
         """Nothing of cthm's in this family."""
         return all(saved.empty for saved in self.chains)
+
+    @property
+    def owners(self) -> frozenset[str | None]:
+        """The identities its existing chains carry (None: a chain without a marker)."""
+        return frozenset(saved.owner for saved in self.chains if saved.present)

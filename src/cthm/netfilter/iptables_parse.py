@@ -3,7 +3,8 @@
 Everything else (other chains, Neutron's `neutron-l3-agent-*`, other tables) is skipped unread.
 A rule in our chains that cthm would not write, a second rule for a (protocol, port) in one chain
 (the first CT target wins in the kernel), an odd or extra jump, an empty chain that only exists
-while its direction is in use: each becomes a `garbage` description of that chain.
+while its direction is in use, an identity marker anywhere but first: each becomes a `garbage`
+description of that chain. A chain's first rule `-m comment --comment "cthm:<id>"` is its owner.
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ from cthm.netfilter.iptables_model import (
     SavedChain,
     SavedTable,
 )
+from cthm.netfilter.model import OWNER_PREFIX, owner_from_comment
 
 _RULES = {
     chain.name: re.compile(
         rf"-A {re.escape(chain.name)} -p (tcp|udp) -m \1 --dport ([1-9][0-9]{{0,4}}) "
         r"-j CT --helper ([A-Za-z0-9][A-Za-z0-9._-]{0,14})"
+    )
+    for chain in CHAINS
+}
+_MARKERS = {
+    chain.name: re.compile(
+        rf'-A {re.escape(chain.name)} -m comment --comment "{re.escape(OWNER_PREFIX)}([^"]*)"'
     )
     for chain in CHAINS
 }
@@ -49,6 +57,8 @@ def parse_save(text: str) -> SavedTable:
     found: dict[str, dict[tuple[Protocol, int], Assignment]] = {c.name: {} for c in CHAINS}
     garbage: dict[str, list[str]] = {chain.name: [] for chain in CHAINS}
     ruled: set[str] = set()
+    owners: dict[str, str] = {}
+    seen: set[str] = set()  # chains with a rule (marker or not) read so far
     for line in text.splitlines():
         if not line or line[0] == "#":
             continue
@@ -67,8 +77,16 @@ def parse_save(text: str) -> SavedTable:
             continue
         chain = CHAIN_BY_NAME.get(words[1])
         if chain is not None:
-            ruled.add(chain.name)
-            _parse_rule(line, chain, found[chain.name], garbage[chain.name])
+            first = chain.name not in seen
+            seen.add(chain.name)
+            marker = _MARKERS[chain.name].fullmatch(line)
+            if marker is None:
+                ruled.add(chain.name)
+                _parse_rule(line, chain, found[chain.name], garbage[chain.name])
+            elif first and owner_from_comment(OWNER_PREFIX + marker.group(1)) is not None:
+                owners[chain.name] = marker.group(1)
+            else:
+                garbage[chain.name].append(f"identity marker not first or malformed: {line}")
         else:
             target = _our_target(words)
             if target is not None:
@@ -81,6 +99,7 @@ def parse_save(text: str) -> SavedTable:
             found[chain.name],
             jumps[chain.name],
             garbage[chain.name],
+            owners.get(chain.name),
         )
         for chain in CHAINS
     )
@@ -104,6 +123,7 @@ def _saved_chain(
     found: dict[tuple[Protocol, int], Assignment],
     jumps: list[str],
     garbage: list[str],
+    owner: str | None,
 ) -> SavedChain:
     canonical = jumps.count(chain.jump)
     for spec in jumps:
@@ -120,7 +140,7 @@ def _saved_chain(
     if len(garbage) > _LIMIT:
         garbage[_LIMIT:] = [f"... and {len(garbage) - _LIMIT} more"]
     mine = tuple(found[key] for key in sorted(found))
-    return SavedChain(chain, present, mine, tuple(jumps), tuple(garbage))
+    return SavedChain(chain, present, mine, tuple(jumps), tuple(garbage), owner)
 
 
 def _parse_rule(

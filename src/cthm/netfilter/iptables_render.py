@@ -5,7 +5,9 @@ Layout, per family (iptables for IPv4, ip6tables for IPv6), written with `--nofl
     *raw
     :cthm-PREROUTING - [0:0]                  (declaring a chain flushes it: only ours)
     :cthm-OUTPUT - [0:0]                      (only while output has assignments)
+    -A cthm-PREROUTING -m comment --comment "cthm:<deployment id>"   (whose chain it is)
     -A cthm-PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp
+    -A cthm-OUTPUT -m comment --comment "cthm:<deployment id>"
     -A cthm-OUTPUT -p tcp -m tcp --dport 21 -j CT --helper ftp
     -A PREROUTING -j cthm-PREROUTING          (only when the jump is missing)
     -A OUTPUT -j cthm-OUTPUT                  (likewise)
@@ -31,7 +33,7 @@ from cthm.netfilter.iptables_model import (
     TABLE,
     SavedTable,
 )
-from cthm.netfilter.model import KernelTable
+from cthm.netfilter.model import KernelTable, check_owner
 from cthm.netfilter.render import desired_table
 
 # The ingress chain's names, as before directions existed.
@@ -48,9 +50,14 @@ def desired_assignments(assignments: Iterable[Assignment]) -> tuple[Assignment, 
     return desired_table(assignments).assignments
 
 
-def desired_iptables(assignments: Iterable[Assignment]) -> KernelTable:
-    """What `IptablesBackend.read()` returns after `apply(assignments)`: no helper objects."""
-    return KernelTable(assignments=desired_assignments(assignments), helpers=frozenset())
+def desired_iptables(assignments: Iterable[Assignment], owner: str | None = None) -> KernelTable:
+    """What `IptablesBackend.read()` returns after `apply(assignments)` by a backend marking
+    with `owner`: no helper objects."""
+    if owner is not None:
+        check_owner(owner)
+    return KernelTable(
+        assignments=desired_assignments(assignments), helpers=frozenset(), owner=owner
+    )
 
 
 def for_family(assignments: Sequence[Assignment], *, ipv6: bool) -> tuple[Assignment, ...]:
@@ -74,10 +81,13 @@ def _rule(chain: str, assignment: Assignment) -> str:
     )
 
 
-def render_apply(assignments: Sequence[Assignment], saved: SavedTable) -> str | None:
+def render_apply(
+    assignments: Sequence[Assignment], saved: SavedTable, owner: str | None = None
+) -> str | None:
     """Restore input making our chains hold exactly `assignments` (one family's, already
-    checked and sorted by `desired_assignments`), given what the family holds now (`saved`);
-    None when nothing needs to change.
+    checked and sorted by `desired_assignments`), each chain headed by the identity marker of
+    `owner` (none when None), given what the family holds now (`saved`); None when nothing
+    needs to change.
 
     A chain in use gets exactly one canonical jump (extra or odd jumps to it are deleted); a
     chain no longer in use is removed with every jump to it. Declaring a chain creates it, or
@@ -90,9 +100,11 @@ def render_apply(assignments: Sequence[Assignment], saved: SavedTable) -> str | 
         chain = current.chain
         wanted = tuple([a for a in assignments if a.direction is chain.direction])
         if wanted or chain.anchor:
-            if current.holds_exactly(wanted):
+            if current.holds_exactly(wanted, owner):
                 continue  # not written: no rule of it changes
             declared.append(f":{chain.name} - [0:0]")
+            if owner is not None:
+                rules.append(f"-A {chain.marker(owner)}")
             rules.extend([f"-A {_rule(chain.name, a)}" for a in wanted])
             kept = False
             for spec in current.jumps:

@@ -2,7 +2,8 @@
 
 A libnftables context binds its netlink socket to the network namespace its thread is in when
 the context is created (measured). So one dedicated worker thread does all the work: for each
-call it opens /run/netns/NAME, `setns()`s into it, uses a context created in that namespace
+call it opens /run/netns/NAME (netns.open_namespace: never through a symlink, never the host's
+namespace), `setns()`s into it, uses a context created in that namespace
 (cached: creating one costs far more than an apply), runs, and `setns()`s back to the
 namespace it started in. Callers in any thread hand their call to the worker through a queue.
 
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 
 from cthm.netfilter.errors import NamespaceNotFound, NftOther, translate_error
 from cthm.netfilter.model import check_namespace
+from cthm.netfilter.netns import open_namespace
 from cthm.netfilter.runner import NETNS_DIR
 
 LIBRARY = "libnftables.so.1"
@@ -203,13 +205,13 @@ class LibNftablesRunner:
         if time.monotonic() - self._last_prune > self._prune_interval:
             self._prune()
         try:
-            fd = os.open(self._netns_dir / namespace, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            # Checked (no symlink, not the host's namespace) and entered by this descriptor.
+            fd, identity = open_namespace(namespace, self._netns_dir)
+        except NamespaceNotFound:
             self._forget(namespace)
-            raise NamespaceNotFound(namespace) from None
+            raise
         try:
-            info = os.fstat(fd)
-            key = (namespace, info.st_dev, info.st_ino)
+            key = (namespace, identity.dev, identity.ino)
             self._forget(namespace, keep=key)
             try:
                 _setns(self._library, fd)
@@ -266,7 +268,7 @@ class LibNftablesRunner:
         for key in list(self._contexts):
             name, dev, ino = key
             try:
-                info = os.stat(self._netns_dir / name)
+                info = os.lstat(self._netns_dir / name)  # a symlink now: not the same inode
             except OSError:
                 info = None
             if info is None or (info.st_dev, info.st_ino) != (dev, ino):

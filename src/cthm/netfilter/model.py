@@ -47,6 +47,11 @@ CHAIN_POLICY = "accept"
 # pptp, snmp, netbios-ns) are accepted with it (`ip6` fails) and read back as `ip`.
 RENDERED_L3PROTO = "inet"
 
+# The deployment identity every table or chain cthm writes carries: nftables' table comment and
+# iptables' marker rule say `cthm:<deployment id>` (a uuid4 kept in the database). Plain words
+# only: it goes into nft text and restore input.
+OWNER_PREFIX = "cthm:"
+_OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # The kernel's helper names are at most 15 characters (NF_CT_HELPER_NAME_LEN 16 with NUL).
 _HELPER_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
 _IPV4_ONLY = frozenset(spec.name for spec in KERNEL_HELPERS if not spec.ipv6)
@@ -126,6 +131,29 @@ def check_assignment(value: object) -> Assignment:
     return value
 
 
+def check_owner(value: object) -> str:
+    """A deployment id safe inside a quoted nft comment and an iptables comment match."""
+    if not isinstance(value, str) or not _OWNER.fullmatch(value):
+        raise UnsafeValue(
+            f"deployment id {shown(value)} is not 1-64 letters, digits, '.', '_', '-' starting "
+            "with a letter or digit"
+        )
+    return value
+
+
+def owner_comment(owner: str) -> str:
+    """The comment that marks kernel state as this deployment's: `cthm:<deployment id>`."""
+    return OWNER_PREFIX + check_owner(owner)
+
+
+def owner_from_comment(comment: object) -> str | None:
+    """The deployment id a comment names; None for any other comment (not cthm's mark)."""
+    if not isinstance(comment, str) or not comment.startswith(OWNER_PREFIX):
+        return None
+    owner = comment[len(OWNER_PREFIX) :]
+    return owner if _OWNER.fullmatch(owner) else None
+
+
 def helper_object_name(helper_type: str, protocol: Protocol) -> str:
     """The object's name, from its content: `add` of an existing name is a silent no-op in nft,
     so a name must never stand for two definitions.
@@ -158,12 +186,17 @@ class KernelTable:
     `garbage` describes, for people, anything in the table that cthm would not render (an
     extra rule or chain, a chain with the wrong hook/priority/policy, an empty chain, an
     unknown object); the next apply removes it. Two tables are equal when the kernel behaves
-    the same for cthm.
+    the same for cthm and they carry the same deployment identity.
+
+    `owner`: the deployment id the state is marked with (`cthm:<id>`), None when it carries none
+    (written by a cthm before identities, or by hand): the orphan sweep deletes only state
+    marked with its own deployment's id, and an apply marks (rewrites) a table that lacks it.
     """
 
     assignments: tuple[Assignment, ...]
     helpers: frozenset[HelperObject]
     garbage: tuple[str, ...] = ()
+    owner: str | None = None
 
     @property
     def clean(self) -> bool:

@@ -4,12 +4,15 @@ The map rules of chain prerouting read back as ingress assignments, those of cha
 output assignments. Everything in cthm's table that `render` would not have written (another
 chain, a chain with another hook, priority or policy, an empty chain) is described in `garbage`
 rather than ignored, so the caller sees the table is not clean and the next apply removes it.
-Items of other tables (as in `nft -j list ruleset`) are skipped: they are not ours.
+Items of other tables (as in `nft -j list ruleset`) are skipped: they are not ours. The table's
+comment `cthm:<deployment id>` is its `owner` (from the JSON where nft shows it, else from the
+text listing: `table_comment`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from cthm.domain import Assignment, Direction, Protocol
@@ -21,10 +24,16 @@ from cthm.netfilter.model import (
     TABLE_NAME,
     HelperObject,
     KernelTable,
+    owner_from_comment,
 )
 
 _RULE_KEYS = frozenset({"family", "table", "chain", "handle", "expr"})
-_TABLE_KEYS = frozenset({"family", "name", "handle"})
+# "comment": nft from 1.0.7 shows the table's comment (cthm's identity mark) in JSON; 1.0.6 does
+# not, and the backend reads it from the text listing (table_comment).
+_TABLE_KEYS = frozenset({"family", "name", "handle", "comment"})
+_TEXT_COMMENT = re.compile(
+    rf'^table {TABLE_FAMILY} {TABLE_NAME} \{{\n[ \t]*comment "([^"\n]*)"$', re.MULTILINE
+)
 
 
 class _Unexpected(Exception):
@@ -56,6 +65,7 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
     """cthm's table from nft's JSON listing; None when the listing holds no such table."""
     items = _loads(nft_json_text)
     table_seen = False
+    owner: str | None = None
     garbage: list[str] = []
     helpers: dict[str, HelperObject] = {}
     chains: list[dict[str, Any]] = []
@@ -67,6 +77,7 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
         if kind == "table":
             if _ours(body):
                 table_seen = True
+                owner = owner_from_comment(body.get("comment"))
                 extra = sorted(set(body) - _TABLE_KEYS)
                 if extra:
                     garbage.append(f"table has attributes cthm does not set: {', '.join(extra)}")
@@ -131,7 +142,15 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
         assignments=tuple(item[3] for item in keyed),
         helpers=frozenset(helpers.values()),
         garbage=tuple(garbage),
+        owner=owner,
     )
+
+
+def table_comment(nft_text: str) -> str | None:
+    """The comment of cthm's table from nft's text listing (`list table inet cthm`), where nft
+    1.0.6 shows it (its JSON does not); None when the table has none."""
+    match = _TEXT_COMMENT.search(nft_text)
+    return match.group(1) if match else None
 
 
 def _helper(body: dict[str, Any]) -> HelperObject | None:

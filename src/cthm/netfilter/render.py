@@ -2,16 +2,16 @@
 
     add table inet cthm          (so the delete below never fails)
     delete table inet cthm       (drops rules before objects: no EBUSY, no stale object)
-    add table inet cthm
+    add table inet cthm { comment "cthm:<deployment id>"; }    (whose table it is)
     add ct helper ...            (one per (type, protocol), sorted by name; shared by chains)
     add chain inet cthm prerouting { ... }     (only if ingress has assignments)
     add rule ... map { ... }     (one per protocol that has assignments: tcp, then udp)
     add chain inet cthm output { ... }         (only if output has assignments)
     add rule ... map { ... }     (likewise)
 
-A table with only ingress assignments is exactly the layout from before directions existed, so
-an upgrade rewrites nothing. nft runs the whole text as one all-or-nothing transaction. With no
-assignments the result is
+A table with only ingress assignments is exactly the layout from before directions existed (a
+table from before deployment identities lacks only the comment: its next apply marks it).
+nft runs the whole text as one all-or-nothing transaction. With no assignments the result is
 an empty `table inet cthm` (no chain, so no per-packet cost): `read()` then returns an empty
 KernelTable, which is `desired_table([])`. Deleting the table is `render_delete()`, for a
 router that is gone.
@@ -30,6 +30,7 @@ from cthm.netfilter.model import (
     check_assignment,
     check_direction,
     check_helper_type,
+    check_owner,
     check_port,
     check_protocol,
     expected_l3proto,
@@ -76,9 +77,10 @@ def _name_order(name: str) -> tuple[str, str]:
     return (name.casefold(), name)
 
 
-def render(assignments: Iterable[Assignment]) -> Transaction:
-    """The transaction that makes cthm's table hold exactly `assignments`. Never raises: an
-    invalid input is kept in the transaction and raised when its text is asked for."""
+def render(assignments: Iterable[Assignment], owner: str | None = None) -> Transaction:
+    """The transaction that makes cthm's table hold exactly `assignments`, marked with the
+    deployment id `owner` (its comment; none when None). Never raises: an invalid input is kept
+    in the transaction and raised when its text is asked for."""
     tx = Transaction()
     try:
         wanted = _normalized(assignments)
@@ -87,7 +89,7 @@ def render(assignments: Iterable[Assignment]) -> Transaction:
         return tx
     tx.add_table()
     tx.delete_table()
-    tx.add_table()
+    tx.add_table(owner)  # the table is created here: the comment is set (and only ever here)
     if not wanted:
         return tx
     kinds = {(a.helper, a.protocol) for a in wanted}
@@ -132,15 +134,18 @@ def render_probe(kinds: Iterable[tuple[str, Protocol]]) -> Transaction:
     return tx
 
 
-def desired_table(assignments: Iterable[Assignment]) -> KernelTable:
-    """What `NftablesBackend.read()` returns after `apply(assignments)` succeeded.
+def desired_table(assignments: Iterable[Assignment], owner: str | None = None) -> KernelTable:
+    """What `NftablesBackend.read()` returns after `apply(assignments)` succeeded (with the
+    backend's `owner`).
 
-    Raises UnsafeValue for assignments `render` would refuse.
+    Raises UnsafeValue for assignments or an owner `render` would refuse.
     """
     wanted = _normalized(assignments)
+    if owner is not None:
+        check_owner(owner)
     kinds = {(a.helper, a.protocol) for a in wanted}
     helpers = frozenset(
         HelperObject(helper_object_name(kind, protocol), kind, protocol, expected_l3proto(kind))
         for kind, protocol in kinds
     )
-    return KernelTable(assignments=tuple(wanted), helpers=helpers, garbage=())
+    return KernelTable(assignments=tuple(wanted), helpers=helpers, garbage=(), owner=owner)

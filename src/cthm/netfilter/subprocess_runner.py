@@ -1,7 +1,11 @@
-"""Running the real `nft` binary inside a namespace: `ip netns exec NS nft -f -`, ruleset on stdin.
+"""Running the real `nft` binary inside a namespace: `nsenter --net=/proc/self/fd/N nft -f -`,
+ruleset on stdin.
 
-No shell, ever: argv is a list and the namespace name has passed `check_namespace`. `nft` (and
-`ip`) are looked up on PATH at each call, so a changed PATH takes effect at once. With `-j`,
+The namespace is opened and checked first (`netns.open_namespace`: no symlink, not the host's)
+and entered by that descriptor, passed to nsenter: `ip netns exec NAME` would open the name
+again, following symlinks. No shell, ever: argv is a list and the namespace name has passed
+`check_namespace`. `nft` (and `nsenter`) are looked up on PATH at each call, so a changed PATH
+takes effect at once. With `-j`,
 nft 1.0.6 reads `-f` input as JSON, so JSON listings pass the command as argv words instead
 (`nft -j list table inet cthm`); those words must be plain.
 """
@@ -16,7 +20,8 @@ from pathlib import Path
 
 from cthm.netfilter.errors import NftOther, UnsafeValue, translate_error
 from cthm.netfilter.model import shown
-from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR, namespace_path
+from cthm.netfilter.netns import open_namespace
+from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR
 
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -26,10 +31,10 @@ class SubprocessRunner:
         self.timeout = timeout
         self._netns_dir = netns_dir
 
-    def argv(self, namespace: str, commands: str, *, json: bool, dry_run: bool) -> list[str]:
-        """The exact argv `run` executes (stdin is `commands` unless json)."""
-        ip, nft = which("ip"), which("nft")
-        argv = [ip, "netns", "exec", namespace, nft]
+    def argv(self, fd: int, commands: str, *, json: bool, dry_run: bool) -> list[str]:
+        """The exact argv `run` executes in the namespace open as `fd` (stdin is `commands`
+        unless json)."""
+        argv = [*enter_argv(fd), which("nft")]
         if dry_run:
             argv.append("-c")
         if json:
@@ -42,22 +47,62 @@ class SubprocessRunner:
     def run(
         self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
     ) -> str:
-        namespace_path(namespace, self._netns_dir)
-        argv = self.argv(namespace, commands, json=json, dry_run=dry_run)
-        return run_argv(
-            argv,
-            program="nft",
-            namespace=namespace,
-            stdin=None if json else commands,
-            timeout=self.timeout,
-        )
+        fd, _ = open_namespace(namespace, self._netns_dir)
+        try:
+            return run_argv(
+                self.argv(fd, commands, json=json, dry_run=dry_run),
+                program="nft",
+                namespace=namespace,
+                stdin=None if json else commands,
+                timeout=self.timeout,
+                pass_fds=(fd,),
+            )
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Nothing to release: each call is its own process."""
 
 
+def enter_argv(fd: int) -> list[str]:
+    """The argv prefix that runs a program in the network namespace open as `fd` (which the
+    caller passes to the child with `pass_fds`)."""
+    return [which("nsenter"), f"--net=/proc/self/fd/{fd}", "--"]
+
+
+def run_in_namespace(
+    namespace: str,
+    argv: list[str],
+    *,
+    program: str,
+    stdin: str | None,
+    timeout: float,
+    netns_dir: Path = NETNS_DIR,
+) -> str:
+    """`run_argv` of argv inside the namespace, entered by the descriptor `open_namespace`
+    checked (NamespaceNotFound, UnsafeNamespace before anything runs)."""
+    fd, _ = open_namespace(namespace, netns_dir)
+    try:
+        return run_argv(
+            [*enter_argv(fd), *argv],
+            program=program,
+            namespace=namespace,
+            stdin=stdin,
+            timeout=timeout,
+            pass_fds=(fd,),
+        )
+    finally:
+        os.close(fd)
+
+
 def run_argv(
-    argv: list[str], *, program: str, namespace: str, stdin: str | None, timeout: float
+    argv: list[str],
+    *,
+    program: str,
+    namespace: str,
+    stdin: str | None,
+    timeout: float,
+    pass_fds: tuple[int, ...] = (),
 ) -> str:
     """Runs a netfilter tool's argv (no shell) and returns its stdout; every failure is
     translated in one place into the NftError hierarchy, carrying the tool's message."""
@@ -73,6 +118,7 @@ def run_argv(
             timeout=timeout,
             env=env,
             check=False,
+            pass_fds=pass_fds,
         )
     except subprocess.TimeoutExpired as exc:
         message = f"{program} did not finish within {timeout:g} s in namespace {namespace}"

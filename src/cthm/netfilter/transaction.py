@@ -25,6 +25,7 @@ from cthm.netfilter.model import (
     check_port,
     check_protocol,
     helper_object_name,
+    owner_comment,
     shown,
 )
 
@@ -38,8 +39,14 @@ class Verb(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Table:
+    """The table; `comment` (set only where the table is created) marks whose it is."""
+
+    comment: str | None = None
+
     def text(self) -> str:
-        return f"table {_TABLE}"
+        if self.comment is None:
+            return f"table {_TABLE}"
+        return f'table {_TABLE} {{ comment "{self.comment}"; }}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +141,16 @@ class Transaction:
         if self._error is None:
             self._operations.append(Operation(verb, obj))
 
-    def add_table(self) -> None:
-        self._append(Verb.ADD, Table())
+    def add_table(self, owner: str | None = None) -> None:
+        """Adds the table; `owner` (a deployment id) becomes its comment `cthm:<owner>`. nft
+        keeps the comment of a table that exists: only a table this transaction creates gets
+        it."""
+        try:
+            comment = owner_comment(owner) if owner is not None else None
+        except UnsafeValue as exc:
+            self.fail(exc)
+            return
+        self._append(Verb.ADD, Table(comment))
 
     def delete_table(self) -> None:
         self._append(Verb.DELETE, Table())

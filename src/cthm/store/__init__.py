@@ -1,6 +1,7 @@
 """Persistent desired state: SQLAlchemy tables, Alembic migrations, repository, unit of work."""
 
 from cthm.store.audit import AuditContext, AuditLog
+from cthm.store.deployment import deployment_id
 from cthm.store.repository import BINDING_FIELDS, ROUTER_FIELDS, Repository
 from cthm.store.store import Store
 from cthm.store.tokens import TokenStore
@@ -13,4 +14,5 @@ __all__ = [
     "Repository",
     "Store",
     "TokenStore",
+    "deployment_id",
 ]

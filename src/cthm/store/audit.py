@@ -135,16 +135,23 @@ class AuditLog:
         outcome: str = "success",
         status_code: int = 200,
         detail: str = "",
+        context: AuditContext | None = None,
+        time: datetime | None = None,
+        event_id: str | None = None,
     ) -> None:
         """Adds one row to this transaction (flushed now, so a refused insert fails the change).
 
         Without a context (a change made outside a request), request_id is "" and token_id and
-        project_id are None.
+        project_id are None. context and time: whose and when, for an event recorded later than
+        it happened (denied attempts, written in batches); default: this unit's, now.
+        event_id: the row's id when the caller needs to know it in advance (default: a new one).
         """
-        context = self.context or AuditContext(request_id="", token_id=None, project_id=None)
+        context = (
+            context or self.context or AuditContext(request_id="", token_id=None, project_id=None)
+        )
         row = AuditEventRow(
-            id=str(uuid.uuid4()),
-            time=_now(),
+            id=event_id or str(uuid.uuid4()),
+            time=time or _now(),
             request_id=_bounded("request_id", context.request_id) or "",
             token_id=_bounded("token_id", context.token_id),
             project_id=_bounded("project_id", context.project_id),
@@ -161,6 +168,18 @@ class AuditLog:
         self._session.add(row)
         self._session.flush()
         self._recorded.append(row)
+
+    def update_summary(self, event_id: str, *, after: dict[str, Any], detail: str) -> bool:
+        """Rewrites the `after` and `detail` of the event `event_id` (a summary of repeated
+        denials, recounted as they come); False if there is no such event."""
+        row = self._session.get(AuditEventRow, event_id)
+        if row is None:
+            return False
+        row.after = after
+        row.detail = _bounded("detail", detail) or ""
+        self._session.flush()
+        self._recorded.append(row)
+        return True
 
     def committed_events(self) -> list[dict[str, Any]]:
         """The recorded rows as events; call only after the transaction committed."""

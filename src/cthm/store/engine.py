@@ -7,20 +7,30 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from cthm.store.sqlite_file import SqliteFile
+
 # Execution option that marks a connection as about to write (SQLite: BEGIN IMMEDIATE).
 WRITE_OPTION = "cthm_write"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, sqlite_file: SqliteFile | None = None) -> Engine:
+    """sqlite_file: the file an SQLite URL names; its connections are made only through it
+    (never creating the file, never opening another file found at its path)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-    _configure_sqlite(engine)
+    _configure_sqlite(engine, sqlite_file)
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, sqlite_file: SqliteFile | None) -> None:
+    if sqlite_file is not None:
+
+        @event.listens_for(engine, "do_connect")
+        def _do_connect(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> Any:
+            return sqlite_file.connect(**params)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred and

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from cthm.domain import InvalidInput, ListQuery, SortDir
+from cthm.domain import InvalidInput, ListQuery, MarkerNotFound, SortDir
 
 Columns = dict[str, InstrumentedAttribute[Any]]
 
@@ -19,8 +19,12 @@ def columns_of(model: type[Any], fields: tuple[str, ...]) -> Columns:
 def apply_query(
     session: Session, statement: Select[Any], columns: Columns, query: ListQuery
 ) -> Select[Any]:
-    # The caller's scope (e.g. one router's bindings): a marker outside it is unknown, or a
-    # caller could probe the ids of other routers' (and projects') items.
+    # The caller's scope (the store's own conditions, e.g. one router's bindings, and the
+    # query's, e.g. one project): a marker outside it is unknown, or a caller could probe the
+    # ids of other routers' and projects' items and, sorting on a field, learn their values.
+    for field, values in query.scope.items():
+        column = _column(columns, field, "scope")
+        statement = statement.where(column.in_([_stored(v) for v in values]))
     scope = statement.whereclause
     for field, values in query.filters.items():
         column = _column(columns, field, "filter")
@@ -39,9 +43,7 @@ def apply_query(
             lookup = lookup.where(scope)
         marker_values = session.execute(lookup).first()
         if marker_values is None:
-            raise InvalidInput(
-                f"marker {query.marker[:40]!r} does not match any item", field="marker"
-            )
+            raise MarkerNotFound(query.marker)
         statement = statement.where(_after(sort, tuple(marker_values)))
 
     statement = statement.order_by(*[c.asc() if d is SortDir.ASC else c.desc() for c, d in sort])

@@ -6,18 +6,21 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cthm.domain import (
+    UNLIMITED,
     BindingConflict,
     BindingNotFound,
+    BindingQuota,
     Conflict,
     Direction,
     HelperBinding,
     ListQuery,
     NamespaceInUse,
+    OverQuota,
     Protocol,
     Router,
     RouterNotFound,
@@ -26,6 +29,7 @@ from cthm.domain import (
     validate_status_reason,
 )
 from cthm.store.audit import AuditContext, AuditLog
+from cthm.store.deployment import create_deployment_id, read_deployment_id
 from cthm.store.listing import apply_query, columns_of
 from cthm.store.tables import BindingRow, RouterRow, RouterTombstoneRow
 from cthm.store.tokens import TokenStore
@@ -189,6 +193,13 @@ class Repository:
     def get_router(self, router_id: str) -> Router:
         return _router(self._router_row(router_id))
 
+    def router_project(self, router_id: str) -> str | None:
+        """The project of a router, None if there is no such router. One query that returns one
+        row either way (a scalar subquery), so an existing id and an unknown one cost the same."""
+        owner = select(RouterRow.project_id).where(RouterRow.id == router_id).scalar_subquery()
+        project_id: str | None = self._session.execute(select(owner)).scalar_one()
+        return project_id
+
     def list_routers(self, query: ListQuery) -> list[Router]:
         statement = apply_query(
             self._session, select(RouterRow), columns_of(RouterRow, ROUTER_FIELDS), query
@@ -244,12 +255,27 @@ class Repository:
             delete(RouterTombstoneRow).where(RouterTombstoneRow.router_id == router_id)
         )
 
+    # --- deployment identity -------------------------------------------------------------
+
+    def deployment_id(self) -> str | None:
+        """This database's deployment id (None if the row is missing; see store/deployment.py)."""
+        return read_deployment_id(self._session)
+
+    def create_deployment_id(self) -> str:
+        return create_deployment_id(self._session)
+
     # --- bindings ------------------------------------------------------------------------
 
-    def add_binding(self, binding: HelperBinding) -> HelperBinding:
+    def add_binding(
+        self, binding: HelperBinding, *, quota: BindingQuota | None = None
+    ) -> HelperBinding:
+        """quota: the limits of the router's project, checked in this transaction (None: none;
+        the API always gives one). OverQuota if the binding would exceed one."""
         router_row = self._router_row(binding.router_id)
         taken = (binding.router_id, binding.protocol, binding.port, binding.direction)
         self._raise_if_taken(*taken, exclude=None)
+        if quota is not None and not quota.unlimited:
+            self._check_binding_quota(router_row, quota)
         now = _now()
         row = BindingRow(
             id=binding.id,
@@ -505,6 +531,32 @@ class Repository:
         row.updated_at = _now()
         self._session.flush()
         self.changed_routers.add(row.id)
+
+    def _check_binding_quota(self, router_row: RouterRow, quota: BindingQuota) -> None:
+        """Counts inside the create's own transaction, after serializing the creates that could
+        race: SQLite's writers already queue (BEGIN IMMEDIATE, before the first read); elsewhere
+        the project's router rows are locked first (SELECT ... FOR UPDATE, in id order so two
+        creates cannot deadlock; SQLite has no FOR UPDATE and SQLAlchemy leaves it out)."""
+        project_id = router_row.project_id
+        self._session.execute(
+            select(RouterRow.id)
+            .where(RouterRow.project_id == project_id)
+            .order_by(RouterRow.id)
+            .with_for_update()
+        ).all()
+        counted = select(func.count()).select_from(BindingRow)
+        if quota.per_router != UNLIMITED:
+            on_router = self._session.scalar(counted.where(BindingRow.router_id == router_row.id))
+            if (on_router or 0) >= quota.per_router:
+                raise OverQuota(
+                    "quota_bindings_per_router", quota.per_router, f"router {router_row.id}"
+                )
+        if quota.per_project != UNLIMITED:
+            in_project = self._session.scalar(counted.where(BindingRow.project_id == project_id))
+            if (in_project or 0) >= quota.per_project:
+                raise OverQuota(
+                    "quota_bindings_per_project", quota.per_project, f"project {project_id}"
+                )
 
     def _raise_if_taken(
         self,

@@ -108,6 +108,19 @@ class RouterTombstoneRow(Base):
     deleted_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
+class DeploymentRow(Base):
+    """This database's deployment identity: one row (singleton = 1), made by migration 0005 or,
+    if missing, at first use (store/deployment.py). Every table or chain cthm writes into the
+    kernel carries it, so a deployment never takes another one's kernel state for its own."""
+
+    __tablename__ = "deployment"
+    __table_args__ = (CheckConstraint("singleton = 1", name="ck_deployment_singleton"),)
+
+    singleton: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    deployment_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
 class TokenRow(Base):
     """An API token. Only a hash of the secret is stored; the secret is shown once at creation."""
 

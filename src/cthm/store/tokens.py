@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from cthm.domain import (
     AuthToken,
     InvalidInput,
+    LastAdminToken,
     ListQuery,
     Role,
     TokenNotFound,
@@ -61,6 +62,16 @@ def _token(row: TokenRow) -> AuthToken:
         revoked_at=row.revoked_at,
         created_by=row.created_by,
     )
+
+
+def _lasts_as_long(other: AuthToken, target: AuthToken) -> bool:
+    if other.expires_at is None:
+        return True
+    return target.expires_at is not None and other.expires_at >= target.expires_at
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _aware(value: datetime, field: str) -> datetime:
@@ -125,13 +136,67 @@ class TokenStore:
         )
         return [_token(row) for row in self._session.scalars(statement)]
 
-    def revoke(self, token_id: str, now: datetime) -> AuthToken:
-        """Revokes the token from `now` on; a token revoked before keeps its first revocation."""
+    def revoke(self, token_id: str, now: datetime, *, force: bool = False) -> AuthToken:
+        """Revokes the token from `now` on; a token revoked before keeps its first revocation.
+
+        LastAdminToken (unless `force`) when this would end admin access sooner: the token is
+        an active admin token and no other active admin token lasts as long (see
+        `_keep_admin_access`)."""
+        now = _aware(now, "now")
         row = self._row(token_id)
         if row.revoked_at is None:
-            row.revoked_at = _aware(now, "now")
+            if not force:
+                self._keep_admin_access(row, now)
+            row.revoked_at = now
             self._session.flush()
         return _token(row)
+
+    def active_admins(self, now: datetime, *, lock: bool = False) -> tuple[AuthToken, ...]:
+        """The admin tokens usable at `now`. lock: their rows stay locked until the unit of work
+        ends (SELECT ... FOR UPDATE where the database has it; SQLite's write transaction is
+        BEGIN IMMEDIATE and already excludes every other writer)."""
+        statement = select(TokenRow).where(TokenRow.revoked_at.is_(None)).order_by(TokenRow.id)
+        if lock:
+            # Ordered by id, so two revocations lock in the same order and cannot deadlock; on
+            # PostgreSQL the waiting one re-reads the rows, and a row revoked meanwhile drops out.
+            statement = statement.with_for_update()
+        tokens = (_token(row) for row in self._session.scalars(statement))
+        return tuple(t for t in tokens if Role.ADMIN in t.roles and t.usable_at(now))
+
+    def admin_access_end(self, now: datetime) -> datetime | None:
+        """When the last active admin token stops working: None if one never expires, `now` if
+        none is active (nobody can administer cthm without `cthm token recover`)."""
+        ends = [t.expires_at for t in self.active_admins(now)]
+        if not ends:
+            return now
+        if None in ends:
+            return None
+        return max(e for e in ends if e is not None)
+
+    def _keep_admin_access(self, row: TokenRow, now: datetime) -> None:
+        """The rule: a revocation must not bring the end of admin access closer. Revoking an
+        active admin token needs another active admin token that lasts at least as long (never
+        expires, or expires no earlier). So the last admin token cannot go, and neither can the
+        last one without an expiry while the others expire: that would only delay the lockout.
+
+        The check and the revocation are one transaction, with the rows it read locked: two
+        concurrent revocations of the last two admin tokens cannot both pass."""
+        admins = self.active_admins(now, lock=True)
+        target = next((t for t in admins if t.id == row.id), None)
+        if target is None:  # not an admin token, or no longer usable: nothing to protect
+            return
+        others = [t for t in admins if t.id != target.id]
+        if any(_lasts_as_long(other, target) for other in others):
+            return
+        if not others:
+            raise LastAdminToken(target.id, "is the last active admin token")
+        ends = max(t.expires_at for t in others if t.expires_at is not None)
+        lasts = "never expires" if target.expires_at is None else "lasts longest"
+        raise LastAdminToken(
+            target.id,
+            f"is the admin token that {lasts}: without it admin access ends at "
+            f"{_iso(ends)}, when the other admin tokens expire",
+        )
 
     def count(self) -> int:
         return int(self._session.scalar(select(func.count()).select_from(TokenRow)) or 0)

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +143,17 @@ _CATALOG = HelperCatalog()
 
 
 def kernel_table(namespace: str) -> KernelTable | None:
-    """cthm's table in the namespace as the kernel holds it (None: no table)."""
-    return _BACKEND.read(namespace)
+    """cthm's table in the namespace as the kernel holds it (None: no table), its deployment
+    identity left out: the suite compares what the table does (`kernel_owner` reads whose)."""
+    table = _BACKEND.read(namespace)
+    return replace(table, owner=None) if table is not None else None
+
+
+def kernel_owner(namespace: str) -> str | None:
+    """The deployment id cthm's table in the namespace is marked with (None: none, or no
+    table)."""
+    table = _BACKEND.read(namespace)
+    return table.owner if table is not None else None
 
 
 def desired_kernel_table(bindings: Iterable[Binding]) -> KernelTable:

@@ -26,11 +26,11 @@ TOKEN_HEADER = "X-Auth-Token"  # noqa: S105 (a header name)
 def clean_env(**extra: str) -> dict[str, str]:
     """The caller's environment without any CTHM_* setting, plus `extra`.
 
-    A server started by a test must never take another cthm's tables (a live service's, or a
-    parallel test run's) for orphans and delete them: the sweep is off unless `extra` says so.
+    The orphan sweep stays on (the default): it deletes only kernel state marked with the
+    server's own deployment identity, which a test server's fresh database shares with no other
+    cthm (a live service's, or a parallel test run's).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTHM_")}
-    env["CTHM_SWEEP_ORPHANS"] = "false"
     env.update(extra)
     return env
 

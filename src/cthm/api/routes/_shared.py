@@ -3,7 +3,8 @@ If-Match revisions and JSON responses."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import Request, Response
@@ -19,6 +20,7 @@ from cthm.domain import (
     HelperBinding,
     InvalidInput,
     ListQuery,
+    MarkerNotFound,
     NotFound,
     PreconditionFailed,
     Router,
@@ -76,11 +78,19 @@ def load_binding(
 
 
 def _visible_router(repo: Repository, principal: Principal, router_id: str, action: str) -> Router:
-    router = repo.get_router(path_id(router_id, RouterNotFound))
-    if not policy.can_see(principal, router.project_id):
-        # never 403: that would say the router exists; recorded as a denied attempt
-        raise HiddenRouter(router.id, action, router.project_id)
-    return router
+    checked = path_id(router_id, RouterNotFound)
+    scope = policy.list_scope(principal)  # None: the principal sees every project
+    if scope is not None:
+        # Another project's router and an unknown id take the same path: one query that returns
+        # one row either way, then the same answer, so neither the answer nor its time tells
+        # them apart (the denied event is only queued, see cthm.api.audit).
+        owner = repo.router_project(checked)
+        if owner is None:
+            raise RouterNotFound(checked)
+        if owner != scope:
+            # never 403: that would say the router exists; recorded as a denied attempt
+            raise HiddenRouter(checked, action, owner)
+    return repo.get_router(checked)
 
 
 class HiddenBinding(Denial, BindingNotFound):
@@ -93,6 +103,43 @@ class HiddenBinding(Denial, BindingNotFound):
         self.target_type = "conntrack_helper"
         self.target_id = binding_id
         self.target_project_id = project_id
+
+
+class HiddenMarker(Denial, MarkerNotFound):
+    """A list marker naming an item of a project the principal may not see: answered exactly
+    as an unknown marker, recorded as a denied attempt."""
+
+    def __init__(self, marker: str, action: str, target_type: str, project_id: str) -> None:
+        super().__init__(marker)
+        self.action = action
+        self.target_type = target_type
+        self.target_id = marker
+        self.target_project_id = project_id
+
+
+@contextmanager
+def marker_probes(
+    principal: Principal,
+    action: str,
+    target_type: str,
+    project_of: Callable[[str], str | None],
+) -> Iterator[None]:
+    """Around a listing: a marker the store did not find among what the caller may see is
+    looked up everywhere (only on this error path); if it names another project's item, the
+    same error becomes a denied attempt. project_of: the item's project, None if no such item."""
+    try:
+        yield
+    except MarkerNotFound as error:
+        project_id = project_of(error.marker)
+        if project_id is not None and not policy.can_see(principal, project_id):
+            raise HiddenMarker(error.marker, action, target_type, project_id) from None
+        raise
+
+
+def binding_project(repo: Repository, binding_id: str) -> str | None:
+    """The project of the binding with this id, on any router; None if there is none."""
+    found = repo.list_bindings(ListQuery(filters={"id": (binding_id,)}))
+    return found[0].project_id if found else None
 
 
 def check_revision(expected: int | None, current: int) -> None:

@@ -46,7 +46,7 @@ from cthm.api.query import (
 )
 from cthm.api.routes._shared import FORBIDDEN, list_response, path_id, respond
 from cthm.api.schemas import Link, format_timestamp
-from cthm.domain import InvalidInput, ListQuery, NotFound, SortDir
+from cthm.domain import ListQuery, MarkerNotFound, NotFound, SortDir
 
 AGENT_TYPE = "cthm conntrack helper agent"
 BINARY = "cthm"
@@ -88,6 +88,12 @@ class AgentSnapshotView(TypingProtocol):
 
     @property
     def resync_interval(self) -> float: ...
+
+    @property
+    def deployment_id(self) -> str | None: ...
+
+    @property
+    def unclaimed(self) -> Mapping[str, str | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +147,15 @@ class AgentConfigurations(BaseModel):
     counts: AgentCounts
     queue_depth: int = Field(description="routers waiting to be reconciled (or retried)")
     resync_interval: float = Field(description="seconds between full resyncs")
+    deployment_id: str | None = Field(
+        description="this database's deployment identity, which marks every table or chain "
+        "cthm writes (`cthm:<id>`)"
+    )
+    unclaimed_kernel_state: dict[str, str] = Field(
+        description="cthm tables or chains the start-up sweep found in namespaces no router of "
+        "this deployment claims and left alone: namespace -> the deployment id they carry, or "
+        "`unmarked` (written before deployment identities, or by hand)"
+    )
 
 
 class AgentPublic(BaseModel):
@@ -269,6 +284,11 @@ def agent_body(report: AgentReport) -> Body:
             },
             "queue_depth": snapshot.queue_depth,
             "resync_interval": snapshot.resync_interval,
+            "deployment_id": snapshot.deployment_id,
+            "unclaimed_kernel_state": {
+                namespace: owner or "unmarked"
+                for namespace, owner in sorted(snapshot.unclaimed.items())
+            },
         },
     }
 
@@ -288,7 +308,7 @@ def select(bodies: Iterable[Body], query: ListQuery) -> list[Body]:
     if query.marker is not None:
         index = next((i for i, b in enumerate(items) if b["id"] == query.marker), None)
         if index is None:
-            raise InvalidInput(f"marker {query.marker[:40]!r} does not match any item", "marker")
+            raise MarkerNotFound(query.marker)
         items = items[index + 1 :]
     items = [b for b in items if all(b[k] in values for k, values in query.filters.items())]
     return items if query.limit is None else items[: query.limit]

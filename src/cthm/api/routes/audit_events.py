@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cthm.api import policy
-from cthm.api.deps import PrincipalDep, QueryDep, RepoDep
+from cthm.api.deps import PrincipalDep, QueryDep, RepoDep, StoreDep
 from cthm.api.query import (
     FieldSpec,
     Params,
@@ -37,6 +37,7 @@ from cthm.store.audit import Outcome
 router = APIRouter(prefix="/v2.0", tags=["audit"])
 
 WINDOW = ("since", "until")
+FLUSH_TIMEOUT = 5.0
 
 
 def _parse_outcome(text: str, name: str) -> str:
@@ -135,9 +136,13 @@ def _openapi() -> dict[str, Any]:
     openapi_extra=_openapi(),
 )
 def list_audit_events(
-    request: Request, params: QueryDep, repo: RepoDep, principal: PrincipalDep
+    request: Request, params: QueryDep, repo: RepoDep, principal: PrincipalDep, store: StoreDep
 ) -> JSONResponse:
     policy.enforce(principal, "get_audit_events", None, target_type="audit_events")
+    # Denied attempts are committed in the background: wait (bounded) for those already made,
+    # so the trail read here holds every earlier one. Before the first query, which is what
+    # opens this request's read transaction.
+    store.flush_denied(FLUSH_TIMEOUT)
     bounds, rest = _window(params)
     listing = parse_list_request(rest, AUDIT_EVENT_SPEC)
     if not listing.query.sort:  # oldest first; ties in the same microsecond by id

@@ -2,13 +2,14 @@
 
 A token's secret is returned once, as `token` in the answer to its creation, and never again:
 the store keeps only its hash, and no body shows that either. DELETE revokes (the record stays,
-with `revoked_at`, so the audit trail's token ids keep meaning something).
+with `revoked_at`, so the audit trail's token ids keep meaning something); it is refused (409
+LastAdminToken) when it would end admin access sooner, unless `?force=true`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -21,12 +22,14 @@ from cthm.api.query import (
     FieldSpec,
     ResourceSpec,
     openapi_parameters,
+    parse_bool,
     parse_list_request,
     parse_name,
     parse_project_id,
     parse_show_request,
     parse_timestamp,
     parse_uuid,
+    reject_query,
     select_fields,
 )
 from cthm.api.routes._shared import list_response, no_content, path_id, respond
@@ -208,14 +211,40 @@ def show_auth_token(
     return respond(200, {"auth_token": select_fields(token_body(found), fields)})
 
 
-@router.delete("/{token_id}", status_code=204, dependencies=[Depends(no_query)])
-def revoke_auth_token(token_id: str, repo: RepoDep, principal: PrincipalDep) -> Response:
+FORCE_PARAMETER = {
+    "name": "force",
+    "in": "query",
+    "required": False,
+    "description": "true: revoke even the last active admin token (or the one admin access "
+    "lasts longest by), which is otherwise a 409 LastAdminToken",
+    "schema": {"type": "boolean", "default": False},
+}
+
+
+def parse_force(params: QueryDep) -> bool:
+    """`?force=true|false`, the only query parameter a revocation takes."""
+    reject_query([(key, value) for key, value in params if key != "force"])
+    values = [value for key, value in params if key == "force"]
+    if len(values) > 1:
+        raise InvalidInput("may be given only once", field="force")
+    return bool(values) and parse_bool(values[0], "force")
+
+
+@router.delete("/{token_id}", status_code=204, openapi_extra={"parameters": [FORCE_PARAMETER]})
+def revoke_auth_token(
+    token_id: str,
+    repo: RepoDep,
+    principal: PrincipalDep,
+    force: Annotated[bool, Depends(parse_force)],
+) -> Response:
     policy.enforce(
         principal, "delete_auth_token", None, target_type=TARGET_TYPE, target_id=token_id
     )
     before = repo.tokens.get(_token_id(token_id))
     if before.revoked_at is None:
-        after = repo.tokens.revoke(before.id, datetime.now(UTC))
+        # Refused (409 LastAdminToken) when it would end admin access sooner, unless forced;
+        # checked and done in this request's one write transaction.
+        after = repo.tokens.revoke(before.id, datetime.now(UTC), force=force)
         repo.audit.record(
             action="delete_auth_token",
             target_type=TARGET_TYPE,
@@ -224,6 +253,7 @@ def revoke_auth_token(token_id: str, repo: RepoDep, principal: PrincipalDep) -> 
             before=token_body(before),
             after=token_body(after),
             status_code=204,
+            detail="forced" if force else "",
         )
     return no_content()
 

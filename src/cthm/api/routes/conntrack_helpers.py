@@ -28,10 +28,12 @@ from cthm.api.query import (
 )
 from cthm.api.routes._shared import (
     FORBIDDEN,
+    binding_project,
     check_revision,
     list_response,
     load_binding,
     load_router,
+    marker_probes,
     no_content,
     respond,
 )
@@ -122,7 +124,8 @@ def create_conntrack_helper(
         helper=wanted.helper,
         binding_id=None,
     )
-    created = repo.add_binding(wanted)
+    # Counted in this request's write transaction: two creates at the limit cannot both pass.
+    created = repo.add_binding(wanted, quota=settings.binding_quota(owner.project_id))
     return respond(201, {"conntrack_helper": binding_body(created)})
 
 
@@ -135,8 +138,10 @@ def list_conntrack_helpers(
     router_id: str, request: Request, params: QueryDep, repo: RepoDep, principal: PrincipalDep
 ) -> JSONResponse:
     listing = parse_list_request(params, BINDING_SPEC)
-    owner = load_router(repo, principal, router_id, "get_router_conntrack_helper")
-    page = listing.page(repo.list_bindings(listing.query, router_id=owner.id))
+    action = "get_router_conntrack_helper"
+    owner = load_router(repo, principal, router_id, action)
+    with marker_probes(principal, action, "conntrack_helper", lambda id: binding_project(repo, id)):
+        page = listing.page(repo.list_bindings(listing.query, router_id=owner.id))
     return list_response(
         request, "conntrack_helpers", (binding_body(b) for b in page.items), listing, page, _id
     )

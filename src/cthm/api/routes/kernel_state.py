@@ -7,6 +7,10 @@ Without one (no agent in this process) the kernel side is unknown: in_sync is nu
 last_error says so. Desired comes from the database as it is now, so a change the agent has
 not applied yet shows as a difference (in_sync false): the answer is about the kernel, not
 about intentions.
+
+`shadowed`: bindings whose connections another rule's `-j CT` (a leftover Neutron conntrack
+helper rule) gets to first, as the agent found at its last read of the raw tables
+(`shadow_checked_at`, every periodic resync). in_sync speaks of cthm's own table only.
 """
 
 from __future__ import annotations
@@ -27,6 +31,46 @@ from cthm.domain import Assignment, Direction, HelperBinding, HelperCatalog, Inv
 NO_AGENT = "no agent in this process: the kernel state is unknown to this server"
 
 router = APIRouter(prefix="/v2.0/routers/{router_id}", tags=["kernel state"])
+
+
+class ShadowView(TypingProtocol):
+    """One shadowed binding as the agent recorded it (cthm.agent.ShadowedBinding)."""
+
+    @property
+    def binding_id(self) -> str: ...
+
+    @property
+    def protocol(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def direction(self) -> str: ...
+
+    @property
+    def helper(self) -> str: ...
+
+    @property
+    def kernel_helper(self) -> str: ...
+
+    @property
+    def rule(self) -> str: ...
+
+    @property
+    def where(self) -> str: ...
+
+    @property
+    def families(self) -> Sequence[str]: ...
+
+    @property
+    def foreign_helper(self) -> str | None: ...
+
+    @property
+    def conditions(self) -> Sequence[str]: ...
+
+    @property
+    def effect(self) -> str: ...
 
 
 class KernelView(TypingProtocol):
@@ -53,6 +97,12 @@ class KernelView(TypingProtocol):
     @property
     def drift_repairs(self) -> int: ...
 
+    @property
+    def shadowed(self) -> Sequence[ShadowView]: ...
+
+    @property
+    def shadow_checked_at(self) -> datetime | None: ...
+
 
 # router id -> the agent's record, or None when the agent has not looked at the router yet
 KernelStateProvider = Callable[[str], KernelView | None]
@@ -68,6 +118,21 @@ class KernelAssignment(BaseModel):
     )
 
 
+class ShadowedPublic(BaseModel):
+    binding_id: str
+    protocol: str
+    port: int
+    direction: Direction
+    helper: str = Field(description="the helper as bound")
+    kernel_helper: str = Field(description="the kernel's helper cthm assigns")
+    rule: str = Field(description="the other rule, as iptables-save prints it")
+    where: str = Field(description="table and built-in chain it runs from, e.g. raw PREROUTING")
+    families: list[str] = Field(description="IPv4, IPv6: the raw tables holding it")
+    foreign_helper: str | None = Field(description="what the kernel gives instead; null: none")
+    conditions: list[str] = Field(description="its other matches, not evaluated: it may not match")
+    effect: str
+
+
 class KernelStatePublic(BaseModel):
     router_id: str
     namespace: str
@@ -81,6 +146,10 @@ class KernelStatePublic(BaseModel):
     last_error: str | None
     last_error_at: str | None
     drift_repairs: int
+    shadowed: list[ShadowedPublic] = Field(
+        description="bindings another rule's -j CT gets to first (their status_reason says so)"
+    )
+    shadow_checked_at: str | None = Field(description="last read of the raw tables")
 
 
 class KernelStateResponse(BaseModel):
@@ -116,6 +185,8 @@ def show_kernel_state(
         "last_error": NO_AGENT if provider is None else None,
         "last_error_at": None,
         "drift_repairs": 0,
+        "shadowed": [],
+        "shadow_checked_at": None,
     }
     if view is not None:
         body.update(_compared(desired, view))
@@ -170,4 +241,23 @@ def _compared(desired: list[Row], view: KernelView) -> dict[str, object]:
         "last_error": view.last_error,
         "last_error_at": format_timestamp(view.last_error_at),
         "drift_repairs": view.drift_repairs,
+        "shadowed": [_shadow_row(item) for item in view.shadowed],
+        "shadow_checked_at": format_timestamp(view.shadow_checked_at),
+    }
+
+
+def _shadow_row(item: ShadowView) -> Row:
+    return {
+        "binding_id": item.binding_id,
+        "protocol": item.protocol,
+        "port": item.port,
+        "direction": item.direction,
+        "helper": item.helper,
+        "kernel_helper": item.kernel_helper,
+        "rule": item.rule,
+        "where": item.where,
+        "families": list(item.families),
+        "foreign_helper": item.foreign_helper,
+        "conditions": list(item.conditions),
+        "effect": item.effect,
     }

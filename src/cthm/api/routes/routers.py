@@ -18,6 +18,7 @@ from cthm.api.routes._shared import (
     check_revision,
     list_response,
     load_router,
+    marker_probes,
     no_content,
     respond,
 )
@@ -29,13 +30,28 @@ from cthm.api.schemas import (
     RouterUpdateRequest,
     router_body,
 )
-from cthm.domain import InvalidInput, Router, new_router, validate_name
+from cthm.domain import (
+    InvalidInput,
+    ListQuery,
+    NamespaceRefused,
+    Router,
+    RouterNotFound,
+    new_router,
+    validate_name,
+    validate_project_id,
+)
+from cthm.netfilter.errors import UnsafeValue
+from cthm.netfilter.netns import UnsafeNamespace, namespace_identity
 from cthm.store import Repository
 
 router = APIRouter(prefix="/v2.0/routers", tags=["routers"])
 
 
 def _project_of(project_id: str | None, tenant_id: str | None, default: str) -> str:
+    # A value given is checked as given: "" is a wrong project, not "the caller's project".
+    for name, value in (("project_id", project_id), ("tenant_id", tenant_id)):
+        if value is not None:
+            validate_project_id(value, name)
     if project_id is not None and tenant_id is not None and project_id != tenant_id:
         raise InvalidInput("project_id and tenant_id differ; give one of them")
     return project_id or tenant_id or default
@@ -52,10 +68,35 @@ def create_router(body: RouterCreateRequest, repo: RepoDep, principal: Principal
     data = body.router
     project_id = _project_of(data.project_id, data.tenant_id, principal.project_id)
     policy.enforce(principal, "create_router", project_id, target_type="router")
-    created = repo.add_router(
-        new_router(name=data.name, project_id=project_id, namespace=data.namespace)
-    )
+    wanted = new_router(name=data.name, project_id=project_id, namespace=data.namespace)
+    _refuse_unusable_namespace(repo, wanted)
+    created = repo.add_router(wanted)
     return respond(201, {"router": router_body(created, [])})
+
+
+def _refuse_unusable_namespace(repo: Repository, wanted: Router) -> None:
+    """409 when the namespace already exists on this host (the API's, in `cthm serve`) and the
+    agent would refuse it: a symlink, the host's or cthm's own namespace, or the same kernel
+    namespace as another router's under another name (a bind mount). A namespace that does not
+    exist yet is fine: routers may be registered before it is made; the agent checks again."""
+    try:
+        identity = namespace_identity(wanted.namespace)
+    except UnsafeNamespace as exc:
+        raise NamespaceRefused(wanted.namespace, exc.reason) from exc
+    if identity is None:
+        return
+    for other in repo.list_routers(ListQuery()):
+        try:
+            same = namespace_identity(other.namespace) == identity
+        except (UnsafeNamespace, UnsafeValue):
+            continue
+        if same:
+            raise NamespaceRefused(
+                wanted.namespace,
+                f"it is the same kernel namespace ({identity}) as namespace {other.namespace} "
+                f"of router {other.id}",
+                other.id,
+            )
 
 
 @router.get("", response_model=RouterListResponse, openapi_extra=openapi_parameters(ROUTER_SPEC))
@@ -65,7 +106,8 @@ def list_routers(
     scope = policy.list_scope(principal)
     policy.enforce(principal, "get_router", scope, target_type="router")
     listing = parse_list_request(params, ROUTER_SPEC).narrowed_to(scope)
-    page = listing.page(repo.list_routers(listing.query))
+    with marker_probes(principal, "get_router", "router", lambda id: _router_project(repo, id)):
+        page = listing.page(repo.list_routers(listing.query))
     bindings = (
         repo.bindings_of(r.id for r in page.items) if listing.wants("conntrack_helpers") else {}
     )
@@ -122,6 +164,13 @@ def delete_router(
     check_revision(if_match, found.revision_number)
     repo.delete_router(found.id)
     return no_content()
+
+
+def _router_project(repo: Repository, router_id: str) -> str | None:
+    try:
+        return repo.get_router(router_id).project_id
+    except RouterNotFound:
+        return None
 
 
 def _with_bindings(repo: Repository, found: Router) -> dict[str, object]:

@@ -75,6 +75,8 @@ def flatten(agent: JSONObject) -> JSONObject:
             value = ", ".join(f"{name} {count}" for name, count in value.items())
         elif key == "retired_backends" and isinstance(value, list):
             value = ", ".join(str(v) for v in value) or "none"
+        elif key == "unclaimed_kernel_state" and isinstance(value, dict):
+            value = ", ".join(f"{ns} ({owner})" for ns, owner in value.items()) or "none"
         rows[key] = value
     return rows
 

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cthm.cli.errors import Failure, ServiceError, ServiceSettingError, SettingsFailure
+from cthm.cli.errors import (
+    DataDirInUse,
+    Failure,
+    ServiceError,
+    ServiceSettingError,
+    SettingsFailure,
+)
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -73,10 +79,50 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     help="PEM private key for --tls-cert. [env CTHM_TLS_KEY_FILE]",
 )
 @click.option(
+    "--quota-bindings-per-project",
+    type=int,
+    default=None,
+    help="Conntrack helpers a project may have in all; -1: unlimited. "
+    "[1000; env CTHM_QUOTA_BINDINGS_PER_PROJECT]",
+)
+@click.option(
+    "--quota-bindings-per-router",
+    type=int,
+    default=None,
+    help="Conntrack helpers one router may have; -1: unlimited. "
+    "[100; env CTHM_QUOTA_BINDINGS_PER_ROUTER]",
+)
+@click.option(
     "--allow-insecure-listen",
     is_flag=True,
     default=None,
     help="Listen beyond loopback WITHOUT TLS (tokens cross the network in clear).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="cthm's log level; DEBUG adds the access log. [INFO; env CTHM_LOG_LEVEL]",
+)
+@click.option(
+    "--header-timeout",
+    type=float,
+    default=None,
+    help="Seconds a client has to send a request's line and headers, and as long again for "
+    "its body. [5; env CTHM_HEADER_TIMEOUT]",
+)
+@click.option(
+    "--max-connections",
+    type=int,
+    default=None,
+    help="Open client connections at most; beyond it the oldest idle or incomplete one is "
+    "closed. [1000; env CTHM_MAX_CONNECTIONS]",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Proxies (addresses or networks, comma-separated) whose X-Forwarded-For is believed. "
+    "[none; env CTHM_FORWARDED_ALLOW_IPS]",
 )
 def serve(
     data_dir: Path | None,
@@ -88,7 +134,13 @@ def serve(
     iptables_flavour: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    quota_bindings_per_project: int | None,
+    quota_bindings_per_router: int | None,
     allow_insecure_listen: bool | None,
+    log_level: str | None,
+    header_timeout: float | None,
+    max_connections: int | None,
+    forwarded_allow_ips: str | None,
 ) -> None:
     """Run the cthm API server until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -101,7 +153,13 @@ def serve(
         iptables_flavour=iptables_flavour,
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
+        quota_bindings_per_project=quota_bindings_per_project,
+        quota_bindings_per_router=quota_bindings_per_router,
         allow_insecure_listen=allow_insecure_listen,
+        log_level=log_level.upper() if log_level else None,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
     configure_logging(settings.log_level)
     # Imported here: the server stack costs half a second that client commands need not pay.
@@ -122,7 +180,7 @@ def serve(
                 click.echo(f"cthm listening on {url} ({where})")
 
             service.serve(on_listening=announce)
-    except ServiceSettingError as exc:
+    except (ServiceSettingError, DataDirInUse) as exc:  # exit 2: nothing was started
         raise SettingsFailure(exc.message) from None
     except ServiceError as exc:
         raise Failure(exc.message) from None
@@ -134,6 +192,9 @@ def configure_logging(level: str) -> None:
     root_level = logging.DEBUG if level == "DEBUG" else logging.WARNING
     logging.basicConfig(level=root_level, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("cthm").setLevel(level)
+    from cthm.cli import redaction
+
+    redaction.install()  # no secret in any line, from the first one
 
 
 def _settings(config_file: Path | None, **flags: object) -> Settings:

@@ -31,20 +31,13 @@ from cthm.netfilter import (
     NamespaceNotFound,
     NftablesBackend,
     NftError,
+    Shadow,
     UnsafeValue,
+    find_shadows,
     make_runner,
+    read_raw_tables,
 )
-from cthm.netfilter.detect import (
-    LegacyGuard,
-    iptables_version_flavour,
-    legacy_tables,
-    missing_tools,
-)
-from cthm.netfilter.foreign import Backend, Shadow, parse_foreign, shadowed
-from cthm.netfilter.iptables_model import TABLE
-from cthm.netfilter.iptables_parse import parse_save
-from cthm.netfilter.runner import DEFAULT_TIMEOUT, namespace_path
-from cthm.netfilter.subprocess_runner import run_argv, which
+from cthm.netfilter.detect import LegacyGuard, missing_tools
 
 Key = tuple[str, int, str]  # protocol, port, direction
 # A server older than directions sends none: all its bindings are ingress.
@@ -252,35 +245,25 @@ def _print(report: dict[str, Any]) -> None:
 
 # --- other software's -j CT rules --------------------------------------------------------------
 
-Family = str  # "IPv4" or "IPv6"
-
 
 def _shadowed(namespace: str, bindings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The bindings whose connections another rule in this host's raw tables gets to first, as
     JSON rows with their warning text; empty when the namespace is not here or nothing can be
-    read (tools missing). Each flavour's and family's raw table is judged on its own: by the
-    iptables backend's precedence if it holds cthm's chains, else by nftables' (only a rule
-    that sets a helper wins; this is also how another flavour's rules are judged beside
-    cthm's iptables chains, their relative order being unknown)."""
-    try:
-        namespace_path(namespace)
-    except (NamespaceNotFound, UnsafeValue):
-        return []
+    read (tools missing). Each flavour's and family's raw table is judged on its own
+    (netfilter.RawTable says by which precedence)."""
     assignments = _assignments(bindings)
     if not assignments:
         return []
-    found: dict[tuple[Key, str], tuple[Shadow, set[Family]]] = {}
-    for family, text in _raw_saves(namespace):
-        backend: Backend = "iptables" if not parse_save(text).empty else "nftables"
-        for shadow in shadowed(assignments, parse_foreign(text), backend):
-            a = shadow.assignment
-            key = ((a.protocol.value, a.port, a.direction.value), shadow.rule_text)
-            found.setdefault(key, (shadow, set()))[1].add(family)
+    try:
+        tables = read_raw_tables(namespace)
+    except (NftError, UnsafeValue, OSError):  # not on this host, or nothing readable
+        return []
     desired = {_key(b): b["helper"] for b in bindings}
-    return [
-        _shadow_row(shadow, families, desired[key])
-        for (key, _), (shadow, families) in sorted(found.items(), key=lambda item: item[0])
-    ]
+    rows = []
+    for shadow in find_shadows(assignments, tables):
+        a = shadow.assignment
+        rows.append(_shadow_row(shadow, desired[(a.protocol.value, a.port, a.direction.value)]))
+    return rows
 
 
 def _key(binding: dict[str, Any]) -> Key:
@@ -302,8 +285,8 @@ def _assignments(bindings: list[dict[str, Any]]) -> list[Assignment]:
     return assignments
 
 
-def _shadow_row(shadow: Shadow, families: set[Family], desired: str) -> dict[str, Any]:
-    a, rule = shadow.assignment, shadow.rule
+def _shadow_row(shadow: Shadow, desired: str) -> dict[str, Any]:
+    a, rule, families = shadow.assignment, shadow.rule, set(shadow.families)
     gives = f"helper {rule.helper}" if rule.helper is not None else "no helper at all"
     family = " (IPv6 only)" if families == {"IPv6"} else ""
     condition = (
@@ -321,42 +304,9 @@ def _shadow_row(shadow: Shadow, families: set[Family], desired: str) -> dict[str
         "helper": desired,
         "rule": rule.text,
         "where": rule.where,
-        "families": sorted(families),
+        "families": list(shadow.families),
         "foreign_helper": rule.helper,
         "conditions": list(rule.conditions),
         "effect": shadow.effect,
         "message": message,
     }
-
-
-def _raw_saves(namespace: str) -> list[tuple[Family, str]]:
-    """(family, `iptables-save -t raw` text) for each installed iptables flavour and
-    family that can be read without creating anything: a legacy flavour only where its raw
-    table exists (asking `iptables-legacy-save -t raw` would create one). Anything that cannot
-    be read is left out silently."""
-    try:
-        missing = missing_tools()
-        flavours = [f for f in ("nft", "legacy") if not missing[f]]
-        if not flavours and not missing["default"]:
-            flavours = ["default"]
-        legacy_default = flavours == ["default"] and iptables_version_flavour() != "nft"
-        legacy_raw: tuple[bool, bool] | None = None
-        saves = []
-        for flavour in flavours:
-            tool = IptablesBackend(flavour=flavour).tool
-            for ipv6, family in ((False, "IPv4"), (True, "IPv6")):
-                if flavour == "legacy" or legacy_default:
-                    if legacy_raw is None:
-                        v4, v6 = legacy_tables(namespace)
-                        legacy_raw = (TABLE in v4, TABLE in v6)
-                    if not legacy_raw[ipv6]:
-                        continue
-                program = tool("save", ipv6=ipv6)
-                argv = [which("ip"), "netns", "exec", namespace, which(program), "-t", TABLE]
-                text = run_argv(
-                    argv, program=program, namespace=namespace, stdin=None, timeout=DEFAULT_TIMEOUT
-                )
-                saves.append((family, text))
-        return saves
-    except (NftError, OSError):
-        return []

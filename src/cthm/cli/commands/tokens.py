@@ -1,15 +1,21 @@
-"""`cthm token ...`: create, list, show and revoke API tokens (admin only)."""
+"""`cthm token ...`: create, list, show and revoke API tokens (admin only, through the API);
+`cthm token recover`: a new admin token made locally, from the database (no token needed)."""
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
+import socket
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 
 from cthm.cli import render
 from cthm.cli.client import JSONObject
 from cthm.cli.context import CliState, json_option, pass_state
+from cthm.cli.errors import Failure, ServiceError
 
 ROLES = ("admin", "member", "reader", "agent")
 TOKEN_COLUMNS = (
@@ -143,11 +149,76 @@ def show(state: CliState, token_id: str) -> None:
 
 @token_group.command("revoke")
 @click.argument("token_id")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke even the last active admin token (or the one admin access lasts longest by).",
+)
 @json_option
 @pass_state
-def revoke(state: CliState, token_id: str) -> None:
-    """Revoke the token with id TOKEN_ID: it stops working at once."""
+def revoke(state: CliState, token_id: str, force: bool) -> None:
+    """Revoke the token with id TOKEN_ID: it stops working at once.
+
+    Revoking the admin token that admin access depends on (no other active admin token lasts
+    as long) is refused unless --force."""
     with state.client() as client:
-        client.revoke_token(token_id)
+        client.revoke_token(token_id, force=force)
     if not state.json:
         render.print_line(f"Revoked token {token_id}")
+
+
+@token_group.command("recover")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The server's data directory. [env CTHM_DATA_DIR]",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The server's TOML settings file, for its database. [env CTHM_CONFIG]",
+)
+@json_option
+@pass_state
+def recover(state: CliState, data_dir: Path | None, config_file: Path | None) -> None:
+    """Make a new admin token on the server's host, without any token.
+
+    For when no admin token works any more. Run it where the server's database is, as a user
+    who may write it (root): that access is the authority. The secret goes to a new file
+    admin-recovery-<time>.token (mode 0600) in the data directory and is never printed; the
+    file's path is. Works whether the server runs or not; the event is audited
+    (recover_auth_token).
+    """
+    # Imported here: the store stack is not needed by the client commands.
+    from cthm.cli.commands.serve import _settings as load_settings_or_fail
+    from cthm.cli.service import open_existing_store, recover_admin_token
+
+    settings = load_settings_or_fail(config_file, data_dir=data_dir)
+    caller = f"local user {_user()} (uid {os.getuid()}) on host {socket.gethostname()}"
+    try:
+        store = open_existing_store(settings)
+        try:
+            token, path = recover_admin_token(store, settings.data_dir, caller=caller)
+        finally:
+            store.close()
+    except ServiceError as exc:
+        raise Failure(exc.message) from None
+    if state.json:
+        render.print_json(
+            {"auth_token": {"id": token.id, "project_id": token.project_id}, "file": str(path)}
+        )
+    else:
+        render.print_line(
+            f"cthm wrote a new admin token (id {token.id}) to {path} (readable only by its "
+            "owner); use it as --token or CTHM_TOKEN"
+        )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry: the uid says it
+        return "?"

@@ -1,0 +1,135 @@
+"""Which router owns each kernel network namespace, when several names lead to one.
+
+Two routers whose namespace names resolve to the same kernel namespace (a bind mount under
+another name) would each rewrite the other's table on every resync, and deleting one would
+delete the other's. So one of them keeps the namespace and the others are refused (ERROR,
+naming the router that has it): the one registered first (created_at, then id), whatever the
+order of reconciles, and so the same after a restart.
+
+The record is in memory: router id -> (namespace name, registration order, the identity its
+name resolved to when last looked at). Every check resolves the checked router's name afresh
+and re-resolves only the routers recorded with the same identity (a few), not every router. A
+router's record is refreshed at each of its reconciles, and the agent records every router
+before its first reconcile (`note`), so the first pass after a start decides as later ones do.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cthm.domain import Router
+from cthm.netfilter import UnsafeValue
+from cthm.netfilter.netns import NETNS_DIR, NamespaceId, UnsafeNamespace, namespace_identity
+
+_LATEST = datetime.max  # a router without created_at registers after every one with it
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    namespace: str
+    order: tuple[datetime, str]
+    identity: NamespaceId | None
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """The router that keeps a shared kernel namespace."""
+
+    router_id: str
+    namespace: str
+    identity: NamespaceId
+
+
+class NamespaceClaims:
+    """Thread-safe: workers check and note concurrently."""
+
+    def __init__(self, netns_dir: Path = NETNS_DIR) -> None:
+        self._netns_dir = netns_dir
+        self._lock = threading.Lock()
+        self._claims: dict[str, _Claim] = {}
+
+    def note(self, router: Router) -> NamespaceId | None:
+        """Records the router and the kernel namespace its name resolves to now (None: not
+        there yet). UnsafeNamespace for a name that leads where cthm never goes."""
+        identity: NamespaceId | None = None
+        try:
+            identity = self._identity(router.namespace)
+        finally:
+            order = (_naive(router.created_at), router.id)
+            with self._lock:
+                self._claims[router.id] = _Claim(router.namespace, order, identity)
+        return identity
+
+    def holder(self, router: Router) -> Holder | None:
+        """Another router that keeps the kernel namespace `router`'s name resolves to, or None
+        when `router` may use it (it keeps it, or nobody else has it, or it is not there yet).
+        UnsafeNamespace as `note`."""
+        identity = self.note(router)
+        if identity is None:
+            return None
+        mine = self._claims_of(router.id)
+        rivals = [c for c in self._sharing(identity, exclude=router.id) if c[1].order < mine.order]
+        if not rivals:
+            return None
+        first_id, first = min(rivals, key=lambda item: item[1].order)
+        return Holder(first_id, first.namespace, identity)
+
+    def sharing(self, namespace: str, exclude: str) -> list[str]:
+        """Routers (other than `exclude`) whose namespace is the kernel namespace `namespace`
+        resolves to now; [] when it is not there. UnsafeNamespace as `note`."""
+        identity = self._identity(namespace)
+        if identity is None:
+            return []
+        return sorted(router_id for router_id, _ in self._sharing(identity, exclude=exclude))
+
+    def forget(self, router_id: str) -> None:
+        with self._lock:
+            self._claims.pop(router_id, None)
+
+    def _claims_of(self, router_id: str) -> _Claim:
+        with self._lock:
+            return self._claims[router_id]
+
+    def _sharing(self, identity: NamespaceId, exclude: str) -> list[tuple[str, _Claim]]:
+        """Recorded routers with this identity, each re-resolved now (its name may have moved)."""
+        with self._lock:
+            candidates = [
+                (router_id, claim)
+                for router_id, claim in self._claims.items()
+                if claim.identity == identity and router_id != exclude
+            ]
+        found = []
+        for router_id, claim in candidates:
+            try:
+                now = self._identity(claim.namespace)
+            except (UnsafeNamespace, UnsafeValue):
+                now = None
+            with self._lock:
+                if self._claims.get(router_id) == claim:
+                    self._claims[router_id] = _Claim(claim.namespace, claim.order, now)
+            if now == identity:
+                found.append((router_id, claim))
+        return found
+
+    def _identity(self, namespace: str) -> NamespaceId | None:
+        return namespace_identity(namespace, self._netns_dir)
+
+
+def kernel_namespace(namespace: str, netns_dir: Path = NETNS_DIR) -> NamespaceId | None:
+    """The kernel namespace the name leads to; None when absent or refused (netns.py)."""
+    try:
+        return namespace_identity(namespace, netns_dir)
+    except (UnsafeNamespace, UnsafeValue):
+        return None
+
+
+def _naive(moment: datetime | None) -> datetime:
+    """Comparable whatever its tzinfo (the store gives naive UTC, others may give aware)."""
+    if moment is None:
+        return _LATEST
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None)
