@@ -254,7 +254,8 @@ def test_agent_refuses_a_second_name_of_a_routers_namespace_and_the_hosts(
     names.symlink("hostsym", HOST_NAMESPACE)
 
     expected = {
-        late["bm"]: f"router {owner}, which was registered first and keeps it",
+        # Another project's router: its id is not shown to this router's project (404 rule).
+        late["bm"]: "a router of another project, which was registered first and keeps it",
         late["sym"]: "is a symbolic link",
         late["hostsym"]: "is a symbolic link",
     }
@@ -269,6 +270,7 @@ def test_agent_refuses_a_second_name_of_a_routers_namespace_and_the_hosts(
             router = router_of(client, router_id)
             assert router["status"] == "ERROR"
             assert why in str(router["status_reason"])
+            assert owner not in str(router["status_reason"])
             helpers = client.get(f"/v2.0/routers/{router_id}/conntrack_helpers").json()
             assert [h["status"] for h in helpers["conntrack_helpers"]] == ["ERROR"]
         assert router_of(client, owner)["status"] == "ACTIVE"

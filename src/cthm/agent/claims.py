@@ -30,6 +30,7 @@ _LATEST = datetime.max  # a router without created_at registers after every one 
 @dataclass(frozen=True, slots=True)
 class _Claim:
     namespace: str
+    project_id: str
     order: tuple[datetime, str]
     identity: NamespaceId | None
 
@@ -39,6 +40,7 @@ class Holder:
     """The router that keeps a shared kernel namespace."""
 
     router_id: str
+    project_id: str
     namespace: str
     identity: NamespaceId
 
@@ -60,7 +62,9 @@ class NamespaceClaims:
         finally:
             order = (_naive(router.created_at), router.id)
             with self._lock:
-                self._claims[router.id] = _Claim(router.namespace, order, identity)
+                self._claims[router.id] = _Claim(
+                    router.namespace, router.project_id, order, identity
+                )
         return identity
 
     def holder(self, router: Router) -> Holder | None:
@@ -75,7 +79,7 @@ class NamespaceClaims:
         if not rivals:
             return None
         first_id, first = min(rivals, key=lambda item: item[1].order)
-        return Holder(first_id, first.namespace, identity)
+        return Holder(first_id, first.project_id, first.namespace, identity)
 
     def sharing(self, namespace: str, exclude: str) -> list[str]:
         """Routers (other than `exclude`) whose namespace is the kernel namespace `namespace`
@@ -109,7 +113,9 @@ class NamespaceClaims:
                 now = None
             with self._lock:
                 if self._claims.get(router_id) == claim:
-                    self._claims[router_id] = _Claim(claim.namespace, claim.order, now)
+                    self._claims[router_id] = _Claim(
+                        claim.namespace, claim.project_id, claim.order, now
+                    )
             if now == identity:
                 found.append((router_id, claim))
         return found

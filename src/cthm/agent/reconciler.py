@@ -289,6 +289,21 @@ class Reconciler:
             return exc.message
         if holder is None:
             return None
+        if holder.project_id != router.project_id:
+            # The reason is shown to the router's project: another project's router, even its
+            # id, stays hidden there (the API's 404-for-foreign rule); the log names it.
+            log.error(
+                "router %s: namespace %s is the kernel namespace of router %s (project %s)",
+                router.id,
+                router.namespace,
+                holder.router_id,
+                holder.project_id,
+            )
+            return (
+                f"namespace {router.namespace} is the same kernel namespace as a router of "
+                f"another project, which was registered first and keeps it (the server log "
+                f"names it)"
+            )
         return (
             f"namespace {router.namespace} is the same kernel namespace ({holder.identity}) as "
             f"namespace {holder.namespace} of router {holder.router_id}, which was registered "
