@@ -9,6 +9,15 @@ from collections.abc import Iterator
 import pytest
 
 from cthm.testing import NamespaceFactory
+from support.tiers import mark_tiers
+
+pytest_plugins = ("pytester",)  # tests/kit runs small suites in-process
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks `kernel` and `server` on every test that needs them (support/tiers.py)."""
+    mark_tiers(items)
 
 
 def _kernel_available() -> str | None:

@@ -18,6 +18,7 @@ import pytest
 
 from cthm.api import create_app
 from cthm.api.auth import Authenticator, FailureThrottle
+from cthm.domain import NamespaceCheck
 from cthm.settings import Settings
 from cthm.store import Store
 
@@ -44,6 +45,7 @@ def api_factory(tmp_path: Path) -> Iterator[ApiFactory]:
         app_hook: Callable[[Any], None] | None = None,
         admin: bool = True,
         authenticator: Authenticator | None = None,
+        namespace_check: NamespaceCheck | None = None,
         **settings_overrides: Any,
     ) -> Api:
         directory = tmp_path / f"api{len(made)}"
@@ -55,6 +57,7 @@ def api_factory(tmp_path: Path) -> Iterator[ApiFactory]:
             chosen_store,
             helper_availability=helper_availability,
             authenticator=authenticator or fast_authenticator(),
+            namespace_check=namespace_check,
         )
         if app_hook is not None:
             app_hook(app)

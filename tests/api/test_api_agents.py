@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from cthm.api.routes.agents import AGENT_TYPE, derive_agent_id, is_alive
+from cthm.api.routes.agents import AGENT_TYPE, is_alive
 from cthm.cli.service import Service
+from cthm.domain import AgentSnapshot, derive_agent_id
 from cthm.settings import load_settings
 from cthm.testing import NamespaceFactory
 
@@ -228,8 +229,6 @@ def test_a_stopped_agent_is_not_alive(serve: ServeFactory, netns: NamespaceFacto
 
 
 def test_alive_needs_running_threads_and_a_recent_resync() -> None:
-    from cthm.agent.agent import AgentSnapshot
-
     def snapshot(threads_alive: bool, since: float | None) -> AgentSnapshot:
         now = datetime.now(UTC)
         return AgentSnapshot(

@@ -24,7 +24,13 @@ REQUEST_ID = "X-Openstack-Request-Id"
 WRONG_TOKEN = "cthm_" + "W" * 43
 
 
-def token_id_of(api: Api, secret: str) -> str:
+def app_state(api: Api) -> Any:
+    """The FastAPI app's state (the TestClient types its app as any ASGI callable)."""
+    return api.client.app.state  # type: ignore[attr-defined]
+
+
+def token_id_of(api: Api, secret: str | None) -> str:
+    assert secret is not None
     with api.store.unit_of_work(write=False) as repo:
         token = repo.tokens.lookup(secret)
     assert token is not None
@@ -66,8 +72,8 @@ def router_values(body: JSON) -> JSON:
 
 
 def binding_values(body: JSON) -> JSON:
-    keys = ("id", "router_id", "project_id", "protocol", "port", "helper", "direction")
-    keys += ("revision_number",)
+    keys: tuple[str, ...] = ("id", "router_id", "project_id", "protocol", "port", "helper")
+    keys += ("direction", "revision_number")
     return {k: body[k] for k in keys}
 
 
@@ -264,7 +270,7 @@ def test_unauthenticated_requests_are_recorded_as_denied(api: Api, router: JSON)
         api.as_token("not-even-a-token").get("/v2.0/audit_events"),
     ]
     assert [r.status_code for r in attempts] == [401] * 4
-    api.client.app.state.failed_authentications.flush()
+    app_state(api).failed_authentications.flush()
     # One event per client (and token, when it exists) per window, named by its first request.
     unknown, revoked = only_event_of(api, attempts[0]), only_event_of(api, attempts[2])
     assert events_of(api, attempts[1]) == events_of(api, attempts[3]) == []
@@ -364,6 +370,7 @@ def test_log_lines_match_the_rows_and_hold_no_secret(
     assert sorted(denied) == ["authenticate", "get_router"]  # a 401 is written before its answer
     assert sorted(lines, key=lambda e: e["id"]) == sorted(rows, key=lambda e: e["id"])
 
+    assert api.admin_token is not None
     secrets = [api.admin_token, member_secret, outsider_secret, WRONG_TOKEN]
     for record in caplog.records:
         text = record.getMessage() + (str(record.args) if record.args else "")
@@ -518,7 +525,7 @@ def test_an_unauthenticated_flood_is_one_event_with_a_count(api: Api) -> None:
             return [e for e in repo.audit.list(ListQuery()) if e["action"] == "authenticate"]
 
     assert len(rows()) == 1  # durable from the first failure on
-    api.client.app.state.failed_authentications.flush()  # what the server does every 2 s
+    app_state(api).failed_authentications.flush()  # what the server does every 2 s
     (event,) = rows()
     assert event["request_id"] == first.headers[REQUEST_ID]
     assert event["after"]["failures"] == 40

@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi import Request
 
-from cthm.api.auth import Authenticator, FailureThrottle
-from cthm.api.deps import get_principal
+from cthm.api.auth import Authenticator, FailureThrottle, get_principal
 from cthm.api.errors import Unauthenticated
 
 from .support import Api, ApiFactory, error_of

@@ -24,8 +24,7 @@ import pytest
 
 from cthm.agent import Agent, LocalStoreSource
 from cthm.api import policy
-from cthm.api.routes.agents import AgentReport, derive_agent_id
-from cthm.domain import HelperCatalog, ListQuery, Status
+from cthm.domain import AgentReport, HelperCatalog, ListQuery, Status, derive_agent_id
 from cthm.netfilter import FakeNftables, NftablesBackend
 
 from .support import JSON, Api, ApiFactory, error_of, helpers_url

@@ -34,7 +34,7 @@ EXPECTED = dict(security_headers(tls=False))
 def test_every_response_carries_the_security_headers(
     api: Api, method: str, url: str, kwargs: dict[str, object]
 ) -> None:
-    response = api.request(method, url, **kwargs)  # type: ignore[arg-type]
+    response = api.request(method, url, **kwargs)
     for name, value in EXPECTED.items():
         assert response.headers.get(name) == value, (name, response.status_code)
     assert "Strict-Transport-Security" not in response.headers

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from cthm_cli_harness import Result, ServerProcess, assert_error, run
 
-from cthm.api.routes.agents import AGENT_TYPE, derive_agent_id
+from cthm.api.routes.agents import AGENT_TYPE
+from cthm.domain import derive_agent_id
 
 pytestmark = pytest.mark.kernel
 

@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -125,7 +126,7 @@ def test_a_bad_certificate_is_one_clear_error(tmp_path: Path) -> None:
     ],
 )
 def test_listening_beyond_loopback_needs_tls_or_an_explicit_opt_out(
-    overrides: dict[str, object], ok: bool
+    overrides: dict[str, Any], ok: bool
 ) -> None:
     if ok:
         load_settings(**overrides)

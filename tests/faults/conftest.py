@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cthm.testing.faults import ServerFactory, report_counts
 from cthm.testing.service import ServerProcess
+from support.faults import ServerFactory, report_counts
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from cthm.testing import NamespaceFactory
-from cthm.testing.faults import (
+from support.faults import (
     FOREIGN_TABLE,
     Api,
     ServerFactory,

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from cthm.testing import NamespaceFactory
-from cthm.testing.faults import Api, ServerFactory, wait_settled, wait_until
+from support.faults import Api, ServerFactory, wait_settled, wait_until
 
 pytestmark = pytest.mark.kernel
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from cthm.testing import NamespaceFactory
-from cthm.testing.faults import HELPERS, Api, ServerFactory, state_of, wait_settled
+from support.faults import HELPERS, Api, ServerFactory, state_of, wait_settled
 
 pytestmark = pytest.mark.kernel
 

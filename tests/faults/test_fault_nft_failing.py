@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cthm.testing import NamespaceFactory
-from cthm.testing.faults import (
+from support.faults import (
     FOREIGN_TABLE,
     Api,
     ServerFactory,

@@ -22,7 +22,8 @@ from cthm.cli.service import Service
 from cthm.domain import HelperCatalog, ListQuery, new_binding, new_router
 from cthm.settings import Settings
 from cthm.testing import NamespaceFactory
-from cthm.testing.faults import (
+from cthm.testing.netns import NETNS_DIR
+from support.faults import (
     FOREIGN_TABLE,
     HELPERS,
     Api,
@@ -35,7 +36,6 @@ from cthm.testing.faults import (
     wait_settled,
     wait_until,
 )
-from cthm.testing.netns import NETNS_DIR
 
 pytestmark = pytest.mark.kernel
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from cthm.testing import NamespaceFactory
-from cthm.testing.faults import (
+from support.faults import (
     HELPERS,
     Api,
     ServerFactory,

@@ -27,7 +27,9 @@ from hypothesis.stateful import (
 )
 
 from cthm.testing import NamespaceFactory
-from cthm.testing.faults import (
+from cthm.testing.netns import run_in_namespace
+from cthm.testing.service import ServerProcess
+from support.faults import (
     FOREIGN_TABLE,
     HELPERS,
     Api,
@@ -37,8 +39,6 @@ from cthm.testing.faults import (
     report_counts,
     wait_settled,
 )
-from cthm.testing.netns import run_in_namespace
-from cthm.testing.service import ServerProcess
 
 pytestmark = pytest.mark.kernel
 

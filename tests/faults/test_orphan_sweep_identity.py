@@ -23,8 +23,8 @@ from cthm.domain import Assignment, Protocol
 from cthm.netfilter import IptablesBackend, KernelTable, NftablesBackend, SubprocessRunner
 from cthm.store import Store, deployment_id
 from cthm.testing import NamespaceFactory, run_in_namespace
-from cthm.testing.faults import Api, wait_until
 from cthm.testing.service import ServerProcess
+from support.faults import Api, wait_until
 
 pytestmark = pytest.mark.kernel
 

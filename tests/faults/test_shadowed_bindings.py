@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cthm.testing import NamespaceFactory, run_in_namespace
-from cthm.testing.faults import Api, ServerFactory, wait_until
+from support.faults import Api, ServerFactory, wait_until
 
 pytestmark = pytest.mark.kernel
 

@@ -16,9 +16,8 @@ from cthm.netfilter.detect import (
     Observation,
     decide,
     iptables_state,
-    namespaces_to_observe,
-    tools,
 )
+from cthm.netfilter.observation import namespaces_to_observe, tools
 
 ALL_TOOLS: dict[str, tuple[str, ...]] = {"default": (), "nft": (), "legacy": ()}
 NO_TOOLS = {flavour: tools(flavour) for flavour in ALL_TOOLS}

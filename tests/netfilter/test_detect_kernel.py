@@ -14,12 +14,15 @@ import pytest
 from cthm.domain import Assignment, Protocol
 from cthm.netfilter import (
     IptablesBackend,
+    LegacyGuard,
     NamespaceNotFound,
     NftablesBackend,
     NftRunner,
+    decide,
     make_runner,
+    observe,
 )
-from cthm.netfilter.detect import LegacyGuard, decide, legacy_tables, observe
+from cthm.netfilter.iptables import legacy_tables
 from cthm.testing import NamespaceFactory, run_in_namespace
 
 pytestmark = pytest.mark.kernel

@@ -1,19 +1,26 @@
-"""The public surface of cthm.netfilter is exactly what the agent codes against."""
+"""The public surface of cthm.netfilter is exactly what the rest of cthm codes against (the
+agent, the CLI): no module outside the package imports one of its internal modules (also an
+import-linter contract, .importlinter)."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import types
+from pathlib import Path
 
+import cthm
 import cthm.netfilter
 
 EXPECTED = {
-    "CHAIN_NAME",
     "IPTABLES_FLAVOURS",
+    "NETNS_DIR",
     "RUNNER_KINDS",
     "TABLE_FAMILY",
     "TABLE_NAME",
+    "BackendChoice",
+    "BackendUnavailable",
     "FakeNftables",
     "FakeRun",
     "FakeUnsupported",
@@ -21,8 +28,10 @@ EXPECTED = {
     "HelperObject",
     "IptablesBackend",
     "KernelTable",
+    "LegacyGuard",
     "LibNftablesRunner",
     "LibraryUnavailable",
+    "NamespaceId",
     "NamespaceNotFound",
     "NftBusy",
     "NftError",
@@ -31,17 +40,29 @@ EXPECTED = {
     "NftOther",
     "NftRunner",
     "NftablesBackend",
+    "NftablesUnavailable",
+    "Observation",
     "Operation",
     "RawTable",
     "Shadow",
     "SubprocessRunner",
     "Transaction",
+    "UnsafeNamespace",
     "UnsafeValue",
+    "check_owner",
+    "decide",
     "desired_table",
     "find_shadows",
+    "find_shadows_in",
     "helper_object_name",
     "make_runner",
+    "make_usable_runner",
+    "namespace_identity",
+    "namespaces_to_observe",
+    "observe",
     "parse_table",
+    "read_cthm",
+    "read_iptables",
     "read_raw_tables",
     "render",
     "render_delete",
@@ -69,10 +90,11 @@ def test_error_tree() -> None:
         NftExists,
         NftNotFound,
         NftOther,
+        UnsafeNamespace,
         UnsafeValue,
     )
 
-    for cls in (NftNotFound, NftExists, NftBusy, NftOther, NamespaceNotFound):
+    for cls in (NftNotFound, NftExists, NftBusy, NftOther, NamespaceNotFound, UnsafeNamespace):
         assert issubclass(cls, NftError)
     assert not issubclass(UnsafeValue, NftError)
     assert issubclass(UnsafeValue, ValueError)
@@ -91,3 +113,25 @@ def test_importing_creates_nothing() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_nothing_outside_the_package_imports_its_internals() -> None:
+    package = Path(cthm.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.is_relative_to(package / "netfilter"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            found += [
+                f"{path.relative_to(package)}:{node.lineno}: {name}"
+                for name in names
+                if name.startswith("cthm.netfilter.")
+            ]
+    assert found == []

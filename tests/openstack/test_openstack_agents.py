@@ -12,7 +12,8 @@ from openstack import exceptions
 from openstack.connection import Connection
 from osclients import Cli
 
-from cthm.api.routes.agents import AGENT_TYPE, derive_agent_id
+from cthm.api.routes.agents import AGENT_TYPE
+from cthm.domain import derive_agent_id
 from cthm.testing.service import ServerProcess
 
 AGENT = ("network", "agent")

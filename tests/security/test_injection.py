@@ -109,8 +109,8 @@ def test_injection_through_every_field_never_reaches_the_kernel(
         # router fields: namespace and project_id reach argv/kernel-facing code, so must be
         # refused; a name is only a label and may hold any printable text.
         for field in ("namespace", "project_id"):
-            body = {"name": "x", "project_id": "p1", field: payload}
-            attempt("POST", "/v2.0/routers", json={"router": body})
+            router = {"name": "x", "project_id": "p1", field: payload}
+            attempt("POST", "/v2.0/routers", json={"router": router})
             assert statuses[-1] == 400, (field, payload)
         attempt("POST", "/v2.0/routers", json={"router": {"name": payload, "project_id": "p1"}})
         attempt("PUT", f"/v2.0/routers/{rid}", json={"router": {"name": payload}})

@@ -129,7 +129,7 @@ def test_identity_is_the_kernel_namespace_and_symlinks_are_refused(
     # Every runner refuses the symlink before anything runs: nothing reaches the victim.
     lib = LibNftablesRunner()
     try:
-        runners = [lib, SubprocessRunner()]
+        runners: list[LibNftablesRunner | SubprocessRunner] = [lib, SubprocessRunner()]
         for runner in runners:
             for name in (link, host):
                 with pytest.raises(UnsafeNamespace, match="symbolic link"):
@@ -260,10 +260,11 @@ def test_agent_refuses_a_second_name_of_a_routers_namespace_and_the_hosts(
         late["hostsym"]: "is a symbolic link",
     }
     for router_id, why in expected.items():
-        wait_for(
-            lambda rid=router_id, why=why: why in str(router_of(client, rid)["status_reason"]),
-            f"router {router_id} refused",
-        )
+
+        def refused(rid: str = router_id, why: str = why) -> bool:
+            return why in str(router_of(client, rid)["status_reason"])
+
+        wait_for(refused, f"router {router_id} refused")
     # Several resyncs (one a second): the victim keeps the owner's bindings, never the others'.
     for _ in range(4):
         for router_id, why in expected.items():

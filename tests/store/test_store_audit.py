@@ -341,14 +341,14 @@ def test_each_committed_row_is_logged_as_one_json_line_after_the_commit(
 # --- denied attempts --------------------------------------------------------------------------
 
 
-def test_record_denied_writes_and_logs_one_row_in_its_own_transaction(
+def test_a_denied_attempt_writes_and_logs_one_row_in_its_own_transaction(
     store: Store,
     db_path: Path,
     snapshot: Callable[[], Snapshot],
     audit_lines: Callable[[], list[Row]],
 ) -> None:
     before = snapshot()
-    store.record_denied(
+    store.submit_denied(
         CONTEXT,
         action="delete_router",
         target_type="router",
@@ -357,6 +357,7 @@ def test_record_denied_writes_and_logs_one_row_in_its_own_transaction(
         status_code=404,
         detail="DELETE /v2.0/routers/r-1",
     )
+    assert store.flush_denied()
     row = _only(audit_rows(db_path))
     assert row["outcome"] == "denied"
     assert row["status_code"] == 404
@@ -379,7 +380,7 @@ def test_recorded_text_is_bounded_and_token_shaped_text_is_masked(
     store: Store, db_path: Path, audit_lines: Callable[[], list[Row]]
 ) -> None:
     secret = "cthm_" + "A" * 43
-    store.record_denied(
+    store.submit_denied(
         AuditContext(request_id="r" * 100, token_id=None, project_id=None),
         action="authenticate",
         target_type="router",
@@ -388,6 +389,7 @@ def test_recorded_text_is_bounded_and_token_shaped_text_is_masked(
         status_code=401,
         detail=f"GET /v2.0/routers/{secret}/" + "x" * 2000,
     )
+    assert store.flush_denied()
     row = _only(audit_rows(db_path))
     assert len(row["request_id"]) == 64
     assert len(row["detail"]) == 1024
@@ -405,7 +407,7 @@ def test_listing_filters_by_field_and_time_window_in_time_order(
 ) -> None:
     first = make_router(name="a", project_id="p")
     second = make_router(name="b", project_id="q")
-    store.record_denied(
+    store.submit_denied(
         CONTEXT,
         action="get_router",
         target_type="router",
@@ -413,6 +415,7 @@ def test_listing_filters_by_field_and_time_window_in_time_order(
         target_project_id="p",
         status_code=404,
     )
+    assert store.flush_denied()
     rows = audit_rows(db_path)
     assert len(rows) == 3
     with store.unit_of_work(write=False) as repo:

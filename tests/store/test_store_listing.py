@@ -300,9 +300,10 @@ def test_marker_outside_the_scope_is_unknown_whatever_the_filters(store: Store, 
     # The scope (the caller's project) bounds the marker; filters do not (issue 10, item 1).
     theirs = next(r for r in data.routers if r.project_id == "p2")
     mine = next(r for r in data.routers if r.project_id == "p1")
-    scope = {"project_id": ("p1",)}
+    scope: dict[str, tuple[object, ...]] = {"project_id": ("p1",)}
+    every_filter: tuple[dict[str, tuple[object, ...]], ...] = ({}, {"project_id": ("p2",)})
     with store.unit_of_work(write=False) as repo:
-        for filters in ({}, {"project_id": ("p2",)}):
+        for filters in every_filter:
             with pytest.raises(MarkerNotFound):
                 repo.list_routers(ListQuery(scope=scope, filters=filters, marker=theirs.id))
         after = repo.list_routers(ListQuery(scope=scope, marker=mine.id, sort=(("id", ASC),)))

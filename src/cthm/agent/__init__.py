@@ -2,7 +2,8 @@
 
 from cthm.agent.agent import Agent
 from cthm.agent.capabilities import HelperCapabilities
-from cthm.agent.kernel_state import KernelStateBook, RouterKernelState, ShadowedBinding
+from cthm.agent.kernel_state import KernelStateBook
+from cthm.agent.namespace_check import check_namespace
 from cthm.agent.ports import (
     BindingReport,
     DesiredRouter,
@@ -30,9 +31,8 @@ __all__ = [
     "LocalStoreSource",
     "ReconcileResult",
     "Reconciler",
-    "RouterKernelState",
     "RouterReport",
-    "ShadowedBinding",
     "ShutDown",
     "WorkQueue",
+    "check_namespace",
 ]

@@ -16,50 +16,23 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cthm.agent.capabilities import HelperCapabilities
 from cthm.agent.claims import NamespaceClaims, kernel_namespace
-from cthm.agent.kernel_state import KernelStateBook, RouterKernelState
+from cthm.agent.kernel_state import KernelStateBook
 from cthm.agent.ports import DesiredStateSource, InvalidDesiredState, KernelBackend
 from cthm.agent.queue import ShutDown, WorkQueue
 from cthm.agent.reconciler import Action, RawTableReader, Reconciler, ReconcileResult
-from cthm.domain import HelperCatalog, Unavailable
-from cthm.netfilter import NftError, UnsafeValue, scratch_namespace
+from cthm.domain import AgentSnapshot, HelperCatalog, RouterKernelState, Unavailable
+from cthm.netfilter import NETNS_DIR, NftError, UnsafeValue, scratch_namespace
 
 log = logging.getLogger(__name__)
 
-NETNS_DIR = Path("/run/netns")
 COUNTED = ("applied", "noop", "failed", "removed", "drift")
 UNAVAILABLE_LOG_INTERVAL = 60.0  # seconds between warnings while the database is unavailable
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSnapshot:
-    """How the agent is doing, read at once (for operators: the API's agents resource).
-
-    threads_alive: started, not stopped, and every worker and the timer thread still running.
-    seconds_since_resync: by the monotonic clock (None: never resynced); last_resync_at and
-    last_reconcile_at: wall-clock times of the last resync (every router queued) and the last
-    finished reconcile. routers: routers whose last reconcile did not remove them.
-    deployment_id: the identity this agent marks kernel state with; unclaimed: what the
-    start-up sweep left alone (namespace -> another deployment's id, None when unmarked)."""
-
-    started_at: datetime | None
-    last_resync_at: datetime | None
-    last_reconcile_at: datetime | None
-    seconds_since_resync: float | None
-    threads_alive: bool
-    counts: Mapping[str, int]
-    queue_depth: int
-    routers: int
-    workers: int
-    resync_interval: float
-    deployment_id: str | None = None
-    unclaimed: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class Agent:
@@ -178,10 +151,6 @@ class Agent:
     def wait_settled(self, timeout: float = 10.0) -> bool:
         """True once nothing is ready or in flight (delayed retries may remain)."""
         return self.queue.wait_until(lambda: not self.queue.busy(), timeout)
-
-    def last_result(self, router_id: str) -> ReconcileResult | None:
-        with self._lock:
-            return self._last.get(router_id)
 
     def snapshot(self) -> AgentSnapshot:
         """Counts, queue depth, thread health and the last resync and reconcile times."""

@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cthm.domain import Router
-from cthm.netfilter import UnsafeValue
-from cthm.netfilter.netns import NETNS_DIR, NamespaceId, UnsafeNamespace, namespace_identity
+from cthm.netfilter import NETNS_DIR, NamespaceId, UnsafeNamespace, UnsafeValue, namespace_identity
 
 _LATEST = datetime.max  # a router without created_at registers after every one with it
 

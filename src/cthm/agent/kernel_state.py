@@ -2,7 +2,8 @@
 
 Kept here and not in the database on purpose: a no-op resync must write nothing to the DB, yet
 `verified_at` moves on every successful read-back. The record also carries what drift detection
-needs: the desired state (router revision and expected table) this agent last verified.
+needs: the desired state (router revision and expected table) this agent last verified. The
+records are the domain's RouterKernelState values, which the API presents.
 """
 
 from __future__ import annotations
@@ -13,56 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from cthm.agent.ports import KernelState
-from cthm.domain import Assignment, Direction
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowedBinding:
-    """A binding whose connections another rule's `-j CT` gets to first (netfilter.foreign):
-    the kernel gives them foreign_helper (None: no helper at all) instead of kernel_helper.
-    conditions: the rule's matches not evaluated (it may not match every connection)."""
-
-    binding_id: str
-    protocol: str
-    port: int
-    direction: str
-    helper: str  # as bound (an alias such as h323 included)
-    kernel_helper: str
-    rule: str
-    where: str
-    families: tuple[str, ...]
-    foreign_helper: str | None
-    conditions: tuple[str, ...]
-    effect: str
-    reason: str  # the binding's status_reason
-
-
-@dataclass(frozen=True, slots=True)
-class RouterKernelState:
-    """One router's kernel view as this agent last observed it.
-
-    in_sync: True when the last read equals the desired table, False when it differs (or the
-    namespace is missing), None when unknown (never read, or the read itself failed).
-    actual: the assignments read back; None when unknown, () when there is no table.
-    shadowed: bindings other rules' `-j CT` get to first, as of shadow_checked_at (the raw
-    tables are read at the periodic resync, not on every change).
-    """
-
-    router_id: str
-    namespace: str | None = None
-    revision_number: int | None = None
-    desired: tuple[Assignment, ...] | None = None
-    actual: tuple[Assignment, ...] | None = None
-    table_present: bool | None = None
-    garbage: tuple[str, ...] = ()
-    in_sync: bool | None = None
-    checked_at: datetime | None = None  # last read of the kernel, whatever it showed
-    verified_at: datetime | None = None  # last read that equalled the desired table
-    last_error: str | None = None  # kept after recovery: compare last_error_at with verified_at
-    last_error_at: datetime | None = None
-    drift_repairs: int = 0
-    shadowed: tuple[ShadowedBinding, ...] = ()
-    shadow_checked_at: datetime | None = None
+from cthm.domain import Assignment, Direction, RouterKernelState, ShadowedBinding
 
 
 @dataclass(frozen=True, slots=True)

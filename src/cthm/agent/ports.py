@@ -26,6 +26,11 @@ class KernelState(TypingProtocol):
 
 class KernelBackend(TypingProtocol):
     @property
+    def label(self) -> str:
+        """Which backend this is, for logs and the operator ("nftables", "iptables-nft")."""
+        ...
+
+    @property
     def owner(self) -> str | None:
         """The deployment id everything this backend writes is marked with (None: unmarked)."""
         ...

@@ -23,7 +23,7 @@ from enum import StrEnum
 
 from cthm.agent.capabilities import HelperCapabilities
 from cthm.agent.claims import NamespaceClaims
-from cthm.agent.kernel_state import KernelStateBook, ShadowedBinding, describe_difference
+from cthm.agent.kernel_state import KernelStateBook, describe_difference
 from cthm.agent.ports import (
     BindingReport,
     DesiredRouter,
@@ -38,12 +38,19 @@ from cthm.domain import (
     HelperCatalog,
     InvalidInput,
     Protocol,
+    ShadowedBinding,
     Status,
     assignments_for,
     validate_status_reason,
 )
-from cthm.netfilter import NamespaceNotFound, NftError, RawTable, Shadow, find_shadows
-from cthm.netfilter.netns import UnsafeNamespace
+from cthm.netfilter import (
+    NamespaceNotFound,
+    NftError,
+    RawTable,
+    Shadow,
+    UnsafeNamespace,
+    find_shadows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +350,7 @@ class Reconciler:
                     log.info(
                         "router %s: migrated: removed %s rules from %s",
                         router_id,
-                        _label(retired),
+                        retired.label,
                         namespace,
                     )
             except NamespaceNotFound:
@@ -352,7 +359,7 @@ class Reconciler:
                 log.warning(
                     "router %s: could not check %s rules in %s: %s",
                     router_id,
-                    _label(retired),
+                    retired.label,
                     namespace,
                     _message(exc),
                 )
@@ -464,11 +471,6 @@ def _shadowed_binding(binding: HelperBinding, shadow: Shadow) -> ShadowedBinding
         effect=shadow.effect,
         reason=reason,
     )
-
-
-def _label(backend: KernelBackend) -> str:
-    label = getattr(backend, "label", None)
-    return label if isinstance(label, str) else type(backend).__name__
 
 
 def _message(exc: Exception) -> str:

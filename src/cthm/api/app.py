@@ -52,10 +52,14 @@ from cthm.api.routes import (
 )
 from cthm.api.routes import kernel_state as kernel_state_routes
 from cthm.api.routes import status as router_status
-from cthm.api.routes.agents import AgentsProvider
-from cthm.api.routes.kernel_state import KernelStateProvider
 from cthm.api.schemas import ErrorResponse
-from cthm.domain import CthmError, HelperCatalog
+from cthm.domain import (
+    AgentsProvider,
+    CthmError,
+    HelperCatalog,
+    KernelStateProvider,
+    NamespaceCheck,
+)
 from cthm.settings import Settings
 from cthm.store import AuditContext, Store
 
@@ -79,12 +83,15 @@ def create_app(
     authenticator: Authenticator | None = None,
     kernel_state: KernelStateProvider | None = None,
     agents: AgentsProvider | None = None,
+    namespace_check: NamespaceCheck | None = None,
 ) -> FastAPI:
     """The cthm REST API over `store`. helper_availability: which (kernel helper, protocol)
     pairs this host's kernel has; None: unknown (the catalog shows kernel_available null).
     authenticator: how tokens are checked and failures slowed down (default: the defaults).
     kernel_state: the in-process agent's view of a router's kernel table; None: no agent.
-    agents: reports on the agents serving this API (GET /v2.0/agents); None: no agent."""
+    agents: reports on the agents serving this API (GET /v2.0/agents); None: no agent.
+    namespace_check: refuses at registration a namespace the agent of this host would refuse
+    (given only where that agent runs); None: the namespace is checked by the agent alone."""
     app = FastAPI(
         title="cthm",
         summary="Conntrack helper manager: Neutron-compatible conntrack helper API",
@@ -113,6 +120,7 @@ def create_app(
     app.state.authenticator = authenticator if authenticator is not None else Authenticator()
     app.state.kernel_state = kernel_state
     app.state.agents = agents
+    app.state.namespace_check = namespace_check
     app.state.failed_authentications = FailedAuthentications(store)
     # Added before the request-context middleware, so it runs inside it: a 401 has a request id.
     app.add_middleware(AuthenticationMiddleware, authenticator=app.state.authenticator, store=store)

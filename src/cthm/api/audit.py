@@ -2,11 +2,11 @@
 
 A change is recorded by the store in the change's own transaction. A denied attempt changes
 nothing, and the request's transaction (if it had one) was rolled back, so it is recorded apart:
-a 403 from the policy, a 404 that hides another project's object (`Denial` errors), and a 401
-(no usable token). Recording must never change the answer, not even its timing: the event is
-queued and committed by the store's background writer (cthm.store.audit_writer), so a 404 that
-hides a router costs what a 404 for an unknown id costs. A failure to record is logged and the
-caller still gets the denial.
+a 403 from the policy and a 404 that hides another project's object (`Denial` errors) here; a
+401 (no usable token) by cthm.api.auth_audit, aggregated. Recording must never change the
+answer, not even its timing: the event is queued and committed by the store's background writer
+(cthm.store.audit_writer), so a 404 that hides a router costs what a 404 for an unknown id
+costs. A failure to record is logged and the caller still gets the denial.
 """
 
 from __future__ import annotations
@@ -51,26 +51,6 @@ def record_denial(
         target_id=error.target_id,
         target_project_id=error.target_project_id,
         status_code=status_code,
-        detail=detail,
-    )
-
-
-def record_unauthenticated(
-    store: Store, state: Mapping[str, Any], token_id: str | None, detail: str
-) -> None:
-    """A request without a usable token (401). token_id: the id of the token it carried when
-    that token exists (revoked or expired); the secret itself is never recorded."""
-    context = context_of(state)
-    if token_id is not None:
-        context = AuditContext(context.request_id, token_id, context.project_id)
-    _record(
-        store,
-        context,
-        action=UNAUTHENTICATED_ACTION,
-        target_type=UNAUTHENTICATED_TARGET,
-        target_id=None,
-        target_project_id=None,
-        status_code=401,
         detail=detail,
     )
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ParamSpec
 
 from rich import box
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cthm.cli.client import JSONObject
+from cthm.cli.context import CliState
+
+P = ParamSpec("P")
 
 STATUS_STYLES = {"ACTIVE": "green", "ERROR": "bold red", "PENDING": "yellow"}
 ROUTER_COLUMNS = (
@@ -42,6 +45,21 @@ def console() -> Console:
     # lines instead.
     width = None if sys.stdout.isatty() else 4096
     return Console(width=width, highlight=False, soft_wrap=False)
+
+
+def emit(
+    state: CliState,
+    body: JSONObject | None,
+    view: Callable[P, None],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> None:
+    """A command's answer: with --json the JSON body (nothing for an answer without one, as a
+    delete's 204: scripts read the exit status), else `view(*args)` for people."""
+    if not state.json:
+        view(*args, **kwargs)
+    elif body is not None:
+        print_json(body)
 
 
 def print_json(body: Any) -> None:

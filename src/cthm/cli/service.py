@@ -26,34 +26,30 @@ from alembic.util import CommandError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from cthm.agent import Agent, KernelBackend, LocalStoreSource
+from cthm.agent import Agent, KernelBackend, LocalStoreSource, check_namespace
 from cthm.cli.errors import DataDirInUse, ServiceError, ServiceSettingError
 from cthm.cli.server import Limits, bind_listener, check_tls_files, listener_url, run_server
-from cthm.domain import AuthToken, CthmError, Role
+from cthm.domain import AgentReport, AuthToken, CthmError, Role, derive_agent_id
 from cthm.netfilter import (
+    BackendChoice,
+    BackendUnavailable,
     IptablesBackend,
+    LegacyGuard,
     NftablesBackend,
     NftRunner,
     UnsafeValue,
-    read_raw_tables,
-)
-from cthm.netfilter.detect import (
-    BackendChoice,
-    BackendUnavailable,
-    LegacyGuard,
+    check_owner,
     decide,
+    make_usable_runner,
     namespaces_to_observe,
     observe,
+    read_raw_tables,
 )
-from cthm.netfilter.factory import make_usable_runner
-from cthm.netfilter.model import check_owner
 from cthm.settings import Settings
 from cthm.store import AuditContext, Store, deployment_id
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-
-    from cthm.api.routes.agents import AgentReport
 
 DATA_DIR_MODE = 0o700
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
@@ -113,6 +109,9 @@ class Service:
         self._lock = DataDirLock.acquire(self.settings.data_dir)
         try:
             self._store = open_store(self.settings.effective_database_url)
+            # Before the agent: a start refused over the token file must not have swept or
+            # written anything in the kernel (nor said anything but its one error).
+            self.bootstrap()
             if self.settings.agent_enabled:
                 self._start_agent(self._store)
         except BaseException:
@@ -120,16 +119,18 @@ class Service:
             raise
 
     def bootstrap(self) -> Path | None:
-        """Makes the first admin token if the store holds none, and says where its secret is.
-        Returns that file, or None (tokens exist). ServiceError if it cannot."""
-        self.admin_token_file = bootstrap_admin_token(self.store, self.settings.data_dir)
-        if self.admin_token_file is not None:
+        """Makes the first admin token if the store holds none, and says where its secret is
+        (start() calls it). Returns that file, or None (tokens exist). ServiceError if it
+        cannot."""
+        created = bootstrap_admin_token(self.store, self.settings.data_dir)
+        if created is not None:
+            self.admin_token_file = created
             self._say(
-                f"cthm created the first admin token: it is in {self.admin_token_file} "
+                f"cthm created the first admin token: it is in {created} "
                 "(readable only by its owner); use it as --token or CTHM_TOKEN"
             )
         self.warn_admin_access()
-        return self.admin_token_file
+        return created
 
     def warn_admin_access(self) -> None:
         """Logs a WARNING when no admin token is usable, or every one expires soon: revoking
@@ -259,13 +260,13 @@ class Service:
             helper_availability=availability,
             kernel_state=kernel_state,
             agents=self._agent_reports(),
+            # The check looks at this host's namespaces: only where the agent is on this host.
+            namespace_check=check_namespace if agent is not None else None,
         )
 
     def _agent_reports(self) -> Callable[[], list[AgentReport]] | None:
         """What GET /v2.0/agents shows of the in-process agent: its identity and backend
         choice, fixed now, and its snapshot, read at every request."""
-        from cthm.api.routes.agents import AgentReport, derive_agent_id
-
         agent, choice = self.agent, self.backend_choice
         if agent is None or choice is None:
             return None
@@ -290,16 +291,19 @@ class Service:
 
         return reports
 
-    def serve(self, on_listening: Callable[[str], None] | None = None) -> None:
-        """Serves the API until SIGTERM or SIGINT; `on_listening(url)` once connections queue."""
-        tls = None
-        if self.settings.tls_cert_file is not None and self.settings.tls_key_file is not None:
-            tls = (self.settings.tls_cert_file, self.settings.tls_key_file)
-            check_tls_files(*tls)
+    def serve(
+        self,
+        on_listening: Callable[[str], None] | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Serves the API until SIGTERM or SIGINT; `on_listening(url)` once connections queue.
+        sock: the listener from `listen()`, bound before start() so a port in use is the only
+        thing a refused start does; else bound here. Closed when serving ends."""
+        tls = tls_files(self.settings)
+        if sock is None:
+            sock = listen(self.settings)
         app = self.app()
-        sock = bind_listener(self.settings.host, self.settings.port)
         try:
-            self.bootstrap()
             # Said once the start can no longer fail: a refused start prints only its error.
             if self.backend_choice is not None:
                 log.info("%s", self.backend_choice.describe())
@@ -314,6 +318,21 @@ class Service:
             )
         finally:
             sock.close()
+
+
+def tls_files(settings: Settings) -> tuple[Path, Path] | None:
+    """The certificate and key to serve HTTPS with, checked; None: plain HTTP."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    check_tls_files(settings.tls_cert_file, settings.tls_key_file)
+    return settings.tls_cert_file, settings.tls_key_file
+
+
+def listen(settings: Settings) -> socket.socket:
+    """The API's listening socket, TLS files checked first: both are one clear error before
+    anything else starts (ServiceError)."""
+    tls_files(settings)
+    return bind_listener(settings.host, settings.port)
 
 
 def _identity(store: Store) -> str:

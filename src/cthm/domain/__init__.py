@@ -3,6 +3,14 @@
 Imports nothing else of cthm; everything above builds on it.
 """
 
+from cthm.domain.agent_status import (
+    AGENT_ID_NAMESPACE,
+    AgentReport,
+    AgentSnapshot,
+    RouterKernelState,
+    ShadowedBinding,
+    derive_agent_id,
+)
 from cthm.domain.auth import AuthToken, LastAdminToken, Role, TokenNotFound, parse_roles
 from cthm.domain.catalog import (
     ALIASES,
@@ -39,6 +47,7 @@ from cthm.domain.models import (
     parse_direction,
     restore_binding,
 )
+from cthm.domain.ports import AgentsProvider, KernelStateProvider, NamespaceCheck
 from cthm.domain.query import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, ListQuery, SortDir
 from cthm.domain.quota import UNLIMITED, BindingQuota, OverQuota
 from cthm.domain.types import Direction, Protocol, Status
@@ -52,12 +61,16 @@ from cthm.domain.validation import (
 )
 
 __all__ = [
+    "AGENT_ID_NAMESPACE",
     "ALIASES",
     "DEFAULT_PAGE_LIMIT",
     "KERNEL_HELPERS",
     "MAX_PAGE_LIMIT",
     "NAMESPACE_PREFIX",
     "UNLIMITED",
+    "AgentReport",
+    "AgentSnapshot",
+    "AgentsProvider",
     "Assignment",
     "AuthToken",
     "BindingConflict",
@@ -71,9 +84,11 @@ __all__ = [
     "HelperCatalog",
     "HelperSpec",
     "InvalidInput",
+    "KernelStateProvider",
     "LastAdminToken",
     "ListQuery",
     "MarkerNotFound",
+    "NamespaceCheck",
     "NamespaceInUse",
     "NamespaceRefused",
     "NotFound",
@@ -82,7 +97,9 @@ __all__ = [
     "Protocol",
     "Role",
     "Router",
+    "RouterKernelState",
     "RouterNotFound",
+    "ShadowedBinding",
     "SortDir",
     "Status",
     "TokenNotFound",
@@ -90,6 +107,7 @@ __all__ = [
     "assignments_for",
     "check_binding_fields",
     "default_namespace",
+    "derive_agent_id",
     "new_binding",
     "new_router",
     "parse_direction",

@@ -2,9 +2,15 @@
 table `inet cthm` (which cthm alone owns in the router's namespace), parse the kernel's state
 back, and run transactions inside namespaces (in-process with libnftables, or the nft binary),
 plus an honest in-memory fake for tests above this layer. iptables: chains `cthm-PREROUTING` and
-`cthm-OUTPUT` in the raw table (iptables.py); `detect.py` chooses between them for `auto`.
-Other software's `-j CT` rules in the raw tables, and the assignments of cthm's they shadow:
-`read_raw_tables` (raw_tables.py) and `find_shadows` (foreign.py).
+`cthm-OUTPUT` in the raw table (iptables.py; the legacy flavour behind `LegacyGuard`). For
+`auto`, `observe` looks at the node (observation.py) and `decide` chooses, purely (detect.py).
+Reading a namespace without changing it (inspect.py): `read_cthm` (cthm's table or chains),
+`read_raw_tables` (every flavour's raw table, both families) and `find_shadows_in` (other
+software's `-j CT` rules that shadow cthm's assignments; the judgement is foreign.py's).
+Namespaces are entered only through netns.py (`namespace_identity`, `UnsafeNamespace`).
+
+This module's names are the package's whole surface: the rest of cthm imports nothing else
+from it (an import-linter contract, .importlinter).
 
 Decisions (each checked against nft 1.0.6 on this kernel by tests/netfilter):
 - Every apply replaces the table whole in one transaction (add; delete; define).
@@ -22,6 +28,7 @@ Decisions (each checked against nft 1.0.6 on this kernel by tests/netfilter):
 """
 
 from cthm.netfilter.backend import NftablesBackend
+from cthm.netfilter.detect import BackendChoice, BackendUnavailable, Observation, decide
 from cthm.netfilter.errors import (
     NamespaceNotFound,
     NftBusy,
@@ -32,21 +39,28 @@ from cthm.netfilter.errors import (
     UnsafeValue,
     translate_error,
 )
-from cthm.netfilter.factory import RUNNER_KINDS, make_runner
+from cthm.netfilter.factory import (
+    RUNNER_KINDS,
+    NftablesUnavailable,
+    make_runner,
+    make_usable_runner,
+)
 from cthm.netfilter.fake import FakeNftables, FakeRun, FakeUnsupported
 from cthm.netfilter.foreign import ForeignRule, RawTable, Shadow, find_shadows
-from cthm.netfilter.iptables import IPTABLES_FLAVOURS, IptablesBackend
+from cthm.netfilter.inspect import find_shadows_in, read_cthm, read_iptables, read_raw_tables
+from cthm.netfilter.iptables import IPTABLES_FLAVOURS, IptablesBackend, LegacyGuard
 from cthm.netfilter.libnftables import LibNftablesRunner, LibraryUnavailable
 from cthm.netfilter.model import (
-    CHAIN_NAME,
     TABLE_FAMILY,
     TABLE_NAME,
     HelperObject,
     KernelTable,
+    check_owner,
     helper_object_name,
 )
+from cthm.netfilter.netns import NETNS_DIR, NamespaceId, UnsafeNamespace, namespace_identity
+from cthm.netfilter.observation import namespaces_to_observe, observe
 from cthm.netfilter.parse import parse_table
-from cthm.netfilter.raw_tables import read_raw_tables
 from cthm.netfilter.render import desired_table, render, render_delete, render_probe
 from cthm.netfilter.runner import NftRunner
 from cthm.netfilter.scratch import scratch_namespace
@@ -54,11 +68,13 @@ from cthm.netfilter.subprocess_runner import SubprocessRunner
 from cthm.netfilter.transaction import Operation, Transaction
 
 __all__ = [
-    "CHAIN_NAME",
     "IPTABLES_FLAVOURS",
+    "NETNS_DIR",
     "RUNNER_KINDS",
     "TABLE_FAMILY",
     "TABLE_NAME",
+    "BackendChoice",
+    "BackendUnavailable",
     "FakeNftables",
     "FakeRun",
     "FakeUnsupported",
@@ -66,8 +82,10 @@ __all__ = [
     "HelperObject",
     "IptablesBackend",
     "KernelTable",
+    "LegacyGuard",
     "LibNftablesRunner",
     "LibraryUnavailable",
+    "NamespaceId",
     "NamespaceNotFound",
     "NftBusy",
     "NftError",
@@ -76,17 +94,29 @@ __all__ = [
     "NftOther",
     "NftRunner",
     "NftablesBackend",
+    "NftablesUnavailable",
+    "Observation",
     "Operation",
     "RawTable",
     "Shadow",
     "SubprocessRunner",
     "Transaction",
+    "UnsafeNamespace",
     "UnsafeValue",
+    "check_owner",
+    "decide",
     "desired_table",
     "find_shadows",
+    "find_shadows_in",
     "helper_object_name",
     "make_runner",
+    "make_usable_runner",
+    "namespace_identity",
+    "namespaces_to_observe",
+    "observe",
     "parse_table",
+    "read_cthm",
+    "read_iptables",
     "read_raw_tables",
     "render",
     "render_delete",

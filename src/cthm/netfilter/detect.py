@@ -1,9 +1,9 @@
 """`backend = "auto"`: which backend (and, for "default", which iptables flavour) this node
 uses, decided once at start by looking, never by changing anything.
 
-Two halves: `observe()` reads the node (nft `list tables`, and `iptables-save` /
-`ip6tables-save` of each installed flavour, in a few router namespaces; `iptables --version`),
-and `decide()` is a pure function of that `Observation`, tested as a table.
+This module is the pure half: `decide()` is a function of an `Observation`, tested as a table;
+`iptables_state()` says what one `iptables-save` text holds. observation.py makes the observation
+(reads namespaces and the tools installed).
 
 How auto decides, first match wins:
   a) cthm's own state, so that a restart never migrates: the router namespaces looked at hold
@@ -14,50 +14,25 @@ How auto decides, first match wins:
   c) what can be used: nftables unless it cannot (no libnftables, no nft) and iptables can.
 With flavour "default" and both flavours installed, the iptables flavour is the one whose tables
 hold cthm's chains, else other software's rules, else what `iptables --version` says.
-
-Nothing here writes. Reads never name a table (`-t`): `iptables-legacy-save -t raw` creates the
-legacy raw table in the namespace it asks about (measured: /proc/net/ip_tables_names gains
-"raw", and iptables-nft then warns of legacy tables), while a plain save prints only tables
-that exist. For the same reason `LegacyGuard` lets an iptables-legacy backend look into a
-namespace only when legacy tables exist there, which it finds out in-process (a thread that
-`setns()`s and reads /proc/thread-self/net/ip_tables_names) at no process spawn.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import itertools
-import logging
-import os
-import shutil
-import subprocess
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from cthm.domain import Assignment, Protocol
-from cthm.netfilter.errors import NamespaceNotFound, NftError, NftOther, UnsafeValue
-from cthm.netfilter.iptables import IPTABLES_FLAVOURS, IptablesBackend
-from cthm.netfilter.model import KernelTable, check_namespace
-from cthm.netfilter.netns import UnsafeNamespace, namespace_identity, open_namespace
-from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR, NftRunner
-from cthm.netfilter.subprocess_runner import run_in_namespace, which
-
-log = logging.getLogger(__name__)
+from cthm.netfilter.iptables import IPTABLES_FLAVOURS, iptables_label
+from cthm.netfilter.iptables_model import CHAIN_BY_NAME
+from cthm.netfilter.iptables_save import declared_policy, save_lines
 
 BACKENDS = ("nftables", "iptables", "auto")
 NAMED_FLAVOURS = ("nft", "legacy")  # the flavours with their own tool names
-CTHM_CHAINS = frozenset({"cthm-PREROUTING", "cthm-OUTPUT"})
+CTHM_CHAINS = frozenset(CHAIN_BY_NAME)
 BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
-NEUTRON_PREFIX = "qrouter-"
-DEFAULT_LIMIT = 16  # namespaces looked at: a decision, not a census (each costs a few ms)
 
 _KERNEL_NAMES = {"nft": "nf_tables", "legacy": "legacy"}  # as `iptables --version` says them
-_CLONE_NEWNET = 0x40000000
-_LEGACY_NAMES = ("ip_tables_names", "ip6_tables_names")
 
 
 class BackendUnavailable(Exception):
@@ -161,13 +136,9 @@ class BackendChoice:
         return text
 
 
-def iptables_label(flavour: str) -> str:
-    return "iptables" if flavour == "default" else f"iptables-{flavour}"
-
-
 def decide(observation: Observation, *, backend: str, flavour: str) -> BackendChoice:
     """The backend to use for the configured `backend` ("nftables", "iptables", "auto") and
-    iptables `flavour` ("default", "nft", "legacy"), given what `observe()` saw. Pure.
+    iptables `flavour` ("default", "nft", "legacy"), given what `observation.observe()` saw. Pure.
 
     BackendUnavailable when a flavour named in the configuration lacks its tools, or when
     iptables is configured and none of its tools can be used."""
@@ -288,18 +259,11 @@ def iptables_state(save_text: str) -> IptablesState:
     """What a whole `iptables-save` (every table, one family) holds: cthm's chains in raw, and
     the first thing that is not cthm's. Built-in chains with an ACCEPT policy and no rules are
     nothing: a save prints them for every table that exists."""
-    table = ""
     cthm = False
     foreign: str | None = None
-    for line in save_text.splitlines():
-        if not line or line.startswith("#") or line == "COMMIT":
-            continue
-        if line.startswith("*"):
-            table = line[1:]
-            continue
-        if line.startswith(":"):
-            name, _, rest = line[1:].partition(" ")
-            policy = rest.split(" ", 1)[0]
+    for table, name, line, words in save_lines(save_text):
+        if words is None:
+            policy = declared_policy(line)
             if name in CTHM_CHAINS and table == "raw":
                 cthm = True
             elif name not in BUILTIN_CHAINS:
@@ -307,10 +271,7 @@ def iptables_state(save_text: str) -> IptablesState:
             elif policy not in ("ACCEPT", "-"):
                 foreign = foreign or f"policy {policy} on {name} in {table}"
             continue
-        words = line.split()
-        if len(words) < 2 or words[0] != "-A":
-            continue
-        if table == "raw" and (words[1] in CTHM_CHAINS or _targets_cthm(words)):
+        if table == "raw" and (name in CTHM_CHAINS or _targets_cthm(words)):
             continue
         foreign = foreign or f"rule in {table}: {_shorten(line)}"
     return IptablesState(cthm, foreign)
@@ -325,268 +286,3 @@ def _targets_cthm(words: list[str]) -> bool:
 
 def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --- making the observation -----------------------------------------------------------------
-
-
-def tools(flavour: str) -> tuple[str, ...]:
-    """The programs the iptables backend runs for `flavour`."""
-    backend = IptablesBackend(flavour=flavour)
-    return tuple(
-        backend.tool(action, ipv6=ipv6) for ipv6 in (False, True) for action in ("save", "restore")
-    )
-
-
-def missing_tools() -> dict[str, tuple[str, ...]]:
-    """Per flavour, the programs not found on PATH now."""
-    return {f: tuple(t for t in tools(f) if shutil.which(t) is None) for f in IPTABLES_FLAVOURS}
-
-
-def iptables_version_flavour(timeout: float = DEFAULT_TIMEOUT) -> str | None:
-    """ "nft" or "legacy" as `iptables --version` says ("(nf_tables)", "(legacy)"; an iptables
-    that names neither predates nf_tables); None if it cannot be run. Read-only."""
-    program = shutil.which("iptables")
-    if program is None:
-        return None
-    try:
-        done = subprocess.run(
-            [program, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "LC_ALL": "C", "LANG": "C"},
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("cannot run %s --version: %s", program, exc)
-        return None
-    if done.returncode != 0:
-        return None
-    return "nft" if "nf_tables" in done.stdout else "legacy"
-
-
-def namespaces_to_observe(
-    claimed: Iterable[str], *, netns_dir: Path = NETNS_DIR, limit: int = DEFAULT_LIMIT
-) -> tuple[tuple[str, ...], str]:
-    """Up to `limit` existing namespaces among `claimed` (routers' namespaces, read lazily, in
-    order); when none exists, up to `limit` `qrouter-*` namespaces (Neutron's L3 agent's, whose
-    naming cthm's routers follow), sorted. Returns them and what they are, for a person."""
-    chosen: list[str] = []
-    if limit > 0:
-        for name in claimed:
-            if name not in chosen and _exists(name, netns_dir):
-                chosen.append(name)
-                if len(chosen) >= limit:
-                    break
-    if chosen:
-        return tuple(chosen), "router namespaces"
-    try:
-        names = sorted(e.name for e in netns_dir.iterdir() if e.name.startswith(NEUTRON_PREFIX))
-    except OSError:
-        names = []
-    found = tuple(n for n in names if _exists(n, netns_dir))[:limit]
-    return found, f"{NEUTRON_PREFIX}* namespaces"
-
-
-def _exists(name: str, netns_dir: Path) -> bool:
-    try:
-        return (netns_dir / check_namespace(name)).exists()
-    except UnsafeValue:
-        return False
-
-
-def observe(
-    namespaces: Sequence[str],
-    *,
-    nft: NftRunner | None,
-    scope: str = "router namespaces",
-    netns_dir: Path = NETNS_DIR,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> Observation:
-    """Looks (read-only) at `namespaces` and at the tools installed. `nft` is None when
-    nftables cannot be used. A namespace that vanishes meanwhile is left out."""
-    missing = missing_tools()
-    readable = [f for f in NAMED_FLAVOURS if not missing[f]]
-    if not readable and not missing["default"]:
-        readable = ["default"]
-    version = iptables_version_flavour(timeout) if shutil.which("iptables") else None
-    states = []
-    for namespace in namespaces:
-        state = observe_namespace(
-            namespace, nft=nft, flavours=readable, netns_dir=netns_dir, timeout=timeout
-        )
-        if state is not None:
-            states.append(state)
-    return Observation(
-        namespaces=tuple(states),
-        nftables_usable=nft is not None,
-        missing_tools=missing,
-        version_flavour=version,
-        scope=scope,
-    )
-
-
-def observe_namespace(
-    namespace: str,
-    *,
-    nft: NftRunner | None,
-    flavours: Sequence[str],
-    netns_dir: Path = NETNS_DIR,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> NamespaceState | None:
-    """One namespace, read-only; None if it does not exist (any more) or is refused (a
-    symlink, the host's namespace: see netns.py)."""
-    try:
-        if namespace_identity(namespace, netns_dir) is None:
-            return None
-    except (UnsafeNamespace, UnsafeValue):
-        return None
-    nft_table, ip_tables = False, True
-    if nft is not None:
-        try:
-            tables = set(nft.run(namespace, "list tables").splitlines())
-        except NamespaceNotFound:
-            return None
-        except NftError as exc:
-            log.warning("namespace %s: cannot list nftables tables: %s", namespace, exc.message)
-        else:
-            nft_table = "table inet cthm" in tables
-            # iptables-nft keeps its tables as nftables tables of family ip and ip6.
-            ip_tables = any(t.startswith(("table ip ", "table ip6 ")) for t in tables)
-    states: dict[str, IptablesState] = {}
-    for flavour in flavours:
-        try:
-            if flavour == "nft" and not ip_tables:
-                states[flavour] = IptablesState()
-            else:
-                states[flavour] = _read_flavour(namespace, flavour, netns_dir, timeout)
-        except NamespaceNotFound:
-            return None
-        except (NftError, OSError) as exc:
-            log.warning("namespace %s: cannot read %s rules: %s", namespace, flavour, exc)
-    return NamespaceState(namespace, nft_table, states)
-
-
-def _read_flavour(namespace: str, flavour: str, netns_dir: Path, timeout: float) -> IptablesState:
-    present = (True, True)
-    if flavour == "legacy":
-        # Only families whose legacy tables exist: nothing to read (or to create) otherwise.
-        v4, v6 = legacy_tables(namespace, netns_dir=netns_dir)
-        present = (bool(v4), bool(v6))
-    state = IptablesState()
-    backend = IptablesBackend(flavour=flavour)
-    for ipv6, exists in zip((False, True), present, strict=True):
-        if exists:
-            program = backend.tool("save", ipv6=ipv6)
-            text = run_in_namespace(
-                namespace,
-                [which(program)],
-                program=program,
-                stdin=None,
-                timeout=timeout,
-                netns_dir=netns_dir,
-            )
-            state = state.merged(iptables_state(text))
-    return state
-
-
-# --- legacy tables, looked at in-process ----------------------------------------------------
-
-
-@functools.cache
-def _setns() -> Callable[[int, int], int]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    setns: Callable[[int, int], int] = libc.setns
-    setns.argtypes = [ctypes.c_int, ctypes.c_int]  # type: ignore[attr-defined]
-    setns.restype = ctypes.c_int  # type: ignore[attr-defined]
-    return setns
-
-
-def legacy_tables(
-    namespace: str, *, netns_dir: Path = NETNS_DIR
-) -> tuple[frozenset[str], frozenset[str]]:
-    """The legacy (x_tables) tables that exist in the namespace, IPv4 and IPv6, as the kernel
-    lists them in /proc/net/ip{,6}_tables_names there. Read in a short-lived thread that
-    `setns()`s into the namespace, so nothing is spawned and nothing is created."""
-    fd, _ = open_namespace(namespace, netns_dir)  # checked: no symlink, not the host's
-    outcome: list[tuple[frozenset[str], frozenset[str]] | BaseException] = []
-
-    def peek() -> None:
-        try:
-            if _setns()(fd, _CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, f"setns into {namespace}: {os.strerror(code)}")
-            v4, v6 = (_table_names(f"/proc/thread-self/net/{name}") for name in _LEGACY_NAMES)
-            outcome.append((v4, v6))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            outcome.append(exc)
-
-    # The thread ends in the other namespace: it is never reused, so nothing is switched back.
-    thread = threading.Thread(target=peek, name="cthm-legacy-peek", daemon=True)
-    try:
-        thread.start()
-        thread.join()
-    finally:
-        os.close(fd)
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise NftOther(f"cannot look for legacy iptables tables: {result}", namespace=namespace)
-    return result
-
-
-def _table_names(path: str) -> frozenset[str]:
-    try:
-        with open(path, encoding="ascii") as handle:
-            return frozenset(line.strip() for line in handle if line.strip())
-    except FileNotFoundError:  # no x_tables for this family in this kernel: no legacy tables
-        return frozenset()
-
-
-class LegacyGuard:
-    """An iptables backend of the legacy flavour that looks into (or deletes from) a namespace
-    only where a legacy raw table exists: asking `iptables-legacy-save -t raw` would create
-    one, with its hooks on every packet, in every namespace it is asked about (a retired
-    backend is asked about every router). Writes go through unchanged."""
-
-    def __init__(self, inner: IptablesBackend, *, netns_dir: Path = NETNS_DIR) -> None:
-        self.inner = inner
-        self._netns_dir = netns_dir
-
-    @property
-    def flavour(self) -> str:
-        return self.inner.flavour
-
-    @property
-    def label(self) -> str:
-        return self.inner.label
-
-    @property
-    def owner(self) -> str | None:
-        return self.inner.owner
-
-    def has_raw(self, namespace: str) -> bool:
-        """Both families' legacy raw tables exist. The inner backend reads both, so with one
-        missing it would create it; and cthm, having read both on every apply, has both."""
-        v4, v6 = legacy_tables(namespace, netns_dir=self._netns_dir)
-        return "raw" in v4 and "raw" in v6
-
-    def read(self, namespace: str) -> KernelTable | None:
-        return self.inner.read(namespace) if self.has_raw(namespace) else None
-
-    def desired(self, assignments: Sequence[Assignment]) -> KernelTable:
-        return self.inner.desired(assignments)
-
-    def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None:
-        self.inner.apply(namespace, assignments)
-
-    def delete(self, namespace: str) -> bool:
-        return self.inner.delete(namespace) if self.has_raw(namespace) else False
-
-    def available_helpers(
-        self, namespace: str, kinds: Iterable[tuple[str, Protocol]]
-    ) -> dict[tuple[str, Protocol], bool]:
-        return self.inner.available_helpers(namespace, kinds)
-
-    def close(self) -> None:
-        self.inner.close()

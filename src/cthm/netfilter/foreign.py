@@ -35,6 +35,7 @@ from typing import Literal
 from cthm.domain import Assignment, Direction
 from cthm.netfilter.iptables_model import CHAIN_BY_DIRECTION, CHAIN_BY_NAME, TABLE
 from cthm.netfilter.iptables_parse import parse_save
+from cthm.netfilter.iptables_save import save_lines
 
 Backend = Literal["nftables", "iptables"]
 MAX_DEPTH = 4
@@ -287,18 +288,10 @@ def _covers(
 
 def _chains(text: str) -> dict[str, list[_Rule]]:
     """The raw table's rules by chain, in order (user chains declared but empty included)."""
-    in_raw = False
     chains: dict[str, list[_Rule]] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        if line[0] == "*":
-            in_raw = line == f"*{TABLE}"
-            continue
-        if not in_raw or line == "COMMIT":
-            continue
-        if line[0] == ":":
-            chains.setdefault(line[1:].split(" ", 1)[0], [])
+    for _, chain, line, words in save_lines(text, table=TABLE):
+        if words is None:
+            chains.setdefault(chain, [])
             continue
         rule = _parse_rule(line)
         if rule is not None:
@@ -307,6 +300,8 @@ def _chains(text: str) -> dict[str, list[_Rule]]:
 
 
 def _parse_rule(line: str) -> _Rule | None:
+    """A rule line's match, target and helper; quoted words (a comment) are read as the kernel
+    printed them, so they are split again here, as a shell would."""
     try:
         words = shlex.split(line)
     except ValueError:

@@ -11,6 +11,10 @@ follows the system's alternatives, or "nft", "legacy").
 
 Helper availability is probed with nftables' dry run (`nft -c`): `iptables-restore --test`
 never reaches the kernel and accepts helper types the kernel lacks.
+
+The legacy flavour is wrapped in `LegacyGuard`, which looks into a namespace only where legacy
+tables exist (`legacy_tables`, read in-process): asking `iptables-legacy-save -t raw` would
+create the legacy raw table there.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from cthm.domain import Assignment, Protocol
 from cthm.netfilter.backend import NftablesBackend
+from cthm.netfilter.errors import NftError, NftOther, UnsafeValue
 from cthm.netfilter.factory import make_runner
 from cthm.netfilter.iptables_model import TABLE, SavedTable
 from cthm.netfilter.iptables_parse import parse_save
@@ -33,11 +39,18 @@ from cthm.netfilter.iptables_render import (
     render_delete,
 )
 from cthm.netfilter.model import KernelTable, check_owner
-from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR, namespace_path
+from cthm.netfilter.netns import NETNS_DIR, namespace_path, peek
+from cthm.netfilter.runner import DEFAULT_TIMEOUT
 from cthm.netfilter.subprocess_runner import run_in_namespace, which
 
 IPTABLES_FLAVOURS = ("default", "nft", "legacy")
 _FAMILIES = (False, True)  # ipv6?
+_LEGACY_NAMES = ("ip_tables_names", "ip6_tables_names")
+
+
+def iptables_label(flavour: str) -> str:
+    """For logs and the operator: `iptables` (the system's), `iptables-nft`, `iptables-legacy`."""
+    return "iptables" if flavour == "default" else f"iptables-{flavour}"
 
 
 class IptablesBackend:
@@ -142,7 +155,7 @@ class IptablesBackend:
     @property
     def label(self) -> str:
         """For logs: `iptables`, or `iptables-nft`/`iptables-legacy` for a named flavour."""
-        return "iptables" if self.flavour == "default" else f"iptables-{self.flavour}"
+        return iptables_label(self.flavour)
 
     def close(self) -> None:
         if self._probe is not None:
@@ -182,3 +195,83 @@ class IptablesBackend:
             timeout=self.timeout,
             netns_dir=NETNS_DIR,
         )
+
+
+# --- the legacy flavour: looked at only where its tables exist -------------------------------
+
+
+def legacy_tables(
+    namespace: str, *, netns_dir: Path = NETNS_DIR
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The legacy (x_tables) tables that exist in the namespace, IPv4 and IPv6, as the kernel
+    lists them in /proc/net/ip{,6}_tables_names there. Read in a short-lived thread that
+    `setns()`s into the namespace (netns.peek), so nothing is spawned and nothing is created."""
+
+    def read() -> tuple[frozenset[str], frozenset[str]]:
+        v4, v6 = (_table_names(f"/proc/thread-self/net/{name}") for name in _LEGACY_NAMES)
+        return v4, v6
+
+    try:
+        return peek(namespace, read, netns_dir)
+    except (NftError, UnsafeValue):  # the namespace itself: absent, refused, a bad name
+        raise
+    except Exception as exc:  # in the thread: setns refused, /proc unreadable
+        message = f"cannot look for legacy iptables tables: {exc}"
+        raise NftOther(message, namespace=namespace) from exc
+
+
+def _table_names(path: str) -> frozenset[str]:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return frozenset(line.strip() for line in handle if line.strip())
+    except FileNotFoundError:  # no x_tables for this family in this kernel: no legacy tables
+        return frozenset()
+
+
+class LegacyGuard:
+    """An iptables backend of the legacy flavour that looks into (or deletes from) a namespace
+    only where a legacy raw table exists: asking `iptables-legacy-save -t raw` would create
+    one, with its hooks on every packet, in every namespace it is asked about (a retired
+    backend is asked about every router). Writes go through unchanged."""
+
+    def __init__(self, inner: IptablesBackend, *, netns_dir: Path = NETNS_DIR) -> None:
+        self.inner = inner
+        self._netns_dir = netns_dir
+
+    @property
+    def flavour(self) -> str:
+        return self.inner.flavour
+
+    @property
+    def label(self) -> str:
+        return self.inner.label
+
+    @property
+    def owner(self) -> str | None:
+        return self.inner.owner
+
+    def has_raw(self, namespace: str) -> bool:
+        """Both families' legacy raw tables exist. The inner backend reads both, so with one
+        missing it would create it; and cthm, having read both on every apply, has both."""
+        v4, v6 = legacy_tables(namespace, netns_dir=self._netns_dir)
+        return "raw" in v4 and "raw" in v6
+
+    def read(self, namespace: str) -> KernelTable | None:
+        return self.inner.read(namespace) if self.has_raw(namespace) else None
+
+    def desired(self, assignments: Sequence[Assignment]) -> KernelTable:
+        return self.inner.desired(assignments)
+
+    def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None:
+        self.inner.apply(namespace, assignments)
+
+    def delete(self, namespace: str) -> bool:
+        return self.inner.delete(namespace) if self.has_raw(namespace) else False
+
+    def available_helpers(
+        self, namespace: str, kinds: Iterable[tuple[str, Protocol]]
+    ) -> dict[tuple[str, Protocol], bool]:
+        return self.inner.available_helpers(namespace, kinds)
+
+    def close(self) -> None:
+        self.inner.close()

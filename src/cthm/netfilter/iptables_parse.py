@@ -21,6 +21,7 @@ from cthm.netfilter.iptables_model import (
     SavedChain,
     SavedTable,
 )
+from cthm.netfilter.iptables_save import save_lines
 from cthm.netfilter.model import OWNER_PREFIX, owner_from_comment
 
 _RULES = {
@@ -50,7 +51,6 @@ def _our_target(words: list[str]) -> str | None:
 
 
 def parse_save(text: str) -> SavedTable:
-    in_raw = False
     present: set[str] = set()
     jumps: dict[str, list[str]] = {chain.name: [] for chain in CHAINS}
     # Per chain, keyed by (protocol, port): a second rule for one is shadowed.
@@ -59,23 +59,12 @@ def parse_save(text: str) -> SavedTable:
     ruled: set[str] = set()
     owners: dict[str, str] = {}
     seen: set[str] = set()  # chains with a rule (marker or not) read so far
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        if line[0] == "*":
-            in_raw = line == f"*{TABLE}"
-            continue
-        if not in_raw or line == "COMMIT":
-            continue
-        if line[0] == ":":
-            name = line.split(" ", 1)[0][1:]
+    for _, name, line, words in save_lines(text, table=TABLE):
+        if words is None:
             if name in CHAIN_BY_NAME:
                 present.add(name)
             continue
-        words = line.split()
-        if len(words) < 2 or words[0] != "-A":
-            continue
-        chain = CHAIN_BY_NAME.get(words[1])
+        chain = CHAIN_BY_NAME.get(name)
         if chain is not None:
             first = chain.name not in seen
             seen.add(chain.name)

@@ -38,7 +38,6 @@ from cthm.netfilter.render import desired_table
 
 # The ingress chain's names, as before directions existed.
 CHAIN = INGRESS_CHAIN.name
-HOOK_CHAIN = INGRESS_CHAIN.hook
 JUMP_SPEC = INGRESS_CHAIN.jump
 # Unknown helper types are kept off IPv6: writing one there could fail the whole restore.
 IPV6_HELPERS = frozenset(spec.name for spec in KERNEL_HELPERS if spec.ipv6)

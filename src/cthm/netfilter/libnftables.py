@@ -3,7 +3,7 @@
 A libnftables context binds its netlink socket to the network namespace its thread is in when
 the context is created (measured). So one dedicated worker thread does all the work: for each
 call it opens /run/netns/NAME (netns.open_namespace: never through a symlink, never the host's
-namespace), `setns()`s into it, uses a context created in that namespace
+namespace), `setns()`s into it (netns.enter), uses a context created in that namespace
 (cached: creating one costs far more than an apply), runs, and `setns()`s back to the
 namespace it started in. Callers in any thread hand their call to the worker through a queue.
 
@@ -28,11 +28,9 @@ from typing import Any, TypeVar
 
 from cthm.netfilter.errors import NamespaceNotFound, NftOther, translate_error
 from cthm.netfilter.model import check_namespace
-from cthm.netfilter.netns import open_namespace
-from cthm.netfilter.runner import NETNS_DIR
+from cthm.netfilter.netns import NETNS_DIR, enter, open_namespace, setns_binding
 
 LIBRARY = "libnftables.so.1"
-CLONE_NEWNET = 0x40000000
 _NFT_CTX_OUTPUT_JSON = 1 << 4
 
 T = TypeVar("T")
@@ -56,8 +54,7 @@ class _Library:
     def __init__(self, name: str) -> None:
         try:
             lib = ctypes.CDLL(name, use_errno=True)
-            libc = ctypes.CDLL(None, use_errno=True)
-            self.setns: Callable[[int, int], int] = libc.setns
+            setns_binding()  # checked here: a runner that cannot enter namespaces is unusable
         except (OSError, AttributeError) as exc:
             raise LibraryUnavailable(f"cannot load {name}: {exc}") from exc
         ptr, c_int = ctypes.c_void_p, ctypes.c_int
@@ -98,12 +95,6 @@ class _Library:
         out = (self.lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
         err = (self.lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
         return int(code), out, err
-
-
-def _setns(library: _Library, fd: int) -> None:
-    if library.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"setns: {os.strerror(errno)}")
 
 
 class LibNftablesRunner:
@@ -214,7 +205,7 @@ class LibNftablesRunner:
             key = (namespace, identity.dev, identity.ino)
             self._forget(namespace, keep=key)
             try:
-                _setns(self._library, fd)
+                enter(fd)
             except OSError as exc:
                 raise NamespaceNotFound(namespace, f"cannot enter it: {exc.strerror}") from exc
             try:
@@ -246,7 +237,7 @@ class LibNftablesRunner:
 
     def _go_home(self) -> None:
         try:
-            _setns(self._library, self._home_fd)
+            enter(self._home_fd)
         except OSError as exc:
             # The worker is stranded in a router's namespace: refuse all further work rather
             # than create contexts in the wrong place.

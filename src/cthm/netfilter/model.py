@@ -36,7 +36,6 @@ from cthm.netfilter.errors import UnsafeValue
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "cthm"
-CHAIN_NAME = "prerouting"  # the ingress chain (the only one before directions existed)
 # `ct helper set` only works after conntrack lookup (priority -200, in both hooks): `filter` (0)
 # is after it; a chain at `raw` (-300) is accepted by nft but silently assigns nothing.
 CHAIN_TYPE = "filter"
@@ -71,7 +70,7 @@ class ChainSpec:
 
 # In rendering order: a table with only ingress assignments is exactly the one-chain layout.
 CHAINS: dict[Direction, ChainSpec] = {
-    Direction.INGRESS: ChainSpec(Direction.INGRESS, CHAIN_NAME, CHAIN_HOOK),
+    Direction.INGRESS: ChainSpec(Direction.INGRESS, "prerouting", CHAIN_HOOK),
     Direction.OUTPUT: ChainSpec(Direction.OUTPUT, "output", "output"),
 }
 CHAINS_BY_NAME: dict[str, ChainSpec] = {spec.name: spec for spec in CHAINS.values()}

@@ -11,19 +11,26 @@ under /run/netns. A namespace is identified by the nsfs inode it resolves to whe
 - what it opens must be an nsfs inode of a network namespace (a file that is not one yet, as
   `ip netns add` leaves it for a moment, is "not found"; another kind of namespace is refused);
 - it refuses the host's initial network namespace and the process's own;
-- callers enter by the descriptor it returns (setns(fd), `nsenter --net=/proc/self/fd/N`), so
+- callers enter by the descriptor it returns (`enter(fd)`, `nsenter --net=/proc/self/fd/N`), so
   the name cannot be swapped between the check and the entry.
 Refusals are `UnsafeNamespace`: permanent until someone changes /run/netns.
+
+`enter` is cthm's one binding of setns(2) (libnftables' worker and `peek` use it); `peek` runs a
+read in a short-lived thread inside a namespace, at no process spawn.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import functools
 import os
 import stat
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cthm.netfilter.errors import NamespaceNotFound, NftError
 from cthm.netfilter.model import check_namespace
@@ -36,6 +43,8 @@ CLONE_NEWNET = 0x40000000
 # The kernel's fixed inode number of the initial network namespace (PROC_NET_INIT_INO in
 # include/linux/proc_ns.h): the host's namespace is known even where /proc/1/ns is unreadable.
 INIT_NET_INO = 0xEFFFFFF9
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +112,59 @@ def namespace_identity(namespace: str, netns_dir: Path = NETNS_DIR) -> Namespace
         return None
     os.close(fd)
     return identity
+
+
+def namespace_path(namespace: str, netns_dir: Path = NETNS_DIR) -> Path:
+    """The namespace's file, after checking the name is safe; NamespaceNotFound if absent."""
+    path = netns_dir / check_namespace(namespace)
+    if not path.exists():
+        raise NamespaceNotFound(namespace)
+    return path
+
+
+def enter(fd: int) -> None:
+    """Moves the calling thread into the network namespace open as `fd` (setns(2));
+    OSError with the errno on failure, AttributeError where libc has no setns."""
+    if setns_binding()(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"setns: {os.strerror(code)}")
+
+
+@functools.cache
+def setns_binding() -> Callable[[int, int], int]:
+    """libc's setns, typed; loaded on first use (importing cthm loads nothing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    setns: Callable[[int, int], int] = libc.setns
+    setns.argtypes = [ctypes.c_int, ctypes.c_int]  # type: ignore[attr-defined]
+    setns.restype = ctypes.c_int  # type: ignore[attr-defined]
+    return setns
+
+
+def peek(namespace: str, read: Callable[[], T], netns_dir: Path = NETNS_DIR) -> T:
+    """`read()` run inside the namespace (opened as `open_namespace` does) by a short-lived
+    thread, so nothing is spawned; its exception, if any, is raised here. Raises as
+    `open_namespace` too."""
+    fd, _ = open_namespace(namespace, netns_dir)  # checked: no symlink, not the host's
+    outcome: list[T | BaseException] = []
+
+    def run() -> None:
+        try:
+            enter(fd)
+            outcome.append(read())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(exc)
+
+    # The thread ends in the other namespace: it is never reused, so nothing is switched back.
+    thread = threading.Thread(target=run, name="cthm-netns-peek", daemon=True)
+    try:
+        thread.start()
+        thread.join()
+    finally:
+        os.close(fd)
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _refuse_special(namespace: str, identity: NamespaceId) -> None:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
-from cthm.netfilter.errors import NamespaceNotFound
-from cthm.netfilter.model import check_namespace
-
-NETNS_DIR = Path("/run/netns")
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -25,11 +20,3 @@ class NftRunner(Protocol):
     ) -> str: ...
 
     def close(self) -> None: ...
-
-
-def namespace_path(namespace: str, netns_dir: Path = NETNS_DIR) -> Path:
-    """The namespace's file, after checking the name is safe; NamespaceNotFound if absent."""
-    path = netns_dir / check_namespace(namespace)
-    if not path.exists():
-        raise NamespaceNotFound(namespace)
-    return path

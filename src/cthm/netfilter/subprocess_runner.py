@@ -20,8 +20,8 @@ from pathlib import Path
 
 from cthm.netfilter.errors import NftOther, UnsafeValue, translate_error
 from cthm.netfilter.model import shown
-from cthm.netfilter.netns import open_namespace
-from cthm.netfilter.runner import DEFAULT_TIMEOUT, NETNS_DIR
+from cthm.netfilter.netns import NETNS_DIR, open_namespace
+from cthm.netfilter.runner import DEFAULT_TIMEOUT
 
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

@@ -132,7 +132,7 @@ class AuditLog:
         target_project_id: str | None,
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
-        outcome: str = "success",
+        outcome: str = Outcome.SUCCESS,
         status_code: int = 200,
         detail: str = "",
         context: AuditContext | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +33,8 @@ from cthm.store.deployment import create_deployment_id, read_deployment_id
 from cthm.store.listing import apply_query, columns_of
 from cthm.store.tables import BindingRow, RouterRow, RouterTombstoneRow
 from cthm.store.tokens import TokenStore
+
+_Audited = TypeVar("_Audited", Router, HelperBinding)
 
 ROUTER_FIELDS = (
     "id",
@@ -479,17 +481,7 @@ class Repository:
     def _audit_router(
         self, action: str, status_code: int, before: Router | None, after: Router | None
     ) -> None:
-        subject = after or before
-        assert subject is not None
-        self.audit.record(
-            action=action,
-            target_type="router",
-            target_id=subject.id,
-            target_project_id=subject.project_id,
-            before=None if before is None else _router_values(before),
-            after=None if after is None else _router_values(after),
-            status_code=status_code,
-        )
+        self._audit(action, status_code, "router", before, after, _router_values)
 
     def _audit_binding(
         self,
@@ -498,15 +490,26 @@ class Repository:
         before: HelperBinding | None,
         after: HelperBinding | None,
     ) -> None:
+        self._audit(action, status_code, "conntrack_helper", before, after, _binding_values)
+
+    def _audit(
+        self,
+        action: str,
+        status_code: int,
+        target_type: str,
+        before: _Audited | None,
+        after: _Audited | None,
+        values: Callable[[_Audited], dict[str, Any]],
+    ) -> None:
         subject = after or before
         assert subject is not None
         self.audit.record(
             action=action,
-            target_type="conntrack_helper",
+            target_type=target_type,
             target_id=subject.id,
             target_project_id=subject.project_id,
-            before=None if before is None else _binding_values(before),
-            after=None if after is None else _binding_values(after),
+            before=None if before is None else values(before),
+            after=None if after is None else values(after),
             status_code=status_code,
         )
 

@@ -99,32 +99,6 @@ class Store:
         if repository.changed_routers:
             self._notify(frozenset(repository.changed_routers))
 
-    def record_denied(
-        self,
-        context: AuditContext,
-        *,
-        action: str,
-        target_type: str,
-        target_id: str | None,
-        target_project_id: str | None,
-        status_code: int,
-        detail: str = "",
-    ) -> None:
-        """Records a denied attempt in a short transaction of its own (the attempt's own, if it
-        had one, was rolled back: nothing changed). Logged as soon as it is committed."""
-        with self.unit_of_work(write=True, audit=context) as repository:
-            repository.audit.record(
-                action=action,
-                target_type=target_type,
-                target_id=target_id,
-                target_project_id=target_project_id,
-                before=None,
-                after=None,
-                outcome=Outcome.DENIED,
-                status_code=status_code,
-                detail=detail,
-            )
-
     def submit_denied(
         self,
         context: AuditContext,

@@ -1,6 +1,8 @@
-"""Test harness shipped with cthm: real network namespaces that a test owns and cleans up,
-and a client/router/server topology with FTP and TFTP servers to prove helpers with traffic,
-for connections the router forwards and for those it originates itself.
+"""Test kit shipped with cthm for its users (`pip install cthm[testing]`): real network
+namespaces that a test owns and cleans up, a client/router/server topology with FTP and TFTP
+servers to prove helpers with traffic (for connections the router forwards and for those it
+originates itself), and a real `cthm serve` process. Nothing in cthm itself imports it
+(an import-linter contract); helpers only cthm's own suite needs live in its tests/.
 """
 
 from cthm.testing.helpertraffic import HelperAssigner, HelperTraffic, Origin, concurrently
@@ -18,17 +20,16 @@ from cthm.testing.servers import (
     tftp_download,
     write_random_file,
 )
+from cthm.testing.service import ServerProcess
 from cthm.testing.topology import (
     Topology,
     TopologyError,
     build_topology,
     conntrack_entries,
     conntrack_flush,
-    firewall_ruleset,
     install_router_input_firewall,
     missing_nat_helpers,
     nft_apply,
-    router_input_ruleset,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "NamespaceFactory",
     "Origin",
     "RunningServer",
+    "ServerProcess",
     "ServerStartFailed",
     "Topology",
     "TopologyError",
@@ -46,14 +48,12 @@ __all__ = [
     "concurrently",
     "conntrack_entries",
     "conntrack_flush",
-    "firewall_ruleset",
     "ftp_active_download",
     "ftp_active_list",
     "install_router_input_firewall",
     "missing_nat_helpers",
     "netns_exists",
     "nft_apply",
-    "router_input_ruleset",
     "run_in_namespace",
     "start_ftp_server",
     "start_tftp_server",

@@ -225,8 +225,8 @@ def conntrack_flush(namespace: str) -> None:
     _run(["ip", "netns", "exec", namespace, "conntrack", "-F", "expect"])
 
 
-def missing_nat_helpers() -> list[str]:
-    """Kernel modules the topology needs that are neither built in nor loaded.
+def missing_nat_helpers(modules: Sequence[str] = NAT_HELPER_MODULES) -> list[str]:
+    """Kernel modules the topology needs (or `modules`) that are neither built in nor loaded.
 
     A module shows in /sys/module when loaded (or built in with parameters); built-in ones
     without parameters only show in the kernel config, so both are consulted. Loadable
@@ -235,10 +235,11 @@ def missing_nat_helpers() -> list[str]:
     """
     config = _kernel_config()
     missing = []
-    for module in NAT_HELPER_MODULES:
+    for module in modules:
         if Path("/sys/module", module).exists():
             continue
-        setting = config.get(_KCONFIG[module])
+        # Kconfig names follow the module's (nf_nat_irc: CONFIG_NF_NAT_IRC).
+        setting = config.get(_KCONFIG.get(module, f"CONFIG_{module.upper()}"))
         if setting == "y":
             continue
         if setting == "m" and _module_file_exists(module):

@@ -1,11 +1,12 @@
 """GET /v2.0/agents and /v2.0/agents/{agent_id}: the agent of this server, as Neutron shows its
 agents (so `openstack network agent list|show` and openstacksdk's `agents()` work).
 
-The agent is reached through a callable given to create_app (the API never imports the agent);
-without one (agent_enabled false) the list is empty and every id is unknown.
+The agent is reached through a callable given to create_app (domain.AgentsProvider: the API
+never imports the agent), which returns domain.AgentReport values; without one (agent_enabled
+false) the list is empty and every id is unknown.
 
-- id: derived from the host name and the data directory (`derive_agent_id`): stable across
-  restarts with no record to store, distinct for two servers on one host.
+- id: derived from the host name and the data directory (domain.derive_agent_id): stable
+  across restarts with no record to store, distinct for two servers on one host.
 - alive: the worker and timer threads run and the last resync (every router queued again) is
   at most ALIVE_RESYNCS resync intervals old, as Neutron's agent_down_time is a few report
   intervals.
@@ -19,13 +20,8 @@ without one (agent_enabled false) the list is empty and every id is unknown.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal
-from typing import Protocol as TypingProtocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -46,79 +42,23 @@ from cthm.api.query import (
 )
 from cthm.api.routes._shared import FORBIDDEN, list_response, path_id, respond
 from cthm.api.schemas import Link, format_timestamp
-from cthm.domain import ListQuery, MarkerNotFound, NotFound, SortDir
+from cthm.domain import (
+    AgentReport,
+    AgentSnapshot,
+    AgentsProvider,
+    ListQuery,
+    MarkerNotFound,
+    NotFound,
+    SortDir,
+)
 
 AGENT_TYPE = "cthm conntrack helper agent"
 BINARY = "cthm"
 TOPIC = "cthm"
 ALIVE_RESYNCS = 2.0
 ACTION = "get_agent"
-# Fixed namespace of agent ids: uuid5(AGENT_ID_NAMESPACE, "<host>:<data directory>").
-AGENT_ID_NAMESPACE = uuid.UUID("6f1c3b0e-2f64-5b8e-9d0a-63746d616765")
 
 router = APIRouter(prefix="/v2.0/agents", tags=["agents"])
-
-
-class AgentSnapshotView(TypingProtocol):
-    """What the agent's snapshot offers (cthm.agent.agent.AgentSnapshot)."""
-
-    @property
-    def started_at(self) -> datetime | None: ...
-
-    @property
-    def last_resync_at(self) -> datetime | None: ...
-
-    @property
-    def last_reconcile_at(self) -> datetime | None: ...
-
-    @property
-    def seconds_since_resync(self) -> float | None: ...
-
-    @property
-    def threads_alive(self) -> bool: ...
-
-    @property
-    def counts(self) -> Mapping[str, int]: ...
-
-    @property
-    def queue_depth(self) -> int: ...
-
-    @property
-    def routers(self) -> int: ...
-
-    @property
-    def resync_interval(self) -> float: ...
-
-    @property
-    def deployment_id(self) -> str | None: ...
-
-    @property
-    def unclaimed(self) -> Mapping[str, str | None]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AgentReport:
-    """One agent as the server knows it: who it is and how its backend was chosen (fixed at
-    start), and its snapshot, taken when the report is made."""
-
-    id: str
-    host: str
-    backend: str
-    chosen_by: Literal["auto", "configuration"]
-    reason: str
-    iptables_flavour: str | None
-    iptables_flavour_reason: str | None
-    retired_backends: tuple[str, ...]
-    snapshot: AgentSnapshotView
-
-
-# Called on every request: the agents of this server, as they are now.
-AgentsProvider = Callable[[], Sequence[AgentReport]]
-
-
-def derive_agent_id(host: str, data_dir: Path) -> str:
-    """The agent's id: the same for every start on one host over one data directory."""
-    return str(uuid.uuid5(AGENT_ID_NAMESPACE, f"{host}:{data_dir.resolve()}"))
 
 
 class AgentNotFound(NotFound):
@@ -245,7 +185,7 @@ def _id(body: Body) -> str:
     return str(body["id"])
 
 
-def is_alive(snapshot: AgentSnapshotView) -> bool:
+def is_alive(snapshot: AgentSnapshot) -> bool:
     since = snapshot.seconds_since_resync
     return (
         snapshot.threads_alive

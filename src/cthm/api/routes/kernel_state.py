@@ -2,7 +2,8 @@
 agent last read back from its kernel table, the difference, when it last verified them, and the
 last error.
 
-The agent is reached through a callable given to create_app (the API never imports the agent).
+The agent is reached through a callable given to create_app (domain.KernelStateProvider: the
+API never imports the agent), which returns the agent's domain.RouterKernelState record.
 Without one (no agent in this process) the kernel side is unknown: in_sync is null and
 last_error says so. Desired comes from the database as it is now, so a change the agent has
 not applied yet shows as a difference (in_sync false): the answer is about the kernel, not
@@ -15,10 +16,6 @@ helper rule) gets to first, as the agent found at its last read of the raw table
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Protocol as TypingProtocol
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -26,86 +23,19 @@ from pydantic import BaseModel, Field
 from cthm.api.deps import CatalogDep, PrincipalDep, RepoDep, no_query
 from cthm.api.routes._shared import load_router, respond
 from cthm.api.schemas import format_timestamp
-from cthm.domain import Assignment, Direction, HelperBinding, HelperCatalog, InvalidInput
+from cthm.domain import (
+    Direction,
+    HelperBinding,
+    HelperCatalog,
+    InvalidInput,
+    KernelStateProvider,
+    RouterKernelState,
+    ShadowedBinding,
+)
 
 NO_AGENT = "no agent in this process: the kernel state is unknown to this server"
 
 router = APIRouter(prefix="/v2.0/routers/{router_id}", tags=["kernel state"])
-
-
-class ShadowView(TypingProtocol):
-    """One shadowed binding as the agent recorded it (cthm.agent.ShadowedBinding)."""
-
-    @property
-    def binding_id(self) -> str: ...
-
-    @property
-    def protocol(self) -> str: ...
-
-    @property
-    def port(self) -> int: ...
-
-    @property
-    def direction(self) -> str: ...
-
-    @property
-    def helper(self) -> str: ...
-
-    @property
-    def kernel_helper(self) -> str: ...
-
-    @property
-    def rule(self) -> str: ...
-
-    @property
-    def where(self) -> str: ...
-
-    @property
-    def families(self) -> Sequence[str]: ...
-
-    @property
-    def foreign_helper(self) -> str | None: ...
-
-    @property
-    def conditions(self) -> Sequence[str]: ...
-
-    @property
-    def effect(self) -> str: ...
-
-
-class KernelView(TypingProtocol):
-    """What the agent's record of one router offers (cthm.agent.RouterKernelState)."""
-
-    @property
-    def actual(self) -> Sequence[Assignment] | None: ...
-
-    @property
-    def garbage(self) -> Sequence[str]: ...
-
-    @property
-    def in_sync(self) -> bool | None: ...
-
-    @property
-    def verified_at(self) -> datetime | None: ...
-
-    @property
-    def last_error(self) -> str | None: ...
-
-    @property
-    def last_error_at(self) -> datetime | None: ...
-
-    @property
-    def drift_repairs(self) -> int: ...
-
-    @property
-    def shadowed(self) -> Sequence[ShadowView]: ...
-
-    @property
-    def shadow_checked_at(self) -> datetime | None: ...
-
-
-# router id -> the agent's record, or None when the agent has not looked at the router yet
-KernelStateProvider = Callable[[str], KernelView | None]
 
 
 class KernelAssignment(BaseModel):
@@ -207,7 +137,7 @@ def _desired_row(catalog: HelperCatalog, binding: HelperBinding) -> Row:
     }
 
 
-def _compared(desired: list[Row], view: KernelView) -> dict[str, object]:
+def _compared(desired: list[Row], view: RouterKernelState) -> dict[str, object]:
     def key(row: Row) -> tuple[object, ...]:
         return row["protocol"], row["port"], row["direction"], row["kernel_helper"]
 
@@ -246,7 +176,7 @@ def _compared(desired: list[Row], view: KernelView) -> dict[str, object]:
     }
 
 
-def _shadow_row(item: ShadowView) -> Row:
+def _shadow_row(item: ShadowedBinding) -> Row:
     return {
         "binding_id": item.binding_id,
         "protocol": item.protocol,

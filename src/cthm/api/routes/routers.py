@@ -33,15 +33,13 @@ from cthm.api.schemas import (
 from cthm.domain import (
     InvalidInput,
     ListQuery,
-    NamespaceRefused,
+    NamespaceCheck,
     Router,
     RouterNotFound,
     new_router,
     validate_name,
     validate_project_id,
 )
-from cthm.netfilter.errors import UnsafeValue
-from cthm.netfilter.netns import UnsafeNamespace, namespace_identity
 from cthm.store import Repository
 
 router = APIRouter(prefix="/v2.0/routers", tags=["routers"])
@@ -64,39 +62,25 @@ def _project_of(project_id: str | None, tenant_id: str | None, default: str) -> 
     dependencies=[Depends(no_query)],
     responses=FORBIDDEN,
 )
-def create_router(body: RouterCreateRequest, repo: RepoDep, principal: PrincipalDep) -> Response:
+def create_router(
+    body: RouterCreateRequest, request: Request, repo: RepoDep, principal: PrincipalDep
+) -> Response:
     data = body.router
     project_id = _project_of(data.project_id, data.tenant_id, principal.project_id)
     policy.enforce(principal, "create_router", project_id, target_type="router")
     wanted = new_router(name=data.name, project_id=project_id, namespace=data.namespace)
-    _refuse_unusable_namespace(repo, wanted)
+    _refuse_unusable_namespace(request, repo, wanted)
     created = repo.add_router(wanted)
     return respond(201, {"router": router_body(created, [])})
 
 
-def _refuse_unusable_namespace(repo: Repository, wanted: Router) -> None:
-    """409 when the namespace already exists on this host (the API's, in `cthm serve`) and the
-    agent would refuse it: a symlink, the host's or cthm's own namespace, or the same kernel
-    namespace as another router's under another name (a bind mount). A namespace that does not
-    exist yet is fine: routers may be registered before it is made; the agent checks again."""
-    try:
-        identity = namespace_identity(wanted.namespace)
-    except UnsafeNamespace as exc:
-        raise NamespaceRefused(wanted.namespace, exc.reason) from exc
-    if identity is None:
-        return
-    for other in repo.list_routers(ListQuery()):
-        try:
-            same = namespace_identity(other.namespace) == identity
-        except (UnsafeNamespace, UnsafeValue):
-            continue
-        if same:
-            raise NamespaceRefused(
-                wanted.namespace,
-                f"it is the same kernel namespace ({identity}) as namespace {other.namespace} "
-                f"of router {other.id}",
-                other.id,
-            )
+def _refuse_unusable_namespace(request: Request, repo: Repository, wanted: Router) -> None:
+    """409 when the namespace already exists on the agent's host and that agent would refuse
+    it (domain.NamespaceCheck, given by `cthm serve` when its agent runs in-process). Without
+    a check the agent alone decides, when it applies the router."""
+    check: NamespaceCheck | None = getattr(request.app.state, "namespace_check", None)
+    if check is not None:
+        check(wanted.namespace, lambda: repo.list_routers(ListQuery()))
 
 
 @router.get("", response_model=RouterListResponse, openapi_extra=openapi_parameters(ROUTER_SPEC))

@@ -36,10 +36,9 @@ def list_(state: CliState, host: str | None) -> None:
     """List the agents: id, host, alive, backend and how it was chosen."""
     with state.client() as client:
         agents = client.list_agents(host=host)
-    if state.json:
-        render.print_json({"agents": agents})
-    else:
-        render.print_rows([_row(a) for a in agents], AGENT_COLUMNS)
+    render.emit(
+        state, {"agents": agents}, render.print_rows, [_row(a) for a in agents], AGENT_COLUMNS
+    )
 
 
 @agent_group.command("show")
@@ -50,10 +49,7 @@ def show(state: CliState, agent_id: str) -> None:
     """Show the agent with id AGENT_ID, its backend choice and its counts."""
     with state.client() as client:
         agent = client.get_agent(agent_id)
-    if state.json:
-        render.print_json({"agent": agent})
-    else:
-        render.print_object(flatten(agent))
+    render.emit(state, {"agent": agent}, render.print_object, flatten(agent))
 
 
 def _row(agent: JSONObject) -> JSONObject:

@@ -94,7 +94,4 @@ def list_(
             until=until,
             limit=limit,
         )
-    if state.json:
-        render.print_json({"audit_events": events})
-    else:
-        render.print_rows(events, AUDIT_COLUMNS)
+    render.emit(state, {"audit_events": events}, render.print_rows, events, AUDIT_COLUMNS)

@@ -15,7 +15,4 @@ def catalog(state: CliState) -> None:
     """List the conntrack helpers that may be bound, and whether this host's kernel has them."""
     with state.client() as client:
         body = client.catalog()
-    if state.json:
-        render.print_json(body)
-    else:
-        render.print_catalog(body)
+    render.emit(state, body, render.print_catalog, body)

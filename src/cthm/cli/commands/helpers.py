@@ -62,10 +62,7 @@ def create(
         binding = client.create_helper(
             router_id, protocol=protocol, port=port, helper=helper, direction=direction
         )
-    if state.json:
-        render.print_json({"conntrack_helper": binding})
-    else:
-        render.print_object(binding)
+    render.emit(state, {"conntrack_helper": binding}, render.print_object, binding)
 
 
 @helper_group.command("list")
@@ -77,10 +74,7 @@ def list_(state: CliState, router: str) -> None:
     with state.client() as client:
         router_id = resolve_router(client, router)["id"]
         bindings = client.list_helpers(router_id)
-    if state.json:
-        render.print_json({"conntrack_helpers": bindings})
-    else:
-        render.print_helpers(bindings)
+    render.emit(state, {"conntrack_helpers": bindings}, render.print_helpers, bindings)
 
 
 @helper_group.command("show")
@@ -93,10 +87,7 @@ def show(state: CliState, router: str, helper_id: str) -> None:
     with state.client() as client:
         router_id = resolve_router(client, router)["id"]
         binding = client.get_helper(router_id, helper_id)
-    if state.json:
-        render.print_json({"conntrack_helper": binding})
-    else:
-        render.print_object(binding)
+    render.emit(state, {"conntrack_helper": binding}, render.print_object, binding)
 
 
 @helper_group.command("update")
@@ -124,10 +115,7 @@ def update(
         binding = client.update_helper(
             router_id, helper_id, protocol=protocol, port=port, helper=helper, direction=direction
         )
-    if state.json:
-        render.print_json({"conntrack_helper": binding})
-    else:
-        render.print_object(binding)
+    render.emit(state, {"conntrack_helper": binding}, render.print_object, binding)
 
 
 @helper_group.command("delete")
@@ -140,5 +128,9 @@ def delete(state: CliState, router: str, helper_id: str) -> None:
     with state.client() as client:
         router_id = resolve_router(client, router)["id"]
         client.delete_helper(router_id, helper_id)
-    if not state.json:
-        render.print_line(f"Deleted conntrack helper {helper_id} of router {router_id}")
+    render.emit(
+        state,
+        None,
+        render.print_line,
+        f"Deleted conntrack helper {helper_id} of router {router_id}",
+    )

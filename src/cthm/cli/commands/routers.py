@@ -24,10 +24,7 @@ def create(state: CliState, name: str, project_id: str, namespace: str | None) -
     """Create a router called NAME."""
     with state.client() as client:
         router = client.create_router(name=name, project_id=project_id, namespace=namespace)
-    if state.json:
-        render.print_json({"router": router})
-    else:
-        render.print_router(router)
+    render.emit(state, {"router": router}, render.print_router, router)
 
 
 @router_group.command("list")
@@ -38,10 +35,7 @@ def list_(state: CliState, project_id: str | None) -> None:
     """List routers."""
     with state.client() as client:
         routers = client.list_routers(project_id=project_id)
-    if state.json:
-        render.print_json({"routers": routers})
-    else:
-        render.print_routers(routers)
+    render.emit(state, {"routers": routers}, render.print_routers, routers)
 
 
 @router_group.command("show")
@@ -52,10 +46,7 @@ def show(state: CliState, router: str) -> None:
     """Show ROUTER (an id or a name) and its conntrack helpers."""
     with state.client() as client:
         found = resolve_router(client, router)
-    if state.json:
-        render.print_json({"router": found})
-    else:
-        render.print_router(found)
+    render.emit(state, {"router": found}, render.print_router, found)
 
 
 @router_group.command("update")
@@ -68,10 +59,7 @@ def update(state: CliState, router: str, name: str) -> None:
     with state.client() as client:
         router_id = resolve_router(client, router)["id"]
         updated = client.update_router(router_id, name=name)
-    if state.json:
-        render.print_json({"router": updated})
-    else:
-        render.print_router(updated)
+    render.emit(state, {"router": updated}, render.print_router, updated)
 
 
 @router_group.command("delete")
@@ -83,5 +71,5 @@ def delete(state: CliState, router: str) -> None:
     with state.client() as client:
         router_id = resolve_router(client, router)["id"]
         client.delete_router(router_id)
-    if not state.json:  # scripts get the exit status; a 204 has no body
-        render.print_line(f"Deleted router {router_id}")
+    # --json prints nothing: scripts get the exit status, and a 204 has no body.
+    render.emit(state, None, render.print_line, f"Deleted router {router_id}")

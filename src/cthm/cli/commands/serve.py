@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -25,27 +26,37 @@ if TYPE_CHECKING:
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def data_dir_option(help: str) -> Callable[[F], F]:
+    """`--data-dir`: the server's data directory (`cthm serve`, and `cthm token recover`, which
+    works on the same files)."""
+    return click.option(
+        "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=help
+    )
+
+
+def config_option(help: str) -> Callable[[F], F]:
+    """`--config`: the server's TOML settings file, as the `config_file` parameter."""
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=help,
+    )
+
 
 @click.command("serve")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where the database lives; created (mode 0700) if missing. [env CTHM_DATA_DIR]",
-)
+@data_dir_option("Where the database lives; created (mode 0700) if missing. [env CTHM_DATA_DIR]")
 @click.option(
     "--host",
     default=None,
     help="Address to listen on; beyond loopback needs TLS. [127.0.0.1; env CTHM_HOST]",
 )
 @click.option("--port", type=int, default=None, help="TCP port to listen on. [9797; env CTHM_PORT]")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML settings file. [env CTHM_CONFIG]",
-)
+@config_option("TOML settings file. [env CTHM_CONFIG]")
 @click.option(
     "--backend",
     type=click.Choice(["nftables", "iptables", "auto"]),
@@ -163,12 +174,17 @@ def serve(
     )
     configure_logging(settings.log_level)
     # Imported here: the server stack costs half a second that client commands need not pay.
-    from cthm.cli.service import Service, redact_url
+    from cthm.cli.service import Service, listen, redact_url
 
     where = f"data in {settings.data_dir}"
     if settings.database_url:
         where += f", database {redact_url(settings.database_url)}"
 
+    try:
+        # First: a port in use or a bad certificate refuses the start before it does anything.
+        sock = listen(settings)
+    except ServiceError as exc:
+        raise Failure(exc.message) from None
     try:
         with Service(settings) as service:
             # What auto chose is part of where this server stands (the log says it always).
@@ -179,11 +195,13 @@ def serve(
             def announce(url: str) -> None:
                 click.echo(f"cthm listening on {url} ({where})")
 
-            service.serve(on_listening=announce)
+            service.serve(on_listening=announce, sock=sock)
     except (ServiceSettingError, DataDirInUse) as exc:  # exit 2: nothing was started
         raise SettingsFailure(exc.message) from None
     except ServiceError as exc:
         raise Failure(exc.message) from None
+    finally:
+        sock.close()  # idempotent; serve() closes it too
 
 
 def configure_logging(level: str) -> None:

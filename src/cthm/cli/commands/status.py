@@ -25,19 +25,16 @@ from cthm.cli.errors import Failure
 from cthm.cli.resolve import resolve_router
 from cthm.domain import Assignment, Direction, HelperCatalog, InvalidInput, Protocol
 from cthm.netfilter import (
-    IptablesBackend,
     KernelTable,
     LibraryUnavailable,
     NamespaceNotFound,
-    NftablesBackend,
     NftError,
     Shadow,
     UnsafeValue,
-    find_shadows,
+    find_shadows_in,
     make_runner,
-    read_raw_tables,
+    read_cthm,
 )
-from cthm.netfilter.detect import LegacyGuard, missing_tools
 
 Key = tuple[str, int, str]  # protocol, port, direction
 # A server older than directions sends none: all its bindings are ingress.
@@ -112,39 +109,20 @@ def _read_kernel(namespace: str, *, required: bool = True) -> tuple[KernelTable 
     """The table read here, now, or why not. required: no other view exists, so a host that
     cannot read nftables at all is a failure rather than a note."""
     try:
-        backend = NftablesBackend(make_runner("auto"))
+        runner = make_runner("auto")
     except (LibraryUnavailable, OSError) as exc:
         if not required:
             return None, f"cannot read nftables on this host: {exc}"
         raise Failure(f"cannot read nftables on this host: {exc}") from exc
     try:
-        table = backend.read(namespace)
-        # No nftables table: the router may be on the iptables backend.
-        return (table if table is not None else _read_iptables(namespace)), None
+        # nftables' table, else cthm's iptables chains: the router may be on either backend.
+        return read_cthm(namespace, runner), None
     except NamespaceNotFound:
         return None, f"namespace {namespace} not found on this host"
     except NftError as exc:
         return None, f"cannot read the kernel: {exc.message}"
     finally:
-        backend.close()
-
-
-def _read_iptables(namespace: str) -> KernelTable | None:
-    """cthm's iptables chains in the namespace, from the first installed flavour that holds
-    them; the legacy flavour only where its raw table exists (asking it would create one)."""
-    missing = missing_tools()
-    for flavour in ("nft", "legacy"):
-        if missing[flavour]:
-            continue
-        inner = IptablesBackend(flavour=flavour)
-        backend = LegacyGuard(inner) if flavour == "legacy" else inner
-        try:
-            table = backend.read(namespace)
-        finally:
-            backend.close()
-        if table is not None:
-            return table
-    return None
+        runner.close()
 
 
 def compare(
@@ -255,12 +233,12 @@ def _shadowed(namespace: str, bindings: list[dict[str, Any]]) -> list[dict[str, 
     if not assignments:
         return []
     try:
-        tables = read_raw_tables(namespace)
+        shadows = find_shadows_in(namespace, assignments)
     except (NftError, UnsafeValue, OSError):  # not on this host, or nothing readable
         return []
     desired = {_key(b): b["helper"] for b in bindings}
     rows = []
-    for shadow in find_shadows(assignments, tables):
+    for shadow in shadows:
         a = shadow.assignment
         rows.append(_shadow_row(shadow, desired[(a.protocol.value, a.port, a.direction.value)]))
     return rows

@@ -14,6 +14,7 @@ import click
 
 from cthm.cli import render
 from cthm.cli.client import JSONObject
+from cthm.cli.commands.serve import config_option, data_dir_option
 from cthm.cli.context import CliState, json_option, pass_state
 from cthm.cli.errors import Failure, ServiceError
 
@@ -111,12 +112,13 @@ def create(
             expires_at=expires,
             description=description,
         )
-    if state.json:
-        render.print_json({"auth_token": token})
-    else:
-        render.print_object(_row({k: v for k, v in token.items() if k != "token"}))
-        click.echo(f"token: {token.get('token')}")
+    render.emit(state, {"auth_token": token}, _print_created, token)
     click.echo(SHOWN_ONCE, err=True)
+
+
+def _print_created(token: JSONObject) -> None:
+    render.print_object(_row({k: v for k, v in token.items() if k != "token"}))
+    click.echo(f"token: {token.get('token')}")
 
 
 @token_group.command("list")
@@ -127,10 +129,9 @@ def list_(state: CliState, project_id: str | None) -> None:
     """List tokens (never their secrets)."""
     with state.client() as client:
         tokens = client.list_tokens(project_id=project_id)
-    if state.json:
-        render.print_json({"auth_tokens": tokens})
-    else:
-        render.print_rows([_row(t) for t in tokens], TOKEN_COLUMNS)
+    render.emit(
+        state, {"auth_tokens": tokens}, render.print_rows, [_row(t) for t in tokens], TOKEN_COLUMNS
+    )
 
 
 @token_group.command("show")
@@ -141,10 +142,7 @@ def show(state: CliState, token_id: str) -> None:
     """Show the token with id TOKEN_ID (never its secret)."""
     with state.client() as client:
         token = client.get_token(token_id)
-    if state.json:
-        render.print_json({"auth_token": token})
-    else:
-        render.print_object(_row(token))
+    render.emit(state, {"auth_token": token}, render.print_object, _row(token))
 
 
 @token_group.command("revoke")
@@ -163,24 +161,12 @@ def revoke(state: CliState, token_id: str, force: bool) -> None:
     as long) is refused unless --force."""
     with state.client() as client:
         client.revoke_token(token_id, force=force)
-    if not state.json:
-        render.print_line(f"Revoked token {token_id}")
+    render.emit(state, None, render.print_line, f"Revoked token {token_id}")
 
 
 @token_group.command("recover")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The server's data directory. [env CTHM_DATA_DIR]",
-)
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The server's TOML settings file, for its database. [env CTHM_CONFIG]",
-)
+@data_dir_option("The server's data directory. [env CTHM_DATA_DIR]")
+@config_option("The server's TOML settings file, for its database. [env CTHM_CONFIG]")
 @json_option
 @pass_state
 def recover(state: CliState, data_dir: Path | None, config_file: Path | None) -> None:
@@ -206,15 +192,13 @@ def recover(state: CliState, data_dir: Path | None, config_file: Path | None) ->
             store.close()
     except ServiceError as exc:
         raise Failure(exc.message) from None
-    if state.json:
-        render.print_json(
-            {"auth_token": {"id": token.id, "project_id": token.project_id}, "file": str(path)}
-        )
-    else:
-        render.print_line(
-            f"cthm wrote a new admin token (id {token.id}) to {path} (readable only by its "
-            "owner); use it as --token or CTHM_TOKEN"
-        )
+    render.emit(
+        state,
+        {"auth_token": {"id": token.id, "project_id": token.project_id}, "file": str(path)},
+        render.print_line,
+        f"cthm wrote a new admin token (id {token.id}) to {path} (readable only by its "
+        "owner); use it as --token or CTHM_TOKEN",
+    )
 
 
 def _user() -> str:
