@@ -109,11 +109,16 @@ class Service:
         self._lock = DataDirLock.acquire(self.settings.data_dir)
         try:
             self._store = open_store(self.settings.effective_database_url)
-            # Before the agent: a start refused over the token file must not have swept or
-            # written anything in the kernel (nor said anything but its one error).
-            self.bootstrap()
+            # Settings first (a backend that cannot be used), then the first token, then the
+            # agent's threads: a refused start says only its error, and one refused over the
+            # token file has not swept or written anything in the kernel.
             if self.settings.agent_enabled:
-                self._start_agent(self._store)
+                self._prepare_agent(self._store)
+            self.bootstrap()
+            if self.agent is not None:
+                # Every committed API change wakes the agent at once: no polling delay.
+                self._store.subscribe(self.agent.enqueue)
+                self.agent.start()
         except BaseException:
             self.stop()
             raise
@@ -152,7 +157,8 @@ class Service:
             recover,
         )
 
-    def _start_agent(self, store: Store) -> None:
+    def _prepare_agent(self, store: Store) -> None:
+        """Chooses the backend and builds the agent, not started: nothing in the kernel yet."""
         runner, problem = self._nftables_runner()
         try:
             choice = self._choose_backend(store, runner)
@@ -178,9 +184,6 @@ class Service:
             retired_backends=self._retired,
             raw_tables=functools.partial(read_raw_tables, nft=nft),
         )
-        # Every committed API change wakes the agent at once: no polling delay.
-        store.subscribe(self.agent.enqueue)
-        self.agent.start()
 
     def _nftables_runner(self) -> tuple[NftRunner | None, str]:
         """The nftables runner, or None and why when nftables cannot be used here."""
