@@ -44,8 +44,13 @@ typecheck: install
 		MYPYPATH=tests/$$dir $(BIN)/mypy $$(find tests/$$dir -name '*.py') || exit 1; \
 	done
 
+# The whole suite, on TEST_WORKERS parallel workers (pytest-xdist; a test file stays on one
+# worker), then the few `serial` tests apart. Exit 5 (nothing selected by PYTEST_ARGS) is fine.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS) \
+		|| [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Pure and fake-backed tests: no root, no namespace, no cthm process, no database (seconds).
 # tests/conftest.py marks kernel, server and database tests automatically. Bytecode and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 
@@ -12,6 +13,20 @@ from cthm.testing import NamespaceFactory
 from support.tiers import mark_tiers
 
 pytest_plugins = ("pytester",)  # tests/kit runs small suites in-process
+
+
+# Test ids must not depend on values made at import time (uuid4s, object addresses): the
+# parallel workers of `make test` must collect the same tests, and a failing test's id must
+# name the same test in the next run.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    if isinstance(val, str) and _UUID.search(val):
+        return _UUID.sub("UUID", val)
+    if " at 0x" in repr(val):
+        return f"{argname}-{type(val).__name__}"
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by markers

@@ -25,6 +25,16 @@ def raw_sql(world: World, statement: str, *params: object) -> None:
         connection.execute(statement, params)
 
 
+def stored_status(world: World, table: str, row_id: str) -> tuple[str, str]:
+    """(status, status_reason) of a row of `table` as the database file holds it."""
+    path = world.store.url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        status, status_reason = connection.execute(
+            f"SELECT status, status_reason FROM {table} WHERE id = ?", (row_id,)
+        ).fetchone()
+    return status, status_reason
+
+
 def statuses(world: World, router_id: str) -> dict[int, tuple[Status, str]]:
     with world.store.unit_of_work(write=False) as repo:
         return {
@@ -82,11 +92,7 @@ def test_tampered_port_or_protocol_is_refused(
         stored_router = repo.get_router(router.id)
     assert stored_router.status is Status.ACTIVE
     assert stored_router.status_reason == "1 of 2 bindings could not be applied"
-    path = world.store.url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
-        status, status_reason = connection.execute(
-            "SELECT status, status_reason FROM conntrack_helpers WHERE id = ?", (bad.id,)
-        ).fetchone()
+    status, status_reason = stored_status(world, "conntrack_helpers", bad.id)
     assert status == "ERROR"
     assert reason in status_reason
 
@@ -110,10 +116,6 @@ def test_tampered_namespace_touches_no_namespace(world: World, namespace: str) -
     assert result.action is Action.FAILED
     assert not result.retry
     assert nft(router.namespace, "list", "ruleset") == before, "nothing may be written anywhere"
-    path = world.store.url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
-        status, status_reason = connection.execute(
-            "SELECT status, status_reason FROM routers WHERE id = ?", (router.id,)
-        ).fetchone()
+    status, status_reason = stored_status(world, "routers", router.id)
     assert status == "ERROR"
     assert status_reason.startswith("refused: Invalid input for namespace")

@@ -31,12 +31,14 @@ __all__ = [
     "Api",
     "ApiFactory",
     "Snapshot",
+    "State",
     "TestClient",
     "error_of",
     "helpers_url",
     "issue_token",
     "make_settings",
     "make_store",
+    "state_of",
 ]
 
 
@@ -138,6 +140,25 @@ class Api:
     def snapshot(self) -> Snapshot:
         with self.store.unit_of_work(write=False) as repo:
             return Snapshot(repo.list_routers(ListQuery()), repo.list_bindings(ListQuery()))
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything a request could change: every router, binding and token, with every column
+    (statuses, revisions, timestamps)."""
+
+    routers: list[Any]
+    bindings: list[Any]
+    tokens: list[Any]
+
+
+def state_of(api: Api) -> State:
+    with api.store.unit_of_work(write=False) as repo:
+        return State(
+            repo.list_routers(ListQuery()),
+            repo.list_bindings(ListQuery()),
+            repo.tokens.list(ListQuery()),
+        )
 
 
 def error_of(response: httpx.Response) -> JSON:

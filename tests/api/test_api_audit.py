@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from cthm.domain import ListQuery
+from support.store import refuse_audit_inserts
 
 from .support import JSON, Api, error_of, helpers_url
 
@@ -289,18 +290,6 @@ def test_unauthenticated_requests_are_recorded_as_denied(api: Api, router: JSON)
 # --- atomicity -----------------------------------------------------------------------------------
 
 
-def _refuse_audit_rows(api: Api) -> None:
-    connection = sqlite3.connect(db_path(api))
-    try:
-        connection.execute(
-            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events "
-            "BEGIN SELECT RAISE(ABORT, 'audit insert refused'); END"
-        )
-        connection.commit()
-    finally:
-        connection.close()
-
-
 def _allow_audit_rows(api: Api) -> None:
     connection = sqlite3.connect(db_path(api))
     try:
@@ -316,7 +305,7 @@ def test_a_change_that_cannot_be_recorded_is_not_made(
     binding = api.create_helper(router["id"], "tcp", 21, "ftp")
     snapshot = api.snapshot()
     recorded = events(api)
-    _refuse_audit_rows(api)
+    refuse_audit_inserts(db_path(api))
     body = {"conntrack_helper": {"protocol": "udp", "port": 69, "helper": "tftp"}}
     attempts = [
         api.post("/v2.0/routers", json={"router": {"name": "n", "project_id": "p1"}}),

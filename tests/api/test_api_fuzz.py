@@ -29,6 +29,10 @@ from .support import issue_token, make_settings, make_store
 
 MAX_EXAMPLES = 30  # per operation: bounded, a few seconds in all
 
+# Schemathesis gives every operation's item the same node id; pytest-xdist would run only one
+# of them, so `make test` runs this module apart from its parallel workers.
+pytestmark = pytest.mark.serial
+
 
 class Fuzzed:
     def __init__(self, directory: Path) -> None:

@@ -24,10 +24,10 @@ import pytest
 
 from cthm.agent import Agent, LocalStoreSource
 from cthm.api import policy
-from cthm.domain import AgentReport, HelperCatalog, ListQuery, Status, derive_agent_id
+from cthm.domain import AgentReport, HelperCatalog, Status, derive_agent_id
 from cthm.netfilter import FakeNftables, NftablesBackend
 
-from .support import JSON, Api, ApiFactory, error_of, helpers_url
+from .support import JSON, Api, ApiFactory, State, error_of, helpers_url, state_of
 
 OK, HIDDEN, FORBIDDEN = "ok", "hidden", "forbidden"
 # The agent the admin's app reports (agents belong to no project: own and other agree).
@@ -66,24 +66,6 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "agent list":                 (Y, Y, F, F, F, F, F, F),
     "agent show":                 (Y, Y, F, F, F, F, F, F),
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class State:
-    """Everything a request could change: routers, bindings, tokens."""
-
-    routers: list[Any]
-    bindings: list[Any]
-    tokens: list[Any]
-
-
-def state_of(api: Api) -> State:
-    with api.store.unit_of_work(write=False) as repo:
-        return State(
-            repo.list_routers(ListQuery()),
-            repo.list_bindings(ListQuery()),
-            repo.tokens.list(ListQuery()),
-        )
 
 
 @dataclass

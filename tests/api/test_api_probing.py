@@ -9,15 +9,13 @@ each attempt as denied.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from cthm.domain import ListQuery
-
-from .support import JSON, Api, ApiFactory, helpers_url
+from .support import JSON, Api, ApiFactory, helpers_url, state_of
 
 OWN, OTHER = "pa", "pb"
 
@@ -121,23 +119,6 @@ def _send(api: Api, probe: Probe) -> httpx.Response:
     return api.request(probe.method, probe.url, json=probe.body, headers=probe.headers)
 
 
-@dataclass(frozen=True)
-class Everything:
-    routers: Sequence[object]
-    bindings: Sequence[object]
-    tokens: Sequence[object]
-
-
-def _everything(admin: Api) -> Everything:
-    """Every router, binding and token, with every column (statuses, revisions, timestamps)."""
-    with admin.store.unit_of_work(write=False) as repo:
-        return Everything(
-            repo.list_routers(ListQuery()),
-            repo.list_bindings(ListQuery()),
-            repo.tokens.list(ListQuery()),
-        )
-
-
 @pytest.mark.parametrize("role", ["member", "reader"])
 def test_another_projects_ids_are_unknown_ids_through_every_route(
     api_factory: ApiFactory, role: str
@@ -146,7 +127,7 @@ def test_another_projects_ids_are_unknown_ids_through_every_route(
     caller = w.admin.as_token(w.admin.issue_token(OWN, [role]))
     their_ids = [w.theirs["id"], w.their_ftp["id"], w.their_sip["id"]]
     unknown = {known: str(uuid.uuid4()) for known in their_ids}
-    before = _everything(w.admin)
+    before = state_of(w.admin)
 
     answered = []
     for probe in _probes(w):
@@ -159,7 +140,7 @@ def test_another_projects_ids_are_unknown_ids_through_every_route(
         assert response.headers["content-type"] == control.headers["content-type"]
         answered.append((probe, response.headers["X-Openstack-Request-Id"]))
 
-    assert _everything(w.admin) == before
+    assert state_of(w.admin) == before
 
     # Every attempt is in the audit trail as denied, against project B, with the caller's token.
     listed = w.admin.get("/v2.0/audit_events", params={"outcome": "denied", "limit": 1000})

@@ -8,19 +8,14 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from cthm_cli_harness import Result, ServerProcess, run
+from cthm_cli_harness import Result, ServerProcess, run, serving
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     base = tmp_path_factory.mktemp("cthm-serve")
-    process = ServerProcess(base / "data", base / "logs")
-    process.start()
-    try:
+    with serving(ServerProcess(base / "data", base / "logs")) as process:
         yield process
-    finally:
-        code = process.stop()
-    assert code == 0, f"cthm serve did not exit cleanly after SIGTERM: {process.logs()}"
 
 
 @pytest.fixture

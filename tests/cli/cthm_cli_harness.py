@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from cthm.testing.service import CTHM, ServerProcess, clean_env, free_port
 
-__all__ = ["CTHM", "Result", "ServerProcess", "assert_error", "clean_env", "free_port", "run"]
+__all__ = [
+    "CTHM",
+    "Result",
+    "ServerProcess",
+    "assert_error",
+    "clean_env",
+    "free_port",
+    "run",
+    "serving",
+]
 
 RUN_TIMEOUT = 60.0
 
@@ -46,6 +57,17 @@ def run(
         check=False,
     )
     return Result(tuple(args), proc.returncode, proc.stdout, proc.stderr)
+
+
+@contextlib.contextmanager
+def serving(process: ServerProcess) -> Iterator[ServerProcess]:
+    """Starts `process`; at the end stops it (SIGTERM) and fails unless it exited cleanly."""
+    process.start()
+    try:
+        yield process
+    finally:
+        code = process.stop()
+    assert code == 0, f"cthm serve did not exit cleanly after SIGTERM: {process.logs()}"
 
 
 def assert_error(result: Result, exit_code: int, *fragments: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 from pathlib import Path
@@ -33,6 +34,28 @@ def test_start_prepares_a_private_data_dir_and_a_migrated_store(tmp_path: Path) 
         "SELECT name FROM sqlite_master WHERE type = 'table'"
     )
     assert "alembic_version" in {row[0] for row in tables}
+
+
+def test_the_first_start_records_the_admin_token_it_made_in_the_audit_trail(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(data_dir=tmp_path, sweep_orphans=False, agent_enabled=False)
+    with Service(settings, say=lambda _: None) as service:
+        assert service.admin_token_file == tmp_path / "admin.token"
+        with service.store.unit_of_work(write=False) as repo:
+            (token,) = repo.tokens.list(ListQuery())
+    connection = sqlite3.connect(tmp_path / "cthm.db")
+    try:
+        rows = connection.execute(
+            "SELECT action, target_type, target_id, target_project_id, outcome, status_code,"
+            " token_id, after, detail FROM audit_events"
+        ).fetchall()
+    finally:
+        connection.close()
+    (row,) = rows
+    assert row[:7] == ("create_auth_token", "auth_token", token.id, "admin", "success", 201, None)
+    assert json.loads(row[7]) == {"id": token.id, "project_id": "admin", "roles": ["admin"]}
+    assert row[8] == "bootstrap: no token existed"
 
 
 def test_an_existing_data_dir_is_left_as_it_is(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from cthm_cli_harness import Result, ServerProcess
+from cthm_cli_harness import Result, ServerProcess, serving
 
 from cthm.testing import NamespaceFactory, run_in_namespace
 
@@ -33,12 +33,8 @@ def server(
     flavour = ("--iptables-flavour", "nft") if backend == "iptables" else ()
     base = tmp_path_factory.mktemp(f"cthm-serve-{backend}")
     process = ServerProcess(base / "data", base / "logs", args=("--backend", backend, *flavour))
-    process.start()
-    try:
+    with serving(process):
         yield process
-    finally:
-        code = process.stop()
-    assert code == 0, f"cthm serve did not exit cleanly after SIGTERM: {process.logs()}"
 
 
 @pytest.fixture

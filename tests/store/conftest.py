@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cthm.domain import HelperBinding, HelperCatalog, Router, new_binding, new_router
+from cthm.domain import HelperBinding, Router, new_binding, new_router
 from cthm.store import Store
-
-CATALOG = HelperCatalog()
-
-Snapshot = dict[str, list[tuple[object, ...]]]
+from support.store import CATALOG, Snapshot
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from cthm.domain import (
     Conflict,
     Direction,
     HelperBinding,
-    HelperCatalog,
     ListQuery,
     Protocol,
     Router,
@@ -30,10 +29,9 @@ from cthm.domain import (
     new_router,
 )
 from cthm.store import AuditContext, Store
+from support.store import CATALOG, Snapshot, refuse_audit_inserts
 
 Row = dict[str, Any]
-Snapshot = dict[str, list[tuple[object, ...]]]
-CATALOG = HelperCatalog()
 
 CONTEXT = AuditContext(request_id="req-1", token_id="tok-1", project_id="caller")
 
@@ -226,18 +224,6 @@ def test_status_writes_and_no_op_updates_are_not_recorded(
 # --- atomicity -----------------------------------------------------------------------------------
 
 
-def _refuse_audit_inserts(db_path: Path) -> None:
-    connection = sqlite3.connect(db_path)
-    try:
-        connection.execute(
-            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events "
-            "BEGIN SELECT RAISE(ABORT, 'audit insert refused'); END"
-        )
-        connection.commit()
-    finally:
-        connection.close()
-
-
 def test_a_change_whose_audit_row_cannot_be_written_is_rolled_back(
     store: Store,
     db_path: Path,
@@ -252,7 +238,7 @@ def test_a_change_whose_audit_row_cannot_be_written_is_rolled_back(
     recorded = audit_rows(db_path)
     lines_before = audit_lines()
     notified = list(notifications)
-    _refuse_audit_inserts(db_path)
+    refuse_audit_inserts(db_path)
     before = snapshot()
 
     changes: list[Callable[[Any], object]] = [

@@ -3,13 +3,14 @@ migrated schema is exactly what the SQLAlchemy models declare."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from cthm.domain import new_router
 from cthm.store import Store
@@ -91,45 +92,42 @@ def test_migrate_is_idempotent(fresh: Store, db_path: Path) -> None:
         fresh.close()
 
 
-def test_migrated_schema_matches_the_models(fresh: Store, db_path: Path) -> None:
+@pytest.fixture
+def migrated(fresh: Store, db_path: Path) -> Iterator[Engine]:
+    """A plain engine on the database file once `fresh` has migrated it (and let it go)."""
     try:
         fresh.migrate()
     finally:
         fresh.close()
     engine = create_engine(f"sqlite:///{db_path}")
     try:
-        with engine.connect() as connection:
-            context = MigrationContext.configure(
-                connection, opts={"compare_type": True, "compare_server_default": True}
-            )
-            assert compare_metadata(context, Base.metadata) == []
+        yield engine
     finally:
         engine.dispose()
 
 
-def test_migrated_schema_holds_the_constraints(fresh: Store, db_path: Path) -> None:
+def test_migrated_schema_matches_the_models(migrated: Engine) -> None:
+    with migrated.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_migrated_schema_holds_the_constraints(migrated: Engine) -> None:
     # compare_metadata is blind to some SQLite details; name the constraints that carry rules.
-    try:
-        fresh.migrate()
-    finally:
-        fresh.close()
-    engine = create_engine(f"sqlite:///{db_path}")
-    try:
-        inspector = inspect(engine)
-        assert {
-            tuple(uq["column_names"]) for uq in inspector.get_unique_constraints("routers")
-        } == {("namespace",)}
-        assert {
-            tuple(uq["column_names"])
-            for uq in inspector.get_unique_constraints("conntrack_helpers")
-        } == {("router_id", "protocol", "port", "direction")}
-        checks = {
-            ck["name"]: ck["sqltext"] for ck in inspector.get_check_constraints("conntrack_helpers")
-        }
-        assert checks == {"ck_conntrack_helpers_direction": DIRECTION_CHECK}
-        (foreign_key,) = inspector.get_foreign_keys("conntrack_helpers")
-        assert foreign_key["referred_table"] == "routers"
-        assert foreign_key["constrained_columns"] == ["router_id"]
-        assert foreign_key["options"].get("ondelete") == "CASCADE"
-    finally:
-        engine.dispose()
+    inspector = inspect(migrated)
+    assert {tuple(uq["column_names"]) for uq in inspector.get_unique_constraints("routers")} == {
+        ("namespace",)
+    }
+    assert {
+        tuple(uq["column_names"]) for uq in inspector.get_unique_constraints("conntrack_helpers")
+    } == {("router_id", "protocol", "port", "direction")}
+    checks = {
+        ck["name"]: ck["sqltext"] for ck in inspector.get_check_constraints("conntrack_helpers")
+    }
+    assert checks == {"ck_conntrack_helpers_direction": DIRECTION_CHECK}
+    (foreign_key,) = inspector.get_foreign_keys("conntrack_helpers")
+    assert foreign_key["referred_table"] == "routers"
+    assert foreign_key["constrained_columns"] == ["router_id"]
+    assert foreign_key["options"].get("ondelete") == "CASCADE"

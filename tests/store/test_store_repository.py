@@ -22,11 +22,8 @@ from cthm.domain import (
     new_router,
 )
 from cthm.store import Store
+from support.store import MakeBinding, MakeRouter, Snapshot
 
-Snapshot = dict[str, list[tuple[object, ...]]]
-
-MakeRouter = Callable[..., Router]
-MakeBinding = Callable[..., HelperBinding]
 ALL = ListQuery()
 MISSING = str(uuid.UUID(int=999))
 

@@ -11,21 +11,14 @@ import pytest
 
 from cthm.domain import (
     BindingConflict,
-    HelperBinding,
-    HelperCatalog,
     ListQuery,
-    Router,
     Status,
     Unavailable,
     new_binding,
     new_router,
 )
 from cthm.store import Store
-
-Snapshot = dict[str, list[tuple[object, ...]]]
-MakeRouter = Callable[..., Router]
-MakeBinding = Callable[..., HelperBinding]
-CATALOG = HelperCatalog()
+from support.store import CATALOG, MakeBinding, MakeRouter, Snapshot
 
 
 class Boom(Exception):
@@ -179,20 +172,8 @@ def test_healthy_store(store: Store) -> None:
     store.check_health()
 
 
-def test_database_in_a_missing_directory_is_unavailable(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'absent' / 'cthm.db'}")
-    try:
-        with pytest.raises(Unavailable):
-            store.check_health()
-        with pytest.raises(Unavailable), store.unit_of_work() as repo:
-            repo.list_router_ids()
-    finally:
-        store.close()
-
-
-def test_database_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
-    path = tmp_path / "cthm.db"
-    path.write_bytes(os.urandom(8192))
+def assert_unavailable(path: Path) -> None:
+    """A store on the file at `path` answers Unavailable to a health check and to a read."""
     store = Store(f"sqlite:///{path}")
     try:
         with pytest.raises(Unavailable):
@@ -201,6 +182,16 @@ def test_database_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
             repo.list_router_ids()
     finally:
         store.close()
+
+
+def test_database_in_a_missing_directory_is_unavailable(tmp_path: Path) -> None:
+    assert_unavailable(tmp_path / "absent" / "cthm.db")
+
+
+def test_database_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "cthm.db"
+    path.write_bytes(os.urandom(8192))
+    assert_unavailable(path)
 
 
 def test_removed_data_directory_is_unavailable(tmp_path: Path) -> None:

@@ -53,26 +53,32 @@ def topology(netns: NamespaceFactory) -> Topology:
     return build_topology(netns)
 
 
-@pytest.fixture
-def ftp_server(topology: Topology, tmp_path: Path) -> Iterator[RunningServer]:
-    root = tmp_path / "ftp-root"
+def _serving(
+    start: Callable[..., RunningServer],
+    kind: str,
+    topology: Topology,
+    tmp_path: Path,
+    name: str,
+    size: int,
+) -> Iterator[RunningServer]:
+    """`start` serving one random file `name` of `size` bytes in the server namespace."""
+    root = tmp_path / f"{kind}-root"
     root.mkdir()
-    write_random_file(root, FTP_FILE, FTP_SIZE)
-    with start_ftp_server(
-        topology.server_ns, topology.server_addr, root, state_dir=tmp_path / "ftp-state"
+    write_random_file(root, name, size)
+    with start(
+        topology.server_ns, topology.server_addr, root, state_dir=tmp_path / f"{kind}-state"
     ) as server:
         yield server
+
+
+@pytest.fixture
+def ftp_server(topology: Topology, tmp_path: Path) -> Iterator[RunningServer]:
+    yield from _serving(start_ftp_server, "ftp", topology, tmp_path, FTP_FILE, FTP_SIZE)
 
 
 @pytest.fixture
 def tftp_server(topology: Topology, tmp_path: Path) -> Iterator[RunningServer]:
-    root = tmp_path / "tftp-root"
-    root.mkdir()
-    write_random_file(root, TFTP_FILE, TFTP_SIZE)
-    with start_tftp_server(
-        topology.server_ns, topology.server_addr, root, state_dir=tmp_path / "tftp-state"
-    ) as server:
-        yield server
+    yield from _serving(start_tftp_server, "tftp", topology, tmp_path, TFTP_FILE, TFTP_SIZE)
 
 
 @pytest.fixture

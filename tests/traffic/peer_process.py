@@ -3,6 +3,8 @@
 The script (a module of tests/traffic run by path, standard library only) writes one JSON
 object per line on stdout (`{"event": ...}`) and reads commands, one per line, on stdin. The
 test reads events with a bounded wait and stops the process by its pid, whatever happens.
+`control_then_go` runs the exchange of a server peer and a client peer through the router that
+the peers of peers_h323.py and peers_pptp.py follow.
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from catalog_binding import router_conntrack
+
+from cthm.testing import Topology
 
 # `ip netns exec` plus a Python start: added to every wait for a first event.
 START_MARGIN = 5.0
@@ -41,12 +48,7 @@ class PeerProcess:
     def __enter__(self) -> PeerProcess:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def event(self, name: str, timeout: float) -> dict[str, Any]:
@@ -102,3 +104,43 @@ class PeerProcess:
         if code is not None and self.process.stderr is not None:
             err = self.process.stderr.read().decode(errors="replace")[-2000:]
         return f"peer in {self.namespace} ({state}){': ' + err if err else ''}"
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What a server peer and a client peer reported of one protocol exchange, and the
+    router's expectations read between its control flow and its second flow."""
+
+    client_control: dict[str, Any]
+    server_control: dict[str, Any]
+    expectations: list[str]  # `conntrack -L expect` in the router before the second flow
+    client_result: dict[str, Any]
+    server_result: dict[str, Any]
+
+
+def control_then_go(
+    topology: Topology,
+    script: Path,
+    server: Sequence[str],
+    client: Sequence[str],
+    result: str,
+    timeout: float,
+) -> Exchange:
+    """`script SERVER...` in the server namespace until it is `ready`, then `script CLIENT...`
+    in the client namespace; once both report `control`, the router's expectations are read,
+    both are told `go` and both report `result` (the second flow's outcome). `timeout` bounds
+    each event; both peers are stopped by pid whatever happens."""
+    t = topology
+    with PeerProcess(t.server_ns, script, *server) as server_peer:
+        server_peer.event("ready", timeout)
+        with PeerProcess(t.client_ns, script, *client) as client_peer:
+            client_control = client_peer.event("control", timeout)
+            server_control = server_peer.event("control", timeout)
+            # The control messages have crossed the router: the expectations (if any) are
+            # there now, and stay until the second flow uses them.
+            expectations = router_conntrack(t, "-L", "expect")
+            server_peer.send("go")
+            client_peer.send("go")
+            client_result = client_peer.event(result, timeout)
+            server_result = server_peer.event(result, timeout)
+    return Exchange(client_control, server_control, expectations, client_result, server_result)

@@ -1,7 +1,7 @@
 """Scripted peers for catalog helpers no Debian or PyPI package fits: IRC DCC, SANE, amanda,
 and the broadcast helpers (netbios-ns, snmp). Run by path inside a namespace and driven by
 tests/traffic/peer_process.PeerProcess: one JSON event per line on stdout, one command per line
-on stdin. Standard library only.
+on stdin (peer_wire.py, shared with the other scripted peers). Standard library only.
 
 The bytes on the wire are each protocol's own, because the kernel helper parses them:
 - IRC: `NICK`/`USER`, the server's `001`, then `PRIVMSG nick :\\x01DCC SEND file IP PORT SIZE\\x01`
@@ -27,27 +27,14 @@ role says it waits for one.
 from __future__ import annotations
 
 import argparse
-import json
-import select
 import socket
 import struct
 import sys
 from typing import Any
 
+from peer_wire import command, emit, listen_tcp, recv_exact
+
 PAYLOAD_BYTE = b"\xa5"
-
-
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
-def command(timeout: float) -> list[str]:
-    """The next command line from stdin, split; ["quit"] when none comes in time."""
-    ready, _, _ = select.select([sys.stdin], [], [], timeout)
-    if not ready:
-        return ["quit"]
-    line = sys.stdin.readline()
-    return line.split() or ["quit"]
 
 
 def failure_stage(exc: BaseException) -> str:
@@ -89,14 +76,6 @@ def accept_and_send(listener: socket.socket, size: int, timeout: float) -> dict[
     return {"ok": True, "peer": peer[0]}
 
 
-def listen_tcp(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(4)
-    return sock
-
-
 def recv_line(conn: socket.socket, buffer: bytearray) -> bytes:
     while b"\n" not in buffer:
         chunk = conn.recv(4096)
@@ -106,16 +85,6 @@ def recv_line(conn: socket.socket, buffer: bytearray) -> bytes:
     line, _, rest = bytes(buffer).partition(b"\n")
     buffer[:] = rest
     return line.rstrip(b"\r")
-
-
-def recv_exact(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("peer closed")
-        data += chunk
-    return data
 
 
 # --- IRC -------------------------------------------------------------------------------------

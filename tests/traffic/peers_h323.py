@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import errno
 import ipaddress
-import json
-import select
 import socket
 import struct
-import sys
+
+from peer_wire import await_go, emit, listen_tcp, recv_exact
 
 Q931_PORT = 1720
 RAS_PORT = 1719
@@ -247,31 +246,11 @@ def registration_confirm(seq: int, signal: tuple[str, int]) -> bytes:
 # --- the peers --------------------------------------------------------------------------
 
 
-def _emit(event: str, **fields: object) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
-def _await_go(timeout: float) -> None:
-    ready, _, _ = select.select([sys.stdin], [], [], timeout)
-    if not ready or sys.stdin.readline().strip() != "go":
-        raise TimeoutError("no 'go' from the test")
-
-
 def _read_tpkt(conn: socket.socket) -> bytes:
-    header = _recv_exact(conn, 4)
+    header = recv_exact(conn, 4)
     if header[0] != 3:
         raise ValueError(f"not a TPKT: {header.hex()}")
-    return _recv_exact(conn, struct.unpack("!H", header[2:])[0] - 4)
-
-
-def _recv_exact(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(data)} of {size} bytes")
-        data += chunk
-    return data
+    return recv_exact(conn, struct.unpack("!H", header[2:])[0] - 4)
 
 
 def _try_connect(address: tuple[str, int], timeout: float) -> str:
@@ -300,17 +279,9 @@ def _serve_once(listener: socket.socket, timeout: float) -> dict[str, object]:
         return {"accepted": True, "peer": peer}
 
 
-def _listener(address: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((address, port))
-    sock.listen(1)
-    return sock
-
-
 def run_q931_callee(address: str, h245_port: int, timeout: float, window: float) -> None:
-    with _listener(address, Q931_PORT) as signalling, _listener(address, h245_port) as h245:
-        _emit("ready")
+    with listen_tcp(address, Q931_PORT) as signalling, listen_tcp(address, h245_port) as h245:
+        emit("ready")
         signalling.settimeout(timeout)
         conn, (peer, _) = signalling.accept()
         with conn:
@@ -319,9 +290,9 @@ def run_q931_callee(address: str, h245_port: int, timeout: float, window: float)
             if message_type != Q931_SETUP:
                 raise ValueError(f"expected SETUP, got {message_type:#x}")
             conn.sendall(connect_uuie_message(1, address, h245_port))
-            _emit("control", peer=peer)
-            _await_go(timeout)
-            _emit("h245", **_serve_once(h245, window))
+            emit("control", peer=peer)
+            await_go(timeout)
+            emit("h245", **_serve_once(h245, window))
 
 
 def run_q931_caller(server: str, timeout: float, window: float) -> None:
@@ -331,34 +302,34 @@ def run_q931_caller(server: str, timeout: float, window: float) -> None:
         if message_type != Q931_CONNECT:
             raise ValueError(f"expected CONNECT, got {message_type:#x}")
         h245 = connect_h245_address(uuie)
-        _emit("control", h245_address=list(h245))
-        _await_go(timeout)
-        _emit("h245", outcome=_try_connect(h245, window))
+        emit("control", h245_address=list(h245))
+        await_go(timeout)
+        emit("h245", outcome=_try_connect(h245, window))
 
 
 def run_gatekeeper(address: str, timeout: float, window: float) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ras:
         ras.bind((address, RAS_PORT))
         ras.settimeout(timeout)
-        _emit("ready")
+        emit("ready")
         rrq, peer = ras.recvfrom(2048)
         signal = rrq_call_signal_address(rrq)
         ras.sendto(registration_confirm(1, (address, Q931_PORT)), peer)
-        _emit("control", peer=peer[0], call_signal_address=list(signal))
-        _await_go(timeout)
+        emit("control", peer=peer[0], call_signal_address=list(signal))
+        await_go(timeout)
         # Calls to the registered endpoint go to the address its RRQ carried. Where that is
         # not the address the RRQ came from (no NAT helper rewrote it), the router's address
         # with that port is tried too: only a helper's mapping would serve it.
         outcome = _try_connect(signal, window)
         via_router = None if signal[0] == peer[0] else _try_connect((peer[0], signal[1]), window)
-        _emit("q931", outcome=outcome, via_router=via_router)
+        emit("q931", outcome=outcome, via_router=via_router)
 
 
 def run_endpoint(
     gatekeeper: str, own: str, signal_port: int, timeout: float, window: float
 ) -> None:
     with (
-        _listener(own, signal_port) as q931,
+        listen_tcp(own, signal_port) as q931,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ras,
     ):
         ras.bind((own, 0))
@@ -368,9 +339,9 @@ def run_endpoint(
             (gatekeeper, RAS_PORT),
         )
         answer = ras.recv(2048)
-        _emit("control", answer=answer[:1].hex())
-        _await_go(timeout)
-        _emit("q931", **_serve_once(q931, window))
+        emit("control", answer=answer[:1].hex())
+        await_go(timeout)
+        emit("q931", **_serve_once(q931, window))
 
 
 def main() -> None:

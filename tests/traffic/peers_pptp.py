@@ -18,12 +18,12 @@ set up; the call ids each side saw), `gre` (what arrived). Standard library only
 from __future__ import annotations
 
 import argparse
-import json
 import select
 import socket
 import struct
-import sys
 import time
+
+from peer_wire import await_go, emit, listen_tcp, recv_exact
 
 PPTP_PORT = 1723
 MAGIC_COOKIE = 0x1A2B3C4D
@@ -127,22 +127,12 @@ def gre_packet(call_id: int, sequence: int, payload: bytes = PPP_LCP_CONFIGURE_R
 
 def read_control_message(conn: socket.socket) -> tuple[int, bytes]:
     """One control message: (control message type, body); checks the header's constants."""
-    length = struct.unpack("!H", _recv_exact(conn, 2))[0]
-    rest = _recv_exact(conn, length - 2)
+    length = struct.unpack("!H", recv_exact(conn, 2))[0]
+    rest = recv_exact(conn, length - 2)
     kind, cookie, message_type = struct.unpack("!HIH", rest[:8])
     if kind != CONTROL_MESSAGE or cookie != MAGIC_COOKIE:
         raise ValueError(f"not a PPTP control message: {rest[:10].hex()}")
     return message_type, rest[10:]
-
-
-def _recv_exact(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(data)} of {size} bytes")
-        data += chunk
-    return data
 
 
 def _expect(conn: socket.socket, message_type: int) -> bytes:
@@ -150,16 +140,6 @@ def _expect(conn: socket.socket, message_type: int) -> bytes:
     if got != message_type:
         raise ValueError(f"expected control message {message_type}, got {got}")
     return body
-
-
-def _emit(event: str, **fields: object) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
-def _await_go(timeout: float) -> None:
-    ready, _, _ = select.select([sys.stdin], [], [], timeout)
-    if not ready or sys.stdin.readline().strip() != "go":
-        raise TimeoutError("no 'go' from the test")
 
 
 def _gre_exchange(peer: str, send_key: int, own_key: int, window: float) -> list[dict[str, object]]:
@@ -194,12 +174,9 @@ def _gre_exchange(peer: str, send_key: int, own_key: int, window: float) -> list
 
 
 def run_pac(listen: str, call_id: int, timeout: float, window: float) -> None:
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((listen, PPTP_PORT))
-    server.listen(1)
+    server = listen_tcp(listen, PPTP_PORT)
     server.settimeout(timeout)
-    _emit("ready")
+    emit("ready")
     conn, (peer, _) = server.accept()
     with server, conn:
         conn.settimeout(timeout)
@@ -209,9 +186,9 @@ def run_pac(listen: str, call_id: int, timeout: float, window: float) -> None:
         body = _expect(conn, OUTGOING_CALL_REQUEST)
         peer_call_id = struct.unpack("!H", body[:2])[0]
         conn.sendall(outgoing_call_reply(call_id, peer_call_id))
-        _emit("control", peer=peer, call_id=call_id, peer_call_id=peer_call_id)
-        _await_go(timeout)
-        _emit("gre", received=_gre_exchange(peer, peer_call_id, call_id, window))
+        emit("control", peer=peer, call_id=call_id, peer_call_id=peer_call_id)
+        await_go(timeout)
+        emit("gre", received=_gre_exchange(peer, peer_call_id, call_id, window))
 
 
 def run_pns(server: str, call_id: int, timeout: float, window: float) -> None:
@@ -224,11 +201,11 @@ def run_pns(server: str, call_id: int, timeout: float, window: float) -> None:
         conn.sendall(outgoing_call_request(call_id, serial=1))
         body = _expect(conn, OUTGOING_CALL_REPLY)
         pac_call_id, peer_call_id, result = struct.unpack("!HHB", body[:5])
-        _emit("control", call_id=call_id, pac_call_id=pac_call_id, peer_call_id=peer_call_id)
+        emit("control", call_id=call_id, pac_call_id=pac_call_id, peer_call_id=peer_call_id)
         if result != RESULT_OK:
             raise ValueError(f"outgoing call refused: result {result}")
-        _await_go(timeout)
-        _emit("gre", received=_gre_exchange(server, pac_call_id, call_id, window))
+        await_go(timeout)
+        emit("gre", received=_gre_exchange(server, pac_call_id, call_id, window))
 
 
 def main() -> None:

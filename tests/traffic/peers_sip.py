@@ -34,6 +34,37 @@ _INVITE_TIMEOUT = 5.0
 _POLL = 0.02
 _TRANSPORT_FLAG = {"udp": "u1", "tcp": "t1"}
 
+
+def _sdp(version: int, port: int) -> str:
+    """An SDP offer or answer: PCMU audio at `port` on the sender's own media address."""
+    return f"""\
+      v=0
+      o=cthm {version} {version} IN IP[media_ip_type] [media_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio {port} RTP/AVP 0
+      a=rtpmap:0 PCMU/8000"""
+
+
+def _uac_in_dialog(method: str, cseq: int) -> str:
+    """A request of the UAC inside the call (ACK, BYE): to the UAS's tag from its 200."""
+    return f"""\
+    <![CDATA[
+
+      {method} sip:service@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]cthm[call_number]
+      To: <sip:service@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} {method}
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>"""
+
+
 UAC_SCENARIO = f"""\
 <?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="cthm uac">
@@ -51,13 +82,7 @@ UAC_SCENARIO = f"""\
       Content-Type: application/sdp
       Content-Length: [len]
 
-      v=0
-      o=cthm 1 1 IN IP[media_ip_type] [media_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio {MEDIA_PORT} RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
+{_sdp(1, MEDIA_PORT)}
 
     ]]>
   </send>
@@ -65,41 +90,17 @@ UAC_SCENARIO = f"""\
   <recv response="180" optional="true"/>
   <recv response="200"/>
   <send>
-    <![CDATA[
-
-      ACK sip:service@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]cthm[call_number]
-      To: <sip:service@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
+{_uac_in_dialog("ACK", 1)}
   </send>
   <pause milliseconds="{HOLD_MS}"/>
   <send retrans="500">
-    <![CDATA[
-
-      BYE sip:service@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]cthm[call_number]
-      To: <sip:service@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
+{_uac_in_dialog("BYE", 2)}
   </send>
   <recv response="200"/>
 </scenario>
 """
 
-UAS_SCENARIO = """\
+UAS_SCENARIO = f"""\
 <?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="cthm uas">
   <recv request="INVITE"/>
@@ -116,13 +117,7 @@ UAS_SCENARIO = """\
       Content-Type: application/sdp
       Content-Length: [len]
 
-      v=0
-      o=cthm 2 2 IN IP[media_ip_type] [media_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio 49180 RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
+{_sdp(2, 49180)}
 
     ]]>
   </send>

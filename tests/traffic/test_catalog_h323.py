@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from bindings_api import bind_through_api
 from catalog_binding import allow_new_from_client, require_kernel_modules, router_conntrack
-from peer_process import PeerProcess
+from peer_process import control_then_go
 from peers_h323 import Q931_PORT, RAS_PORT
 
 from cthm.testing import ServerProcess, Topology, conntrack_flush
@@ -45,19 +45,10 @@ def h323_topology(topology: Topology) -> Topology:
 def q931_call(t: Topology) -> tuple[dict[str, object], list[str], str, dict[str, object]]:
     """SETUP/CONNECT, then the caller's H.245 connection: (caller's control event, router
     expectations before H.245, the caller's outcome, the callee's H.245 event)."""
-    with PeerProcess(
-        t.server_ns, PEERS, "q931-callee", t.server_addr, "--port", str(H245_PORT)
-    ) as callee:
-        callee.event("ready", EVENT_TIMEOUT)
-        with PeerProcess(t.client_ns, PEERS, "q931-caller", t.server_addr) as caller:
-            control = caller.event("control", EVENT_TIMEOUT)
-            callee.event("control", EVENT_TIMEOUT)
-            expectations = router_conntrack(t, "-L", "expect")
-            callee.send("go")
-            caller.send("go")
-            outcome = str(caller.event("h245", EVENT_TIMEOUT)["outcome"])
-            served = callee.event("h245", EVENT_TIMEOUT)
-    return control, expectations, outcome, served
+    callee = ["q931-callee", t.server_addr, "--port", str(H245_PORT)]
+    call = control_then_go(t, PEERS, callee, ["q931-caller", t.server_addr], "h245", EVENT_TIMEOUT)
+    outcome = str(call.client_result["outcome"])
+    return call.client_control, call.expectations, outcome, call.server_result
 
 
 def test_q931_connect_h245_address_opens_h245_only_with_the_binding(
@@ -96,26 +87,15 @@ def registration(
     """RRQ/RCF, then the gatekeeper's Q.931 connection to the registered address:
     (endpoint's control event, gatekeeper's, router expectations before the connection,
     the gatekeeper's outcome, the endpoint's)."""
-    with PeerProcess(t.server_ns, PEERS, "gatekeeper", t.server_addr) as gatekeeper:
-        gatekeeper.event("ready", EVENT_TIMEOUT)
-        with PeerProcess(
-            t.client_ns,
-            PEERS,
-            "endpoint",
-            t.server_addr,
-            "--own",
-            t.client_addr,
-            "--port",
-            str(Q931_PORT),
-        ) as endpoint:
-            endpoint_control = endpoint.event("control", EVENT_TIMEOUT)
-            gatekeeper_control = gatekeeper.event("control", EVENT_TIMEOUT)
-            expectations = router_conntrack(t, "-L", "expect")
-            endpoint.send("go")
-            gatekeeper.send("go")
-            called = gatekeeper.event("q931", EVENT_TIMEOUT)
-            answered = endpoint.event("q931", EVENT_TIMEOUT)
-    return endpoint_control, gatekeeper_control, expectations, called, answered
+    endpoint = ["endpoint", t.server_addr, "--own", t.client_addr, "--port", str(Q931_PORT)]
+    call = control_then_go(t, PEERS, ["gatekeeper", t.server_addr], endpoint, "q931", EVENT_TIMEOUT)
+    return (
+        call.client_control,
+        call.server_control,
+        call.expectations,
+        call.server_result,
+        call.client_result,
+    )
 
 
 RCF_FIRST_OCTET = "10"  # RasMessage root alternative 4 (registrationConfirm), no extensions

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from bindings_api import bind_through_api
 from catalog_binding import allow_new_from_client, require_kernel_modules, router_conntrack
-from peer_process import PeerProcess
+from peer_process import control_then_go
 from peers_pptp import PPP_LCP_CONFIGURE_REQUEST, PPTP_PORT
 
 from cthm.testing import ServerProcess, Topology, conntrack_flush
@@ -43,24 +43,16 @@ class PptpCall:
 def pptp_call(topology: Topology) -> PptpCall:
     """One PPTP control session and call, then GRE both ways; every peer stopped by pid."""
     t = topology
-    with PeerProcess(
-        t.server_ns, PEERS, "pac", t.server_addr, "--call-id", str(PAC_CALL_ID)
-    ) as pac:
-        pac.event("ready", EVENT_TIMEOUT)
-        with PeerProcess(
-            t.client_ns, PEERS, "pns", t.server_addr, "--call-id", str(PNS_CALL_ID)
-        ) as pns:
-            pns_control = pns.event("control", EVENT_TIMEOUT)
-            pac_control = pac.event("control", EVENT_TIMEOUT)
-            # The Outgoing-Call-Reply has crossed the router: the expectations (if any) are
-            # there now, and stay until the first GRE packet uses them.
-            expectations = router_conntrack(t, "-L", "expect")
-            pac.send("go")
-            pns.send("go")
-            pns_gre = pns.event("gre", EVENT_TIMEOUT)
-            pac_gre = pac.event("gre", EVENT_TIMEOUT)
+    pac = ["pac", t.server_addr, "--call-id", str(PAC_CALL_ID)]
+    pns = ["pns", t.server_addr, "--call-id", str(PNS_CALL_ID)]
+    # The expectations are read once the Outgoing-Call-Reply has crossed the router.
+    call = control_then_go(t, PEERS, pac, pns, "gre", EVENT_TIMEOUT)
     return PptpCall(
-        pns_control, pac_control, expectations, pns_gre["received"], pac_gre["received"]
+        call.client_control,
+        call.server_control,
+        call.expectations,
+        call.client_result["received"],
+        call.server_result["received"],
     )
 
 

@@ -136,21 +136,27 @@ def test_irc_dcc_send_through_nat_needs_the_binding(edge: ApiRouter, topology: T
 # --- sane ------------------------------------------------------------------------------------
 
 
-def sane_round(t: Topology) -> dict[str, Any]:
-    """INIT and START over the control connection, then the client's data connection."""
+def data_port_round(t: Topology, protocol: str, port: int, reply: str, key: str) -> dict[str, Any]:
+    """`protocol`'s control exchange on `port`, whose answer (the client's `reply` event, kept
+    as `key`) names data port 7001; then the client's data connection to that port."""
     conntrack_flush(t.router_ns)
     seen: dict[str, Any] = {}
-    server_args = ["--host", t.server_addr, "--port", "6566", "--data-port", "7001"]
+    server_args = ["--host", t.server_addr, "--port", str(port), "--data-port", "7001"]
     server_args += ["--size", str(PAYLOAD)]
-    with peer(t.server_ns, "sane-server", *server_args) as server:
+    with peer(t.server_ns, f"{protocol}-server", *server_args) as server:
         server.event("listening", EVENT_TIMEOUT)
-        client_args = ["--server", t.server_addr, "--port", "6566"]
-        with peer(t.client_ns, "sane-client", *client_args) as client:
-            seen["start"] = client.event("port", EVENT_TIMEOUT)
-            seen["expect"] = expect_lines(t, "sane")
+        client_args = ["--server", t.server_addr, "--port", str(port)]
+        with peer(t.client_ns, f"{protocol}-client", *client_args) as client:
+            seen[key] = client.event(reply, EVENT_TIMEOUT)
+            seen["expect"] = expect_lines(t, protocol)
             client.send("data")
             seen["data"] = client.event("data", STEP_TIMEOUT)
     return seen
+
+
+def sane_round(t: Topology) -> dict[str, Any]:
+    """INIT and START over the control connection, then the client's data connection."""
+    return data_port_round(t, "sane", 6566, "port", "start")
 
 
 def test_sane_data_connection_needs_the_binding(edge: ApiRouter, topology: Topology) -> None:
@@ -180,19 +186,7 @@ def test_sane_data_connection_needs_the_binding(edge: ApiRouter, topology: Topol
 
 def amanda_round(t: Topology) -> dict[str, Any]:
     """REQ and REP over udp/10080, then the requester's connection to the DATA port."""
-    conntrack_flush(t.router_ns)
-    seen: dict[str, Any] = {}
-    server_args = ["--host", t.server_addr, "--port", "10080", "--data-port", "7001"]
-    server_args += ["--size", str(PAYLOAD)]
-    with peer(t.server_ns, "amanda-server", *server_args) as server:
-        server.event("listening", EVENT_TIMEOUT)
-        client_args = ["--server", t.server_addr, "--port", "10080"]
-        with peer(t.client_ns, "amanda-client", *client_args) as client:
-            seen["rep"] = client.event("rep", EVENT_TIMEOUT)
-            seen["expect"] = expect_lines(t, "amanda")
-            client.send("data")
-            seen["data"] = client.event("data", STEP_TIMEOUT)
-    return seen
+    return data_port_round(t, "amanda", 10080, "rep", "rep")
 
 
 def test_amanda_data_connection_needs_the_binding(edge: ApiRouter, topology: Topology) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from cthm.testing import Topology, nft_apply
 
 
-def helper_table(priority: str) -> str:
-    """The hand-written helper table of this harness's self-test (DESIGN.md's layout)."""
+def helper_table(priority: str, hook: str = "prerouting") -> str:
+    """The hand-written helper table of this harness's self-test (DESIGN.md's layout), its
+    chain on `hook`: "prerouting" (connections the router forwards) or "output" (those it
+    originates)."""
     return f"""\
 table inet cthm {{
     ct helper ftp-tcp {{ type "ftp" protocol tcp; l3proto inet; }}
     ct helper tftp-udp {{ type "tftp" protocol udp; l3proto inet; }}
-    chain prerouting {{
-        type filter hook prerouting priority {priority}; policy accept;
+    chain {hook} {{
+        type filter hook {hook} priority {priority}; policy accept;
         ct helper set tcp dport map {{ 21 : "ftp-tcp" }}
         ct helper set udp dport map {{ 69 : "tftp-udp" }}
     }}
@@ -22,17 +24,7 @@ table inet cthm {{
 
 def output_helper_table(priority: str = "filter") -> str:
     """The hand-written table assigning the helpers to connections the router originates."""
-    return f"""\
-table inet cthm {{
-    ct helper ftp-tcp {{ type "ftp" protocol tcp; l3proto inet; }}
-    ct helper tftp-udp {{ type "tftp" protocol udp; l3proto inet; }}
-    chain output {{
-        type filter hook output priority {priority}; policy accept;
-        ct helper set tcp dport map {{ 21 : "ftp-tcp" }}
-        ct helper set udp dport map {{ 69 : "tftp-udp" }}
-    }}
-}}
-"""
+    return helper_table(priority, "output")
 
 
 def replace_cthm_table(topology: Topology, table: str) -> None:

@@ -46,7 +46,7 @@ from cthm.netfilter import (
     read_raw_tables,
 )
 from cthm.settings import Settings
-from cthm.store import AuditContext, Store, deployment_id
+from cthm.store import AuditContext, AuditLog, Store, deployment_id
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -458,15 +458,8 @@ def bootstrap_admin_token(store: Store, data_dir: Path) -> Path | None:
                 roles=[Role.ADMIN],
                 description="first admin token, created by cthm serve",
             )
-            repo.audit.record(
-                action="create_auth_token",
-                target_type="auth_token",
-                target_id=token.id,
-                target_project_id=token.project_id,
-                before=None,
-                after={"id": token.id, "project_id": token.project_id, "roles": ["admin"]},
-                status_code=201,
-                detail="bootstrap: no token existed",
+            _audit_admin_token(
+                repo.audit, "create_auth_token", token, "bootstrap: no token existed"
             )
             _write_secret(path, secret)
             written = True
@@ -479,6 +472,20 @@ def bootstrap_admin_token(store: Store, data_dir: Path) -> Path | None:
             raise ServiceError(f"cannot create the first admin token: {exc.message}") from exc
         raise
     return path
+
+
+def _audit_admin_token(audit: AuditLog, action: str, token: AuthToken, detail: str) -> None:
+    """The audit event of an admin token made here, outside the API (as the API records one)."""
+    audit.record(
+        action=action,
+        target_type="auth_token",
+        target_id=token.id,
+        target_project_id=token.project_id,
+        before=None,
+        after={"id": token.id, "project_id": token.project_id, "roles": ["admin"]},
+        status_code=201,
+        detail=detail,
+    )
 
 
 def recover_admin_token(store: Store, data_dir: Path, *, caller: str) -> tuple[AuthToken, Path]:
@@ -502,16 +509,8 @@ def recover_admin_token(store: Store, data_dir: Path, *, caller: str) -> tuple[A
                 description="admin token made by cthm token recover",
             )
             path = _write_recovery_file(data_dir, now, secret)
-            repo.audit.record(
-                action="recover_auth_token",
-                target_type="auth_token",
-                target_id=token.id,
-                target_project_id=token.project_id,
-                before=None,
-                after={"id": token.id, "project_id": token.project_id, "roles": ["admin"]},
-                status_code=201,
-                detail=f"local recovery by {caller}; secret written to {path}",
-            )
+            detail = f"local recovery by {caller}; secret written to {path}"
+            _audit_admin_token(repo.audit, "recover_auth_token", token, detail)
     except BaseException as exc:
         # As for the first token: no file may outlive a commit that failed.
         if path is not None:

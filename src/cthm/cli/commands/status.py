@@ -62,10 +62,7 @@ def status(state: CliState, router: str) -> None:
     report["agent"] = agent
     report["router"] = {k: body.get(k) for k in ("id", "name", "namespace", "status")}
     report["router"]["status_reason"] = body.get("status_reason", "")
-    if state.json:
-        render.print_json(report)
-        return
-    _print(report)
+    render.emit(state, report, _print, report)
 
 
 def _agent_view(client: CthmClient, router_id: str) -> JSONObject | None:
