@@ -48,8 +48,35 @@ class Router:
         validate_status_reason(self.status_reason)
 
 
+class _OrderedByKey:
+    """Ordered by (protocol, port, direction, helper): the order the backends read tables back
+    in, where (protocol, port, direction) is unique and the helper never decides. Hand-written
+    rather than dataclass(order=True), which would compare every field, ids and times too."""
+
+    __slots__ = ()
+    protocol: Protocol
+    port: int
+    direction: Direction
+    helper: str
+
+    def _key(self) -> tuple[str, int, str, str]:
+        return (self.protocol, self.port, self.direction, self.helper)
+
+    def __lt__(self, other: _OrderedByKey) -> bool:
+        return self._key() < other._key()
+
+    def __le__(self, other: _OrderedByKey) -> bool:
+        return self._key() <= other._key()
+
+    def __gt__(self, other: _OrderedByKey) -> bool:
+        return self._key() > other._key()
+
+    def __ge__(self, other: _OrderedByKey) -> bool:
+        return self._key() >= other._key()
+
+
 @dataclass(frozen=True, slots=True)
-class HelperBinding:
+class HelperBinding(_OrderedByKey):
     """A user's wish: connections of `protocol` to `port` on this router get `helper`."""
 
     id: str
@@ -59,23 +86,6 @@ class HelperBinding:
     port: int
     helper: str
     direction: Direction = Direction.INGRESS
-
-    # Ordered by (protocol, port, direction, helper): the order the backends read tables back
-    # in, where (protocol, port, direction) is unique and the helper never decides.
-    def _key(self) -> tuple[str, int, str, str]:
-        return (self.protocol, self.port, self.direction, self.helper)
-
-    def __lt__(self, other: Assignment) -> bool:
-        return self._key() < other._key()
-
-    def __le__(self, other: Assignment) -> bool:
-        return self._key() <= other._key()
-
-    def __gt__(self, other: Assignment) -> bool:
-        return self._key() > other._key()
-
-    def __ge__(self, other: Assignment) -> bool:
-        return self._key() >= other._key()
 
     status: Status = Status.PENDING
     status_reason: str = ""
@@ -99,7 +109,7 @@ class HelperBinding:
 
 
 @dataclass(frozen=True, slots=True)
-class Assignment:
+class Assignment(_OrderedByKey):
     """What the kernel must do: new connections of protocol/port get the kernel helper named.
 
     `helper` is the kernel's name (RAS, not h323); values here have passed the catalog.
@@ -110,23 +120,6 @@ class Assignment:
     port: int
     helper: str
     direction: Direction = Direction.INGRESS
-
-    # Ordered by (protocol, port, direction, helper): the order the backends read tables back
-    # in, where (protocol, port, direction) is unique and the helper never decides.
-    def _key(self) -> tuple[str, int, str, str]:
-        return (self.protocol, self.port, self.direction, self.helper)
-
-    def __lt__(self, other: Assignment) -> bool:
-        return self._key() < other._key()
-
-    def __le__(self, other: Assignment) -> bool:
-        return self._key() <= other._key()
-
-    def __gt__(self, other: Assignment) -> bool:
-        return self._key() > other._key()
-
-    def __ge__(self, other: Assignment) -> bool:
-        return self._key() >= other._key()
 
 
 _set_field = object.__setattr__  # bypasses the frozen dataclass's refusal, as its __init__ does
