@@ -43,8 +43,8 @@ def test_a_flood_of_events_is_one_line_per_interval_with_a_count(
     [
         (1_048_576, 1000, (1000, 2048)),
         (20_000, 1000, (1000, 2048)),
-        (1024, 1000, (1024 - 128 - DESCRIPTOR_RESERVE, 128)),
-        (300, 1000, (300 - 37 - DESCRIPTOR_RESERVE, 37)),
+        (1024, 1000, (1024 - 2 * 128 - DESCRIPTOR_RESERVE, 128)),
+        (400, 1000, (400 - 2 * 50 - DESCRIPTOR_RESERVE, 50)),
         (200, 1000, (1, 25)),
     ],
 )

@@ -126,16 +126,18 @@ class FrontDoor:
 
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The event loop's error handler: the same line, with a count, at most once per
-        interval per kind of message; the traceback only the first time."""
+        interval per kind of message; the traceback only the first time, and never for an
+        OSError (accept() out of descriptors is a condition, not a bug: the line says it)."""
         message = str(context.get("message") or "event loop error")
         exception = context.get("exception")
         text = f"{message}: {exception}" if exception is not None else message
         first = not self.events.seen(f"loop:{message}")
+        trace = isinstance(exception, BaseException) and not isinstance(exception, OSError)
         self.events.event(
             f"loop:{message}",
             text,
             level=logging.ERROR,
-            exc_info=exception if first and isinstance(exception, BaseException) else None,
+            exc_info=exception if first and trace else None,
         )
 
 

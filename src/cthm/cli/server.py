@@ -63,9 +63,11 @@ def raise_descriptor_limit() -> int:
 
 def connection_budget(descriptors: int, wanted: int) -> tuple[int, int]:
     """(max connections, accept backlog) that fit in `descriptors` open files: asyncio may
-    accept a whole backlog before the first of them is counted, and the reserve stays free."""
+    accept a whole backlog before the first of them is counted, and accept another before the
+    connections that made room are really closed (a close takes effect a loop turn later), so
+    two backlogs are kept free, and the reserve beyond them."""
     backlog = max(16, min(BACKLOG, descriptors // 8))
-    return max(1, min(wanted, descriptors - backlog - DESCRIPTOR_RESERVE)), backlog
+    return max(1, min(wanted, descriptors - 2 * backlog - DESCRIPTOR_RESERVE)), backlog
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
