@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := nftables iptables iproute2 conntrack libnftables1 sip-tester
 # As `exclude` in pyproject.toml's [tool.mypy].
 MYPY_OWN_ROOT_DIRS := agent cli openstack traffic
 
-.PHONY: run test unit lint typecheck bench install system-packages clean
+.PHONY: run test unit lint typecheck bench bench-hosts install system-packages clean
 
 install: $(STAMP)
 
@@ -61,8 +61,15 @@ unit: install
 	PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(abspath $(VENV))/pycache \
 		$(BIN)/python -m pytest -q -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
+# One agent in-process (scripts/bench.py), then several hosts (scripts/bench_hosts.py: node
+# agents in fake hosts against `cthm serve --no-agent`; 1000 namespaces at the default size,
+# BENCH_HOSTS_ARGS="--agents 3 --routers 10" for a quick run).
 bench: install
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+	$(BIN)/python scripts/bench_hosts.py $(BENCH_HOSTS_ARGS)
+
+bench-hosts: install
+	$(BIN)/python scripts/bench_hosts.py $(BENCH_HOSTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

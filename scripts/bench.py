@@ -5,6 +5,8 @@ Scenarios (issue 3): cold sync of K routers x N bindings from an empty kernel (1
 adding and deleting one binding on a router holding N=1000, and a no-op resync of 100 routers.
 Every measured run is verified by reading each router's table back from the kernel.
 Prints medians over repeated runs next to the targets and Neutron's measured figures.
+Several hosts (node agents against `cthm serve --no-agent`, issue 12) are measured by
+scripts/bench_hosts.py, which `make bench` runs next (alone: `make bench-hosts`).
 """
 
 from __future__ import annotations

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     # installed, the one holding the node's rules), "nft" (iptables-nft-*) or "legacy".
     iptables_flavour: str = Field(default="default", pattern="^(default|nft|legacy)$")
     agent_enabled: bool = True
+    # Several hosts: a node agent is alive while its last report is at most this many seconds
+    # old (Neutron's agent_down_time and default; agents report every 30 s by default).
+    agent_down_time: float = Field(default=75.0, gt=0, le=86400)
+    # How many entries of the change feed (GET /v2.0/watch) are kept; a watch resuming from an
+    # older revision is answered 410 and lists again.
+    watch_history: int = Field(default=10000, ge=100)
     # At agent start, delete cthm's table (or chains) from namespaces no router claims, when it
     # carries this database's deployment identity; anything else (another deployment's on a
     # shared host, or unmarked) is reported and left alone.

@@ -343,13 +343,17 @@ def test_the_agent_is_not_changed_through_the_api(
     body = {"agent": {"admin_state_up": False}}
     for method, url, json in (
         ("PUT", f"/v2.0/agents/{agent_id}", body),
-        ("DELETE", f"/v2.0/agents/{agent_id}", None),
         ("POST", "/v2.0/agents", body),
     ):
         response = served.api.request(method, url, json=json)
         assert response.status_code == 405, (method, response.text)
         assert error_of(response)["type"] == "HTTPMethodNotAllowed"
         assert response.headers["Allow"] == "GET"
+    # DELETE forgets node agents; this server's own agent is not one (forced or not).
+    for url in (f"/v2.0/agents/{agent_id}", f"/v2.0/agents/{agent_id}?force=true"):
+        refused = served.api.delete(url)
+        assert refused.status_code == 409, refused.text
+        assert error_of(refused)["type"] == "AgentInProcess"
     agent = served.agent()
     assert (agent["id"], agent["admin_state_up"], agent["alive"]) == (agent_id, True, True)
 

@@ -24,6 +24,7 @@ PUBLIC_KEYS = {
     "expires_at",
     "revoked_at",
     "created_by",
+    "host",
 }
 SECRET = re.compile(r"cthm_[A-Za-z0-9_-]{43}")
 

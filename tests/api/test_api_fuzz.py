@@ -42,6 +42,8 @@ class Fuzzed:
         # Millisecond throttle delays: generated requests without a token must not slow the run.
         authenticator = Authenticator(FailureThrottle(base_delay=0.001, max_delay=0.002))
         self.app = create_app(self.settings, self.store, authenticator=authenticator)
+        # Long polls answer at once (as when the server stops): each case would wait up to 60 s.
+        self.app.state.watch_hub.close()
         self.db_path = Path(self.settings.effective_database_url.removeprefix("sqlite:///"))
         self.router_id = ""
         self.ensure_router()

@@ -3,6 +3,7 @@ real agent over the real nftables backend in namespaces this test creates."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import datetime
@@ -42,6 +43,7 @@ KEYS = {
     "drift_repairs",
     "shadowed",
     "shadow_checked_at",
+    "hosts",
 }
 
 
@@ -51,6 +53,11 @@ def kernel_state(api: Api, router_id: str) -> JSON:
     body: JSON = response.json()["kernel_state"]
     assert set(body) == KEYS
     return body
+
+
+def kernel_state_revision(api: Api, router_id: str) -> int:
+    revision: int = api.get(f"/v2.0/routers/{router_id}").json()["router"]["revision_number"]
+    return revision
 
 
 def iso(value: str) -> datetime:
@@ -108,6 +115,7 @@ def test_without_an_agent_the_kernel_is_unknown(api: Api) -> None:
     ]
     assert body["in_sync"] is None
     assert NO_AGENT in body["last_error"]
+    assert body["hosts"] == []  # no node agent reports its namespace either
     assert (body["actual"], body["missing"], body["unexpected"]) == ([], [], [])
     assert body["verified_at"] is None
 
@@ -137,6 +145,15 @@ def test_verified_state_drift_and_pending_changes(
     assert sorted(body["actual"], key=str) == sorted([ras, ftp], key=str)
     assert (body["missing"], body["unexpected"], body["garbage"]) == ([], [], [])
     assert (body["last_error"], body["drift_repairs"]) == (None, 0)
+    # The in-process agent is the one host: its entry is the top level, with its table seen.
+    (host,) = body["hosts"]
+    assert host["host"] == socket.gethostname()
+    assert (host["in_sync"], host["table_present"], host["verified_at"]) == (
+        True,
+        True,
+        body["verified_at"],
+    )
+    assert host["revision_number"] == kernel_state_revision(api, router["id"])
 
     # A change the agent has not applied yet: the kernel does not hold it, and says so.
     api.create_helper(router["id"], "udp", 69, "tftp")

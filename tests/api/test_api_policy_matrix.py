@@ -24,7 +24,7 @@ import pytest
 
 from cthm.agent import Agent, LocalStoreSource
 from cthm.api import policy
-from cthm.domain import AgentReport, HelperCatalog, Status, derive_agent_id
+from cthm.domain import AgentReport, HelperCatalog, Status, derive_agent_id, node_agent_id
 from cthm.netfilter import FakeNftables, NftablesBackend
 
 from .support import JSON, Api, ApiFactory, State, error_of, helpers_url, state_of
@@ -32,6 +32,8 @@ from .support import JSON, Api, ApiFactory, State, error_of, helpers_url, state_
 OK, HIDDEN, FORBIDDEN = "ok", "hidden", "forbidden"
 # The agent the admin's app reports (agents belong to no project: own and other agree).
 AGENT_ID = derive_agent_id("matrix-host", Path("/nonexistent/cthm-matrix"))
+# A node agent's host, placing each cell's router (hosts belong to no project either).
+NODE = "matrix-node"
 Y, H, F = OK, HIDDEN, FORBIDDEN  # short names for the table
 ROLES = ("admin", "member", "reader", "agent")
 OWN, OTHER = "pa", "pb"  # the caller's project, and another
@@ -65,6 +67,13 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "audit list":                 (Y, Y, F, F, F, F, F, F),
     "agent list":                 (Y, Y, F, F, F, F, F, F),
     "agent show":                 (Y, Y, F, F, F, F, F, F),
+    "agent delete":               (Y, Y, F, F, F, F, F, F),
+    "host report":                (Y, Y, F, F, F, F, Y, Y),
+    "host routers list":          (Y, Y, F, F, F, F, Y, Y),
+    "host router show":           (Y, Y, F, F, F, F, Y, Y),
+    "host status write":          (Y, Y, F, F, F, F, Y, Y),
+    "host tombstone clear":       (Y, Y, F, F, F, F, Y, Y),
+    "watch":                      (Y, Y, F, F, F, F, Y, Y),
 }  # fmt: skip
 
 
@@ -83,12 +92,18 @@ def make_targets(admin: Api, project: str) -> Targets:
     router = admin.create_router(name="r", project_id=project)
     ftp = admin.create_helper(router["id"], "tcp", 21, "ftp")
     sip = admin.create_helper(router["id"], "udp", 5060, "sip")
+    placed = admin.put(f"/v2.0/hosts/{NODE}/agent", json=node_report(router["namespace"]))
+    assert placed.status_code == 200, placed.text
     router = admin.get(f"/v2.0/routers/{router['id']}").json()["router"]  # its revision now
     token = admin.post(
         "/v2.0/auth_tokens", json={"auth_token": {"project_id": project, "roles": ["reader"]}}
     )
     assert token.status_code == 201, token.text
     return Targets(project, router, ftp, sip, token.json()["auth_token"]["id"])
+
+
+def node_report(namespace: str) -> JSON:
+    return {"agent": {"namespaces": [namespace], "configurations": {}, "kernel": []}}
 
 
 # What one action does: the request, the status it answers with when allowed, and a check of
@@ -165,6 +180,15 @@ def actions(t: Targets) -> dict[str, Action]:
         return {"conntrack_helper": {"protocol": protocol, "port": port, "helper": helper}}
 
     status = {"status": {"revision_number": t.router["revision_number"], "status": "ACTIVE"}}
+    host_url = f"/v2.0/hosts/{NODE}"
+
+    def placed(b: State, a: State, r: httpx.Response) -> bool:
+        return rid in {item["id"] for item in r.json()["routers"]}
+
+    def unplaced(b: State, a: State, r: httpx.Response) -> bool:  # its one host forgotten
+        reason: str = _find(a.routers, rid).status_reason
+        return reason.startswith("no agent reports")
+
     return {
         "router create": Action(
             ("create_router",),
@@ -305,6 +329,64 @@ def actions(t: Targets) -> dict[str, Action]:
         ),
         "agent show": Action(
             ("get_agent",), "GET", f"/v2.0/agents/{AGENT_ID}", None, 200, _shows("agent", AGENT_ID)
+        ),
+        "agent delete": Action(
+            ("delete_agent",),
+            "DELETE",
+            f"/v2.0/agents/{node_agent_id(NODE)}?force=true",
+            None,
+            204,
+            unplaced,
+        ),
+        "host report": Action(
+            ("report_agent_state",),
+            "PUT",
+            f"{host_url}/agent",
+            node_report(t.router["namespace"]),
+            200,
+            placed,
+        ),
+        "host routers list": Action(
+            ("get_host_routers",),
+            "GET",
+            f"{host_url}/routers",
+            None,
+            200,
+            _read_only,
+            "routers",
+            rid,
+        ),
+        "host router show": Action(
+            ("get_host_routers",),
+            "GET",
+            f"{host_url}/routers/{rid}",
+            None,
+            200,
+            _shows("router", rid),
+        ),
+        "host status write": Action(
+            ("update_host_router_status",),
+            "PUT",
+            f"{host_url}/routers/{rid}/status",
+            status,
+            200,
+            lambda b, a, r: _find(a.routers, rid).status == Status.ACTIVE,
+        ),
+        "host tombstone clear": Action(
+            ("update_host_router_status",),
+            "DELETE",
+            f"{host_url}/tombstones/{rid}",
+            None,
+            204,
+            _read_only,
+        ),
+        "watch": Action(
+            ("watch_changes",),
+            "GET",
+            "/v2.0/watch?since=0&timeout=0",
+            None,
+            200,
+            lambda b, a, r: b == a and rid in {e["router_id"] for e in r.json()["events"]},
         ),
     }
 

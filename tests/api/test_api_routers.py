@@ -22,6 +22,7 @@ ROUTER_KEYS = {
     "created_at",
     "updated_at",
     "conntrack_helpers",
+    "hosts",
 }
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
 

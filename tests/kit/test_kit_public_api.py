@@ -46,6 +46,10 @@ EXPECTED = {
     "write_random_file",
     # a real `cthm serve`
     "ServerProcess",
+    # several hosts on one machine: a mount namespace each, running `cthm agent run`
+    "AgentProcess",
+    "FakeHost",
+    "FakeHostError",
 }
 
 SUITE_ONLY = ("cthm.testing.faults",)

@@ -39,7 +39,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from cthm.store import Store
-from cthm.testing import NamespaceFactory, ServerProcess
+from cthm.testing import FakeHost, NamespaceFactory, ServerProcess
 from cthm.testing.service import CTHM
 
 
@@ -104,6 +104,11 @@ def test_builds_namespaces():
     make_namespaces()
 
 
+def test_fake_host(tmp_path):
+    with FakeHost("a", tmp_path):
+        pass
+
+
 def test_server_through_helper(tmp_path):
     start_server(tmp_path)
 
@@ -160,6 +165,7 @@ KERNEL = {
     "test_netns",
     "test_fixture_on_netns",
     "test_builds_namespaces",
+    "test_fake_host",
     "test_marked_by_hand",
     "TestGrouped::test_netns_method",
 }

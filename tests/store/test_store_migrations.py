@@ -24,6 +24,12 @@ TABLES = {
     "auth_tokens",
     "audit_events",
     "deployment",
+    "change_log",
+    "agents",
+    "agent_namespaces",
+    "router_hosts",
+    "binding_hosts",
+    "tombstone_hosts",
 }
 
 

@@ -3,7 +3,7 @@ that needs them, so `make unit` (pure and fake-backed tests: none of these marke
 `traffic`) never runs one by accident and no test has to remember a marker.
 
 - `kernel`: the test uses the `netns` fixture, directly or through fixtures that depend on it,
-  or builds a NamespaceFactory itself.
+  or builds a NamespaceFactory or a FakeHost (a mount namespace of its own) itself.
 - `server`: the test starts a real cthm process: a `ServerProcess`, or the `cthm` console
   script (`cthm serve`, or a CLI command run as the user runs it).
 - `database`: the test opens a real SQLite database: a Store (alone, behind the API or the
@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import cthm
+from cthm.testing.hosts import FakeHost
 from cthm.testing.netns import NamespaceFactory
 from cthm.testing.service import CTHM, ServerProcess
 
@@ -39,7 +40,7 @@ NAMESPACE_FIXTURES = frozenset({"netns"})
 MAX_DEPTH = 4
 """How far to follow helper calls: a test -> its helper -> that helper's helper ..."""
 
-KERNEL_OBJECTS: tuple[object, ...] = (NamespaceFactory,)
+KERNEL_OBJECTS: tuple[object, ...] = (NamespaceFactory, FakeHost)
 SERVER_OBJECTS: tuple[object, ...] = (ServerProcess, CTHM)
 DATABASE_CLASSES = (("cthm.store", "Store"), ("cthm.cli.service", "Service"))
 """(module, class) opening a real database; named, not imported, so that a broken import there

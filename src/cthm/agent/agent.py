@@ -16,14 +16,19 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cthm.agent.capabilities import HelperCapabilities
 from cthm.agent.claims import NamespaceClaims, kernel_namespace
 from cthm.agent.kernel_state import KernelStateBook
-from cthm.agent.ports import DesiredStateSource, InvalidDesiredState, KernelBackend
+from cthm.agent.ports import (
+    DesiredRouter,
+    DesiredStateSource,
+    InvalidDesiredState,
+    KernelBackend,
+)
 from cthm.agent.queue import ShutDown, WorkQueue
 from cthm.agent.reconciler import Action, RawTableReader, Reconciler, ReconcileResult
 from cthm.domain import AgentSnapshot, HelperCatalog, RouterKernelState, Unavailable
@@ -194,14 +199,12 @@ class Agent:
         cannot be read: its namespace is unknown, and its table must not be taken for an orphan.
         """
         claimed = set(self._source.tombstones().values())
-        for router_id in self._source.router_ids():
-            try:
-                desired = self._source.load(router_id)
-            except InvalidDesiredState as exc:
+        for desired in self._desired_states():
+            if isinstance(desired, InvalidDesiredState):
                 log.warning(
                     "not removing orphaned tables: router %s cannot be read (%s)",
-                    router_id,
-                    exc.reason,
+                    desired.router_id,
+                    desired.reason,
                 )
                 return []
             if desired is not None:
@@ -275,15 +278,30 @@ class Agent:
         """Records every router's kernel namespace before the first reconcile, so which of two
         routers sharing one keeps it does not depend on the order of reconciles (claims.py)."""
         try:
-            for router_id in self._source.router_ids():
+            for desired in self._desired_states():
                 try:
-                    desired = self._source.load(router_id)
-                    if desired is not None:
+                    if isinstance(desired, DesiredRouter):
                         self.reconciler.claims.note(desired.router)
-                except (InvalidDesiredState, NftError, UnsafeValue):
+                except (NftError, UnsafeValue):
                     continue  # its reconcile reports it
         except Exception:  # never keeps the agent from starting; reconciles note them too
             log.exception("could not look at the routers' namespaces")
+
+    def _desired_states(self) -> Iterator[DesiredRouter | InvalidDesiredState | None]:
+        """Every router's desired state (the refusal, for a router that cannot be read), for
+        the start-up passes: in one read where the source has one (a remote API's list, not
+        a request per router), else router by router."""
+        every: Callable[[], list[DesiredRouter | InvalidDesiredState]] | None = getattr(
+            self._source, "desired_routers", None
+        )
+        if every is not None:
+            yield from every()
+            return
+        for router_id in self._source.router_ids():
+            try:
+                yield self._source.load(router_id)
+            except InvalidDesiredState as exc:
+                yield exc
 
     def _reconcile(self, router_id: str) -> ReconcileResult:
         try:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from cthm.agent.ports import KernelState
 from cthm.domain import Assignment, Direction, RouterKernelState, ShadowedBinding
@@ -132,6 +133,20 @@ class KernelStateBook:
                 state, shadowed=shadowed, shadow_checked_at=checked_at
             )
 
+    def summary(self, router_id: str) -> dict[str, Any] | None:
+        """The router's record as a node agent reports it to the API (the kernel summary of
+        issue 12's contract: plain JSON, lists bounded); None when there is none, or the
+        router's namespace is unknown (its row was refused before any look)."""
+        with self._lock:
+            state = self._states.get(router_id)
+        return _summary(state) if state is not None and state.namespace is not None else None
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """summary() of every router with one, by router id."""
+        with self._lock:
+            states = sorted(self._states.items())
+        return [_summary(s) for _, s in states if s.namespace is not None]
+
     def forget(self, router_id: str) -> None:
         """The router is gone (its table removed): nothing left to show."""
         with self._lock:
@@ -141,6 +156,49 @@ class KernelStateBook:
 
     def _state(self, router_id: str) -> RouterKernelState:
         return self._states.get(router_id) or RouterKernelState(router_id)
+
+
+SUMMARY_ASSIGNMENTS = 100  # missing / unexpected entries a summary carries at most
+SUMMARY_GARBAGE = 20
+SUMMARY_TEXT = 1024
+
+
+def _summary(state: RouterKernelState) -> dict[str, Any]:
+    desired = set(state.desired or ())
+    actual = set(state.actual) if state.actual is not None else None
+    missing = sorted(desired - actual) if actual is not None else []
+    unexpected = sorted(actual - desired) if actual is not None else []
+    return {
+        "router_id": state.router_id,
+        "namespace": state.namespace,
+        "revision_number": state.revision_number,
+        "in_sync": state.in_sync,
+        "table_present": state.table_present,
+        "missing": [_summary_row(a) for a in missing[:SUMMARY_ASSIGNMENTS]],
+        "unexpected": [_summary_row(a) for a in unexpected[:SUMMARY_ASSIGNMENTS]],
+        "garbage": [text[:SUMMARY_TEXT] for text in state.garbage[:SUMMARY_GARBAGE]],
+        "checked_at": _timestamp(state.checked_at),
+        "verified_at": _timestamp(state.verified_at),
+        "last_error": state.last_error[:SUMMARY_TEXT] if state.last_error is not None else None,
+        "last_error_at": _timestamp(state.last_error_at),
+        "drift_repairs": state.drift_repairs,
+    }
+
+
+def _summary_row(assignment: Assignment) -> dict[str, Any]:
+    return {
+        "protocol": assignment.protocol.value,
+        "port": assignment.port,
+        "direction": assignment.direction.value,
+        "kernel_helper": assignment.helper,
+    }
+
+
+def _timestamp(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, as the API writes timestamps."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def describe_difference(want: KernelState | None, have: KernelState | None) -> str:

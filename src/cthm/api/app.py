@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -50,8 +51,10 @@ from cthm.api.routes import (
     routers,
     versions,
 )
+from cthm.api.routes import hosts as hosts_routes
 from cthm.api.routes import kernel_state as kernel_state_routes
 from cthm.api.routes import status as router_status
+from cthm.api.routes import watch as watch_routes
 from cthm.api.schemas import ErrorResponse
 from cthm.domain import (
     AgentsProvider,
@@ -68,6 +71,12 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Openstack-Request-Id"
 # Every body this API takes is a few hundred bytes; refuse more long before parsing it.
 MAX_BODY_BYTES = 64 * 1024
+# But a node agent's report lists every namespace and kernel summary of its host, and a
+# router's status report every binding (10,000 of each at most): these paths take more.
+AGENT_BODY_PREFIX = "/v2.0/hosts/"
+AGENT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# How often node agents' liveness is looked at (at most; a third of agent_down_time if less).
+LIVENESS_INTERVAL = 10.0
 
 _HTTP_MESSAGES = {
     404: "The resource could not be found.",
@@ -84,6 +93,7 @@ def create_app(
     kernel_state: KernelStateProvider | None = None,
     agents: AgentsProvider | None = None,
     namespace_check: NamespaceCheck | None = None,
+    local_agent_host: str | None = None,
 ) -> FastAPI:
     """The cthm REST API over `store`. helper_availability: which (kernel helper, protocol)
     pairs this host's kernel has; None: unknown (the catalog shows kernel_available null).
@@ -91,7 +101,10 @@ def create_app(
     kernel_state: the in-process agent's view of a router's kernel table; None: no agent.
     agents: reports on the agents serving this API (GET /v2.0/agents); None: no agent.
     namespace_check: refuses at registration a namespace the agent of this host would refuse
-    (given only where that agent runs); None: the namespace is checked by the agent alone."""
+    (given only where that agent runs); None: the namespace is checked by the agent alone.
+    local_agent_host: the host of the in-process agent (embedded mode: it manages every
+    router, and node agents' reports are refused); None: no in-process agent, routers are
+    placed on the hosts whose node agents report their namespaces."""
     app = FastAPI(
         title="cthm",
         summary="Conntrack helper manager: Neutron-compatible conntrack helper API",
@@ -121,6 +134,10 @@ def create_app(
     app.state.kernel_state = kernel_state
     app.state.agents = agents
     app.state.namespace_check = namespace_check
+    app.state.local_agent_host = local_agent_host
+    app.state.watch_hub = watch_routes.WatchHub()
+    # Called in the committing thread; it only schedules wake-ups on the waiting watches' loops.
+    store.subscribe(app.state.watch_hub.notify)
     app.state.failed_authentications = FailedAuthentications(store)
     # Added before the request-context middleware, so it runs inside it: a 401 has a request id.
     app.add_middleware(AuthenticationMiddleware, authenticator=app.state.authenticator, store=store)
@@ -128,6 +145,7 @@ def create_app(
         RequestContextMiddleware,
         max_body_bytes=MAX_BODY_BYTES,
         extra_headers=security_headers(tls=settings.tls_enabled),
+        agent_body_bytes=AGENT_MAX_BODY_BYTES,
     )
     app.add_exception_handler(CthmError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -143,19 +161,33 @@ def create_app(
         audit_events,
         auth_tokens,
         agents_routes,
+        hosts_routes,
+        watch_routes,
     ):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
+def begin_shutdown(app: FastAPI) -> None:
+    """For the server, as it starts to stop (before it waits for open requests): every waiting
+    long poll (GET /v2.0/watch) answers now, and later ones do not wait, so watching agents
+    neither hold the shutdown up nor get cut off without an answer. The lifespan's shutdown
+    comes too late for this: a server runs it once every request has finished."""
+    app.state.watch_hub.close()
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """While serving, counts of failed authentications reach the database every few seconds;
-    the last ones as the server stops."""
+    the last ones as the server stops. Without an in-process agent, node agents that stopped
+    reporting are marked dead (and their routers' statuses say so) within agent_down_time."""
     failures: FailedAuthentications = app.state.failed_authentications
+    context: ApiContext = app.state.cthm
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_flush_periodically, failures)
+        if app.state.local_agent_host is None:
+            tasks.start_soon(_refresh_liveness_periodically, context)
         try:
             yield
         finally:
@@ -168,6 +200,28 @@ async def _flush_periodically(failures: FailedAuthentications) -> None:
         await anyio.sleep(failures.flush_interval)
         if failures.pending():
             await anyio.to_thread.run_sync(failures.flush)
+
+
+async def _refresh_liveness_periodically(context: ApiContext) -> None:
+    down_time = context.settings.agent_down_time
+    interval = min(LIVENESS_INTERVAL, down_time / 3)
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await anyio.to_thread.run_sync(refresh_liveness, context.store, down_time)
+        except CthmError as exc:  # the database is away: next time, the server keeps serving
+            log.warning("cannot look at node agents' liveness: %s", exc.message)
+
+
+def refresh_liveness(store: Store, down_time: float) -> list[str]:
+    """Marks node agents alive or dead by their last report; the routers whose status it
+    recomputed."""
+    with store.unit_of_work(write=True) as repo:
+        return repo.hosts.refresh_liveness(datetime.now(UTC), down_time)
+
+
+def body_limit(path: str) -> int:
+    return AGENT_MAX_BODY_BYTES if path.startswith(AGENT_BODY_PREFIX) else MAX_BODY_BYTES
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -256,7 +310,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 400 and exc.__cause__ is not None:  # FastAPI could not decode the body
         message = body_parse_message(exc.__cause__)
     elif status == 413:
-        message = RequestTooLarge(MAX_BODY_BYTES).message
+        message = RequestTooLarge(body_limit(request.url.path)).message
     else:
         message = _HTTP_MESSAGES.get(status) or (
             exc.detail if isinstance(exc.detail, str) else f"HTTP error {status}"
@@ -285,11 +339,17 @@ class RequestContextMiddleware:
     exception nothing else handled into a generic 500 body (never a traceback)."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, extra_headers: tuple[tuple[str, str], ...] = ()
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        extra_headers: tuple[tuple[str, str], ...] = (),
+        agent_body_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.extra_headers = extra_headers
+        # Node agents' paths (AGENT_BODY_PREFIX) take up to this much; None: as any other.
+        self.agent_body_bytes = agent_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -309,9 +369,14 @@ class RequestContextMiddleware:
                     headers[name] = value
             await send(message)
 
+        limit = self.max_body_bytes
+        if self.agent_body_bytes is not None and str(scope.get("path", "")).startswith(
+            AGENT_BODY_PREFIX
+        ):
+            limit = self.agent_body_bytes
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            too_large = RequestTooLarge(self.max_body_bytes)
+        if declared is not None and declared > limit:
+            too_large = RequestTooLarge(limit)
             await domain_error_response(too_large)(scope, receive, send_with_id)
             return
         received = 0
@@ -321,7 +386,7 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise HTTPException(413)
             return message
 

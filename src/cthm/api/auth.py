@@ -220,7 +220,10 @@ class Authenticator:
             await self._fail(failure, client)
             raise
         return Principal(
-            token_id=token.id, project_id=token.project_id, roles=frozenset(token.roles)
+            token_id=token.id,
+            project_id=token.project_id,
+            roles=frozenset(token.roles),
+            host=token.host,
         )
 
     async def _fail(self, failure: AuthFailure, client: str) -> None:

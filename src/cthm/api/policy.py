@@ -10,6 +10,9 @@ Roles (cthm.domain.Role): admin does everything in every project; member manages
 of its own project's routers and reads them; reader reads its own project; agent reads the
 desired state of every project and writes status, nothing else. Admin and reader (of any
 project) see the agents serving the API, as Neutron's operators and system readers do.
+
+A token may also be limited to one host (an agent token of a node agent): `enforce_host` then
+refuses it everything done for another host, so a compromised node cannot speak for another.
 """
 
 from __future__ import annotations
@@ -51,15 +54,28 @@ POLICY: Mapping[str, Rule] = {
     "update_router_conntrack_helper:high_risk_helper": Rule.ADMIN_OR_OPERATOR_ALLOWED,
     # What an agent reports the kernel holds.
     "update_router_status": Rule.ADMIN_OR_AGENT,
+    # Node agents (several hosts): registration and heartbeat, the routers placed on a host,
+    # a host's report on one of them, the change feed. An agent token limited to one host may
+    # act only for that host (enforce_host).
+    "report_agent_state": Rule.ADMIN_OR_AGENT,
+    "get_host_routers": Rule.ADMIN_OR_AGENT,
+    "update_host_router_status": Rule.ADMIN_OR_AGENT,
+    "watch_changes": Rule.ADMIN_OR_AGENT,
     "get_audit_events": Rule.ADMIN,
     # The agents serving this API (host name, backend, counts over every project): operators
     # only, as Neutron's get_agent. A project's reader must not learn host-wide facts.
     "get_agent": Rule.ADMIN,
+    # Forgets a node agent and its per-host rows.
+    "delete_agent": Rule.ADMIN,
     # API tokens: whoever holds one of these can make a token of any project and role.
     "create_auth_token": Rule.ADMIN,
     "get_auth_token": Rule.ADMIN,
     "delete_auth_token": Rule.ADMIN,
 }
+
+# What a host-limited token may not do at all: a router's status without a host is written
+# whichever host places the router (such a token reports through /v2.0/hosts/{its host}).
+NOT_FOR_ONE_HOST = frozenset({"update_router_status"})
 
 HIGH_RISK_SUFFIX = ":high_risk_helper"
 HIGH_RISK_WHY = "NAT slipstreaming, CVE history"
@@ -106,6 +122,8 @@ def allowed(
     rule = POLICY.get(action)
     if rule is None:  # a route naming an action missing here is a bug; fail closed, loudly
         raise LookupError(f"no policy rule for action {action!r}")
+    if principal.host is not None and action in NOT_FOR_ONE_HOST:
+        return False
     return _CHECKS[rule](principal, target_project_id, operator_allows)
 
 
@@ -127,6 +145,19 @@ def enforce(
             target_type=target_type,
             target_id=target_id,
             target_project_id=target_project_id,
+        )
+
+
+def enforce_host(principal: Principal, action: str, host: str | None) -> None:
+    """Raises Forbidden unless the principal may act for `host` (None: for every host): a
+    token limited to one host acts for that host only, so a compromised node cannot speak
+    for another."""
+    if principal.host is not None and host != principal.host:
+        raise Forbidden(
+            action,
+            message=f"this token is limited to host {principal.host}",
+            target_type="host",
+            target_id=host,
         )
 
 

@@ -11,7 +11,14 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from cthm.api.query import (
@@ -89,6 +96,7 @@ _ROUTER_SERVER_SET = frozenset(
         "created_at",
         "updated_at",
         "conntrack_helpers",
+        "hosts",
     }
 )
 
@@ -186,6 +194,100 @@ class RouterStatusRequest(StrictModel):
     status: RouterStatusReport
 
 
+# --- several hosts: what a node agent sends -----------------------------------------------------
+
+MAX_NAMESPACES = 10_000
+MAX_KERNEL_SUMMARIES = 10_000
+MAX_BINDING_REPORTS = 10_000
+KERNEL_DIFF_MAX = 100  # missing / unexpected entries in one summary (the agent truncates)
+GARBAGE_MAX = 20
+GARBAGE_TEXT_MAX = 1024
+LAST_ERROR_MAX = 1024
+
+
+def _iso_utc(value: str | None) -> str | None:
+    """An ISO 8601 time with a timezone, given back in UTC with a Z (null stays null)."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise ValueError("no timezone")
+        return format_timestamp(parsed)
+    except (ValueError, OverflowError):
+        raise PydanticCustomError(
+            "cthm_timestamp", "must be an ISO 8601 time in UTC (e.g. 2030-01-01T00:00:00Z)"
+        ) from None
+
+
+def _bounded_error(value: str | None) -> str | None:
+    # An error text is the agent's to write: cut, never refused (the report matters more).
+    if value is None or len(value) <= LAST_ERROR_MAX:
+        return value
+    return value[:LAST_ERROR_MAX] + "..."
+
+
+ReportedTime = Annotated[str | None, AfterValidator(_iso_utc)]
+Short = Annotated[str, Field(max_length=64)]
+
+
+class KernelAssignmentReport(StrictModel):
+    protocol: Short
+    port: Annotated[int, Field(ge=0, le=65535)]
+    direction: Short
+    kernel_helper: Short | None = None
+
+
+class KernelSummary(StrictModel):
+    """One router's kernel as a node agent last read it (shown per host in kernel_state)."""
+
+    router_id: Short
+    namespace: Annotated[str, Field(max_length=255)]
+    revision_number: Revision | None = None
+    in_sync: bool | None = None
+    table_present: bool | None = None
+    missing: list[KernelAssignmentReport] = Field(default_factory=list, max_length=KERNEL_DIFF_MAX)
+    unexpected: list[KernelAssignmentReport] = Field(
+        default_factory=list, max_length=KERNEL_DIFF_MAX
+    )
+    garbage: list[Annotated[str, Field(max_length=GARBAGE_TEXT_MAX)]] = Field(
+        default_factory=list, max_length=GARBAGE_MAX
+    )
+    checked_at: ReportedTime = None
+    verified_at: ReportedTime = None
+    last_error: Annotated[str | None, AfterValidator(_bounded_error)] = None
+    last_error_at: ReportedTime = None
+    drift_repairs: Annotated[int, Field(ge=0, le=2**53)] = 0
+
+
+class AgentState(StrictModel):
+    started_at: ReportedTime = None
+    namespaces: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_NAMESPACES,
+        description="the router namespaces that exist on the host (/run/netns)",
+    )
+    configurations: dict[str, Any] = Field(
+        default_factory=dict, description="free JSON object (at most 64 KiB), shown as reported"
+    )
+    kernel: list[KernelSummary] = Field(default_factory=list, max_length=MAX_KERNEL_SUMMARIES)
+
+
+class AgentStateRequest(StrictModel):
+    agent: AgentState
+
+
+class HostRouterStatusReport(RouterStatusReport):
+    conntrack_helpers: list[BindingStatusReport] = Field(
+        default_factory=list, max_length=MAX_BINDING_REPORTS
+    )
+    kernel: KernelSummary | None = None
+
+
+class HostRouterStatusRequest(StrictModel):
+    status: HostRouterStatusReport
+
+
 # --- responses ---------------------------------------------------------------------------------
 
 
@@ -216,6 +318,9 @@ class RouterPublic(BaseModel):
     created_at: Timestamp
     updated_at: Timestamp
     conntrack_helpers: list[ConntrackHelperSummary]
+    hosts: list[str] = Field(
+        description="the hosts placing the router (whose agent reports its namespace), sorted"
+    )
 
 
 class ConntrackHelperPublic(BaseModel):
@@ -323,7 +428,9 @@ class ErrorResponse(BaseModel):
 # --- domain -> body ----------------------------------------------------------------------------
 
 
-def router_body(router: Router, bindings: Iterable[HelperBinding]) -> dict[str, Any]:
+def router_body(
+    router: Router, bindings: Iterable[HelperBinding], hosts: Iterable[str] = ()
+) -> dict[str, Any]:
     return RouterPublic(
         id=router.id,
         name=router.name,
@@ -341,6 +448,7 @@ def router_body(router: Router, bindings: Iterable[HelperBinding]) -> dict[str, 
             )
             for b in bindings
         ],
+        hosts=sorted(hosts),
     ).model_dump(mode="json")
 
 
@@ -396,6 +504,7 @@ ROUTER_SPEC = ResourceSpec(
         "namespace": FieldSpec("namespace", parse_namespace),
         **_COMMON_TAIL,
         "conntrack_helpers": FieldSpec(),
+        "hosts": FieldSpec(),
     },
 )
 

@@ -226,13 +226,17 @@ class CthmClient:
         roles: list[str],
         expires_at: str | None = None,
         description: str | None = None,
+        host: str | None = None,
     ) -> JSONObject:
-        """The new token's record; its secret is `token` in it, returned this once only."""
+        """The new token's record; its secret is `token` in it, returned this once only.
+        host: an agent token limited to acting for that host (None: not sent, unlimited)."""
         token: JSONObject = {"project_id": project_id, "roles": roles}
         if expires_at is not None:
             token["expires_at"] = expires_at
         if description is not None:
             token["description"] = description
+        if host is not None:
+            token["host"] = host
         response = self._request("POST", "/v2.0/auth_tokens", body={"auth_token": token})
         return self._member(response, "auth_token")
 
@@ -253,12 +257,18 @@ class CthmClient:
     def list_agents(
         self, *, host: str | None = None, agent_type: str | None = None
     ) -> list[JSONObject]:
-        """The agents serving this API (Neutron's agents: one, the server's own, or none)."""
+        """The agents serving this API (Neutron's agents): the server's own, if it runs one, and
+        every node agent that has registered."""
         given = (("host", host), ("agent_type", agent_type))
         return self._list_all("/v2.0/agents", "agents", {k: v for k, v in given if v is not None})
 
     def get_agent(self, agent_id: str) -> JSONObject:
         return self._member(self._request("GET", _path("agents", agent_id)), "agent")
+
+    def delete_agent(self, agent_id: str, *, force: bool = False) -> None:
+        """Forgets a node agent and its per-host rows. force: even one still alive (else 409)."""
+        params = {"force": "true"} if force else None
+        self._request("DELETE", _path("agents", agent_id), params=params)
 
     # plumbing
 

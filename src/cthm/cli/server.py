@@ -9,6 +9,7 @@ import resource
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,9 +122,22 @@ class GuardedServer(uvicorn.Server):
     """uvicorn's server with the front door's event-loop error handler (bounded log lines), and
     with TLS handshakes held to the same deadline as request headers."""
 
-    def __init__(self, config: uvicorn.Config, door: FrontDoor) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        door: FrontDoor,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.door = door
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Before uvicorn waits for open requests: waiting long polls answer now instead of
+        # holding the shutdown up until they are cut off.
+        if self._on_shutdown is not None:
+            self._on_shutdown()
+        await super().shutdown(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -145,10 +159,11 @@ def run_server(
     log_level: str,
     tls: tuple[Path, Path] | None = None,
     limits: Limits | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully and returns normally.
     tls: (certificate file, key file) to serve HTTPS. limits: see `Limits` (default: its
-    defaults)."""
+    defaults). on_shutdown: called as the shutdown begins, before open requests are awaited."""
     limits = limits or Limits()
     level = uvicorn_log_level(log_level)
     max_connections, backlog = connection_budget(raise_descriptor_limit(), limits.max_connections)
@@ -180,7 +195,7 @@ def run_server(
     )
     # uvicorn.Config set up uvicorn's loggers just now; the filter goes on after it.
     redaction.install()
-    server = GuardedServer(config, door)
+    server = GuardedServer(config, door, on_shutdown)
     # After its graceful shutdown uvicorn raises the captured signal again against the handler
     # that was installed before it started; with the default one SIGTERM would kill the process
     # before the caller closes the store. Installing uvicorn's own handler there makes that a

@@ -27,24 +27,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from cthm.agent import Agent, KernelBackend, LocalStoreSource, check_namespace
+from cthm.cli.backends import BackendSettings, check_identity, prepare_backends
 from cthm.cli.errors import DataDirInUse, ServiceError, ServiceSettingError
 from cthm.cli.server import Limits, bind_listener, check_tls_files, listener_url, run_server
 from cthm.domain import AgentReport, AuthToken, CthmError, Role, derive_agent_id
-from cthm.netfilter import (
-    BackendChoice,
-    BackendUnavailable,
-    IptablesBackend,
-    LegacyGuard,
-    NftablesBackend,
-    NftRunner,
-    UnsafeValue,
-    check_owner,
-    decide,
-    make_usable_runner,
-    namespaces_to_observe,
-    observe,
-    read_raw_tables,
-)
+from cthm.netfilter import BackendChoice, read_raw_tables
 from cthm.settings import Settings
 from cthm.store import AuditContext, AuditLog, Store, deployment_id
 
@@ -108,7 +95,10 @@ class Service:
         # under the first one and its agent would fight the first one's over the same routers.
         self._lock = DataDirLock.acquire(self.settings.data_dir)
         try:
-            self._store = open_store(self.settings.effective_database_url)
+            self._store = open_store(
+                self.settings.effective_database_url,
+                change_history=self.settings.watch_history,
+            )
             # Settings first (a backend that cannot be used), then the first token, then the
             # agent's threads: a refused start says only its error, and one refused over the
             # token file has not swept or written anything in the kernel.
@@ -159,81 +149,27 @@ class Service:
 
     def _prepare_agent(self, store: Store) -> None:
         """Chooses the backend and builds the agent, not started: nothing in the kernel yet."""
-        runner, problem = self._nftables_runner()
-        try:
-            choice = self._choose_backend(store, runner)
-            if choice.backend == "nftables" and runner is None:
-                raise ServiceError(f"cannot program nftables: {problem}")
-            self.backend_choice = choice
-            self._backend, self._retired = self._backends(choice, runner, _identity(store))
-        except BaseException:
-            if runner is not None and self._backend is None:
-                runner.close()
-            raise
+        settings = self.settings
+        prepared = prepare_backends(
+            BackendSettings(settings.backend, settings.iptables_flavour, settings.nft_backend),
+            functools.partial(stored_namespaces, store),
+            functools.partial(_identity, store),
+        )
+        self.backend_choice = prepared.choice
+        self._backend, self._retired = prepared.backend, prepared.retired
         # Looks for iptables-nft's raw tables in-process first; only while the agent's nftables
         # backend keeps the runner open (the iptables backend reads with iptables-save anyway).
-        nft = runner if choice.backend == "nftables" else None
         self.agent = Agent(
             LocalStoreSource(store),
             self._backend,
-            self.settings.catalog(),
-            workers=self.settings.agent_workers,
-            resync_interval=self.settings.resync_interval,
+            settings.catalog(),
+            workers=settings.agent_workers,
+            resync_interval=settings.resync_interval,
             probe_at_start=True,
-            sweep_orphans=self.settings.sweep_orphans,
+            sweep_orphans=settings.sweep_orphans,
             retired_backends=self._retired,
-            raw_tables=functools.partial(read_raw_tables, nft=nft),
+            raw_tables=functools.partial(read_raw_tables, nft=prepared.nft),
         )
-
-    def _nftables_runner(self) -> tuple[NftRunner | None, str]:
-        """The nftables runner, or None and why when nftables cannot be used here."""
-        try:
-            return make_usable_runner(self.settings.nft_backend), ""
-        except OSError as exc:  # LibraryUnavailable, NftablesUnavailable
-            return None, str(exc)
-
-    def _choose_backend(self, store: Store, runner: NftRunner | None) -> BackendChoice:
-        """Looks (read-only) at the node where the configuration leaves something to decide:
-        the backend (auto), or the iptables flavour ("default")."""
-        settings = self.settings
-        namespaces: tuple[str, ...] = ()
-        scope = "router namespaces"
-        if settings.backend == "auto" or (
-            settings.backend == "iptables" and settings.iptables_flavour == "default"
-        ):
-            stored = stored_namespaces(store)
-            try:
-                namespaces, scope = namespaces_to_observe(stored)
-            finally:
-                stored.close()
-        observation = observe(namespaces, nft=runner, scope=scope)
-        try:
-            return decide(observation, backend=settings.backend, flavour=settings.iptables_flavour)
-        except BackendUnavailable as exc:
-            raise ServiceSettingError(exc.message) from exc
-
-    def _backends(
-        self, choice: BackendChoice, runner: NftRunner | None, owner: str
-    ) -> tuple[KernelBackend, tuple[KernelBackend, ...]]:
-        """The backend in use, and the retired ones: switching a node's backend migrates its
-        routers (the other backends' rules go once ours are verified). Everything they write
-        is marked with `owner`, the database's deployment identity."""
-
-        def iptables(flavour: str) -> KernelBackend:
-            backend = IptablesBackend(self.settings.nft_backend, flavour=flavour, owner=owner)
-            return LegacyGuard(backend) if choice.uses_legacy_tables(flavour) else backend
-
-        nftables = NftablesBackend(runner, owner=owner) if runner is not None else None
-        retired = [iptables(flavour) for flavour in choice.retired_flavours]
-        if choice.backend == "nftables":
-            assert nftables is not None  # checked by the caller
-            return nftables, tuple(retired)
-        if nftables is not None:
-            if choice.retire_nftables:
-                retired.insert(0, nftables)
-            else:
-                nftables.close()
-        return iptables(choice.flavour), tuple(retired)
 
     def stop(self) -> None:
         """Idempotent. The agent finishes in-flight work and stops before the store closes."""
@@ -265,6 +201,8 @@ class Service:
             agents=self._agent_reports(),
             # The check looks at this host's namespaces: only where the agent is on this host.
             namespace_check=check_namespace if agent is not None else None,
+            # Embedded mode: this host places every router, and node agents are refused.
+            local_agent_host=socket.gethostname() if agent is not None else None,
         )
 
     def _agent_reports(self) -> Callable[[], list[AgentReport]] | None:
@@ -305,6 +243,8 @@ class Service:
         tls = tls_files(self.settings)
         if sock is None:
             sock = listen(self.settings)
+        from cthm.api import begin_shutdown
+
         app = self.app()
         try:
             # Said once the start can no longer fail: a refused start prints only its error.
@@ -318,6 +258,7 @@ class Service:
                 log_level=self.settings.log_level,
                 tls=tls,
                 limits=Limits.of(self.settings),
+                on_shutdown=functools.partial(begin_shutdown, app),
             )
         finally:
             sock.close()
@@ -341,11 +282,10 @@ def listen(settings: Settings) -> socket.socket:
 def _identity(store: Store) -> str:
     """The database's deployment identity, which marks everything the agent writes."""
     try:
-        return check_owner(deployment_id(store))
+        found = deployment_id(store)
     except CthmError as exc:
         raise ServiceError(f"cannot read the deployment identity: {exc.message}") from exc
-    except UnsafeValue as exc:  # the row edited by hand: never written into the kernel
-        raise ServiceError(f"the database's deployment identity is unusable: {exc}") from exc
+    return check_identity(found)
 
 
 def stored_namespaces(store: Store) -> Generator[str, None, None]:
@@ -573,10 +513,12 @@ def _echo(message: str) -> None:
     click.echo(message)
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, change_history: int | None = None) -> Store:
+    """The store, migrated. change_history: change-log entries kept (None: the store's
+    default)."""
     shown = redact_url(url)
     try:
-        store = Store(url)
+        store = Store(url) if change_history is None else Store(url, change_history=change_history)
     except (SQLAlchemyError, ValueError) as exc:
         raise ServiceSettingError(f"cannot use database {shown}: {_reason(exc)}") from exc
     try:

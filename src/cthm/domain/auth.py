@@ -43,6 +43,7 @@ class AuthToken:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     created_by: str | None = None
+    host: str | None = None  # an agent token limited to this host (None: any host)
 
     def usable_at(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)

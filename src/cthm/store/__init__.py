@@ -2,6 +2,7 @@
 
 from cthm.store.audit import AuditContext, AuditLog
 from cthm.store.deployment import deployment_id
+from cthm.store.hosts import HostRepository
 from cthm.store.repository import BINDING_FIELDS, ROUTER_FIELDS, Repository
 from cthm.store.store import Store
 from cthm.store.tokens import TokenStore
@@ -11,6 +12,7 @@ __all__ = [
     "ROUTER_FIELDS",
     "AuditContext",
     "AuditLog",
+    "HostRepository",
     "Repository",
     "Store",
     "TokenStore",

@@ -6,11 +6,13 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, event, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cthm.domain import (
+    CHANGE_DELETED,
+    CHANGE_MODIFIED,
     UNLIMITED,
     BindingConflict,
     BindingNotFound,
@@ -30,8 +32,18 @@ from cthm.domain import (
 )
 from cthm.store.audit import AuditContext, AuditLog
 from cthm.store.deployment import create_deployment_id, read_deployment_id
+from cthm.store.desired import restore_desired
+from cthm.store.hosts import HostRepository, write_change_log
 from cthm.store.listing import apply_query, columns_of
-from cthm.store.tables import BindingRow, RouterRow, RouterTombstoneRow
+from cthm.store.tables import (
+    AgentNamespaceRow,
+    BindingHostRow,
+    BindingRow,
+    RouterHostRow,
+    RouterRow,
+    RouterTombstoneRow,
+    TombstoneHostRow,
+)
 from cthm.store.tokens import TokenStore
 
 _Audited = TypeVar("_Audited", Router, HelperBinding)
@@ -122,23 +134,6 @@ def _binding(row: Any) -> HelperBinding:
     )
 
 
-_PROTOCOLS = {p.value: p for p in Protocol}
-_DIRECTIONS = {d.value: d for d in Direction}
-_STATUSES = {s.value: s for s in Status}
-
-
-def _binding_row_problem(protocol: object, port: object, helper: object, direction: object) -> str:
-    if not isinstance(protocol, str) or protocol not in _PROTOCOLS:
-        return f"refused: invalid protocol {str(protocol)[:20]!r} in the database"
-    if type(port) is not int or not 1 <= port <= 65535:
-        return f"refused: invalid port {str(port)[:20]!r} in the database"
-    if not isinstance(helper, str):
-        return "refused: invalid helper in the database"
-    if not isinstance(direction, str) or direction not in _DIRECTIONS:
-        return f"refused: invalid direction {str(direction)[:20]!r} in the database"
-    return ""
-
-
 def _conflict(
     router_id: str, protocol: Protocol, port: int, direction: Direction, existing_id: str
 ) -> BindingConflict:
@@ -150,11 +145,23 @@ def _conflict(
 class Repository:
     """All reads and writes of one unit of work. `changed_routers` feeds the change notification."""
 
-    def __init__(self, session: Session, audit: AuditContext | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        audit: AuditContext | None = None,
+        *,
+        change_history: int = 10000,
+    ) -> None:
         self._session = session
         self.changed_routers: set[str] = set()
         self.audit = AuditLog(session, audit)
         self.tokens = TokenStore(session)
+        self.hosts = HostRepository(session, self.audit)
+        # How many change-log entries are kept (settings.watch_history).
+        self.change_history = change_history
+        # Router id -> (namespace, kind) of this unit of work's kernel changes: one change-log
+        # row each, written just before the commit (the last kind wins).
+        self._changes: dict[str, tuple[str, str]] = {}
 
     # --- routers -------------------------------------------------------------------------
 
@@ -179,15 +186,19 @@ class Repository:
         # Before add(): this statement autoflushes, and a clash must reach _flush_or_conflict.
         # A deleted router's pending cleanup in this namespace must not delete the new router's
         # table: the new router's reconcile replaces the whole table anyway.
+        replaced = (RouterTombstoneRow.router_id == router.id) | (
+            RouterTombstoneRow.namespace == router.namespace
+        )
         self._session.execute(
-            delete(RouterTombstoneRow).where(
-                (RouterTombstoneRow.router_id == router.id)
-                | (RouterTombstoneRow.namespace == router.namespace)
+            delete(TombstoneHostRow).where(
+                TombstoneHostRow.router_id.in_(select(RouterTombstoneRow.router_id).where(replaced))
             )
         )
+        self._session.execute(delete(RouterTombstoneRow).where(replaced))
         self._session.add(row)
         self._flush_or_conflict(lambda: self._namespace_conflict(router.namespace))
         self.changed_routers.add(router.id)
+        self._note_change(router.id, router.namespace, CHANGE_MODIFIED)
         created = _router(row)
         self._audit_router("create_router", 201, None, created)
         return created
@@ -216,7 +227,18 @@ class Repository:
         if row.name != name:
             before = _router(row)
             row.name = name
-            self._touch_router(row)
+            # A name is not a kernel change: no change-log entry, and the hosts' reports, true
+            # of the previous revision, stay true of this one (else the router would show
+            # PENDING until every node agent's next resync).
+            self._touch_router(row, kernel=False)
+            self._session.execute(
+                update(RouterHostRow)
+                .where(
+                    RouterHostRow.router_id == row.id,
+                    RouterHostRow.revision_number == row.revision_number - 1,
+                )
+                .values(revision_number=row.revision_number)
+            )
             self._audit_router("update_router", 200, before, _router(row))
         return _router(row)
 
@@ -225,14 +247,27 @@ class Repository:
         router = _router(row)
         # The bindings go with it: the record keeps them, as they were.
         removed = [_binding_values(b) for b in self.bindings_of([router_id])[router_id]]
+        # Explicitly, not by ON DELETE CASCADE alone: the database may not enforce it.
+        for model in (BindingHostRow, RouterHostRow):
+            self._session.execute(delete(model).where(model.router_id == router_id))
         self._session.execute(delete(BindingRow).where(BindingRow.router_id == router_id))
         self._session.delete(row)
+        # Every host placing the router removes its table, then clears its own record.
+        self._session.execute(
+            insert(TombstoneHostRow).from_select(
+                ["router_id", "host"],
+                select(literal(router_id), AgentNamespaceRow.host).where(
+                    AgentNamespaceRow.namespace == row.namespace
+                ),
+            )
+        )
         # The agent removes the kernel table and then clears this record.
         self._session.merge(
             RouterTombstoneRow(router_id=router_id, namespace=row.namespace, deleted_at=_now())
         )
         self._session.flush()
         self.changed_routers.add(router_id)
+        self._note_change(router_id, router.namespace, CHANGE_DELETED)
         before = {**_router_values(router), "conntrack_helpers": removed}
         self.audit.record(
             action="delete_router",
@@ -320,9 +355,7 @@ class Repository:
         """A router's bindings as the agent needs them: no timestamps, in (protocol, port,
         direction) order, and the rows that fail the checks as (binding id, revision, reason).
 
-        The agent's hot path: one narrow query, no ORM entities, no datetime parsing. Rows were
-        validated when written; the cheap checks here are defence in depth against a database
-        edited behind the API's back (the helper name is checked against the catalog later).
+        The agent's hot path: one narrow query (see store/desired.py).
         """
         rows = self._session.execute(
             select(
@@ -339,30 +372,7 @@ class Repository:
             .where(BindingRow.router_id == router_id)
             .order_by(BindingRow.protocol, BindingRow.port, BindingRow.direction)
         )
-        bindings: list[HelperBinding] = []
-        rejected: list[tuple[str, int, str]] = []
-        for b_id, project_id, protocol, port, helper, direction, status, reason, revision in rows:
-            problem = _binding_row_problem(protocol, port, helper, direction)
-            if problem:
-                rejected.append((b_id, revision, problem))
-                continue
-            bindings.append(
-                restore_binding(
-                    id=b_id,
-                    router_id=router_id,
-                    project_id=project_id,
-                    protocol=_PROTOCOLS[protocol],
-                    port=port,
-                    helper=helper,
-                    direction=_DIRECTIONS[direction],
-                    status=_STATUSES.get(status, Status.PENDING),
-                    status_reason=reason,
-                    revision_number=revision,
-                    created_at=None,
-                    updated_at=None,
-                )
-            )
-        return bindings, rejected
+        return restore_desired(router_id, rows)
 
     def router_revision(self, router_id: str) -> int | None:
         """The stored revision without building (and so validating) the router."""
@@ -421,6 +431,8 @@ class Repository:
     def delete_binding(self, router_id: str, binding_id: str) -> HelperBinding:
         row = self._binding_row(router_id, binding_id)
         binding = _binding(row)
+        # Explicitly, not by ON DELETE CASCADE alone: the database may not enforce it.
+        self._session.execute(delete(BindingHostRow).where(BindingHostRow.binding_id == binding_id))
         self._session.delete(row)
         self._session.flush()
         self._touch_router(self._router_row(router_id))
@@ -529,11 +541,25 @@ class Repository:
             raise BindingNotFound(binding_id, router_id)
         return row
 
-    def _touch_router(self, row: RouterRow) -> None:
+    def _touch_router(self, row: RouterRow, *, kernel: bool = True) -> None:
+        """kernel: the change reaches the kernel (a binding's), so the change feed tells it."""
         row.revision_number += 1
         row.updated_at = _now()
         self._session.flush()
         self.changed_routers.add(row.id)
+        if kernel:
+            self._note_change(row.id, row.namespace, CHANGE_MODIFIED)
+
+    def _note_change(self, router_id: str, namespace: str, kind: str) -> None:
+        if not self._changes:
+            # Listened to only by units of work that change something: reads pay nothing.
+            event.listen(self._session, "before_commit", self._write_changes)
+        self._changes.pop(router_id, None)  # re-inserted: dict order is change order
+        self._changes[router_id] = (namespace, kind)
+
+    def _write_changes(self, session: Session) -> None:
+        changes, self._changes = self._changes, {}
+        write_change_log(session, changes, self.change_history, _now())
 
     def _check_binding_quota(self, router_row: RouterRow, quota: BindingQuota) -> None:
         """Counts inside the create's own transaction, after serializing the creates that could
@@ -595,5 +621,6 @@ class Repository:
             self._session.flush()
         except IntegrityError:
             self._session.rollback()
+            self._changes.clear()  # rolled back with the rest
             explain()  # raises the precise conflict when the winner is visible now
             raise Conflict("a concurrent change conflicted with this one; retry") from None

@@ -31,8 +31,10 @@ ChangeCallback = Callable[[frozenset[str]], None]
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, change_history: int = 10000) -> None:
         self.url = url
+        # Change-log entries kept for watchers (settings.watch_history); settable.
+        self.change_history = change_history
         self._file = _sqlite_file(url)
         self._engine = make_engine(url, self._file)
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
@@ -79,7 +81,7 @@ class Store:
         self._check_file()  # before any connection: never open, nor use, a file not ours
         try:
             with Session(engine, expire_on_commit=False) as session:
-                repository = Repository(session, audit)
+                repository = Repository(session, audit, change_history=self.change_history)
                 try:
                     yield repository
                     if write:

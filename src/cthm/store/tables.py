@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -135,6 +136,8 @@ class TokenRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # An agent token limited to one host: it may act only for that host (None: any host).
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class AuditEventRow(Base):
@@ -157,3 +160,91 @@ class AuditEventRow(Base):
     before: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     after: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     detail: Mapped[str] = mapped_column(String(1024), nullable=False, default="")
+
+
+class ChangeLogRow(Base):
+    """The change feed: one row per router per unit of work that changed its desired state.
+    Revisions are never reused (AUTOINCREMENT), even once older rows are pruned."""
+
+    __tablename__ = "change_log"
+    __table_args__ = (
+        Index("ix_change_log_namespace_revision", "namespace", "revision"),
+        {"sqlite_autoincrement": True},
+    )
+
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    router_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    namespace: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # MODIFIED | DELETED
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class AgentRow(Base):
+    """A node agent (one per host), registered and kept alive by its reports."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    configurations: Mapped[Any] = mapped_column(JSON, nullable=False)
+    registered_by: Mapped[str | None] = mapped_column(String(36), nullable=True)  # token id
+    # Liveness as refresh_liveness last saw it: a flip recomputes the statuses of its routers.
+    alive_noted: Mapped[bool] = mapped_column(Boolean, nullable=False)
+
+
+class AgentNamespaceRow(Base):
+    """A namespace a host's agent reports: routers in it are placed on that host."""
+
+    __tablename__ = "agent_namespaces"
+    __table_args__ = (Index("ix_agent_namespaces_namespace", "namespace"),)
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class RouterHostRow(Base):
+    """One host's last report on a router (revision_number None: only a kernel summary yet)."""
+
+    __tablename__ = "router_hosts"
+    __table_args__ = (Index("ix_router_hosts_host", "host"),)
+
+    router_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("routers.id", ondelete="CASCADE"), primary_key=True
+    )
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    revision_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    status_reason: Mapped[str] = mapped_column(String(1024), nullable=False, default="")
+    kernel: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class BindingHostRow(Base):
+    """One host's last report on a binding."""
+
+    __tablename__ = "binding_hosts"
+    __table_args__ = (Index("ix_binding_hosts_router_id_host", "router_id", "host"),)
+
+    binding_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("conntrack_helpers.id", ondelete="CASCADE"), primary_key=True
+    )
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    router_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    revision_number: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status_reason: Mapped[str] = mapped_column(String(1024), nullable=False, default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class TombstoneHostRow(Base):
+    """A deleted router whose kernel table this host has not yet removed (see
+    RouterTombstoneRow: that row goes when the last of these does)."""
+
+    __tablename__ = "tombstone_hosts"
+    __table_args__ = (Index("ix_tombstone_hosts_host", "host"),)
+
+    router_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)

@@ -23,6 +23,7 @@ from cthm.domain import (
     Role,
     TokenNotFound,
     parse_roles,
+    validate_host,
     validate_name,
     validate_project_id,
 )
@@ -61,6 +62,7 @@ def _token(row: TokenRow) -> AuthToken:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         created_by=row.created_by,
+        host=row.host,
     )
 
 
@@ -94,8 +96,11 @@ class TokenStore:
         expires_at: datetime | None = None,
         description: str = "",
         created_by: str | None = None,
+        host: str | None = None,
     ) -> tuple[AuthToken, str]:
-        """A new token and its secret. The secret is not kept: this is the only time it exists."""
+        """A new token and its secret. The secret is not kept: this is the only time it exists.
+        host: the one host an agent token may act for (None: any); whether the roles allow a
+        host limit is the caller's rule (the API's)."""
         parsed_roles = parse_roles(list(roles))
         now = datetime.now(UTC)
         row = TokenRow(
@@ -107,6 +112,7 @@ class TokenStore:
             expires_at=None if expires_at is None else _aware(expires_at, "expires_at"),
             revoked_at=None,
             created_by=created_by,
+            host=None if host is None else validate_host(host),
         )
         secret = new_secret()
         row.secret_hash = hash_secret(secret)

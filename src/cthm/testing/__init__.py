@@ -1,11 +1,14 @@
 """Test kit shipped with cthm for its users (`pip install cthm[testing]`): real network
 namespaces that a test owns and cleans up, a client/router/server topology with FTP and TFTP
 servers to prove helpers with traffic (for connections the router forwards and for those it
-originates itself), and a real `cthm serve` process. Nothing in cthm itself imports it
-(an import-linter contract); helpers only cthm's own suite needs live in its tests/.
+originates itself), a real `cthm serve` process, and fake hosts (a mount namespace each, with
+its own /run/netns) running `cthm agent run` as on several network nodes. Nothing in cthm
+itself imports it (an import-linter contract); helpers only cthm's own suite needs live in its
+tests/.
 """
 
 from cthm.testing.helpertraffic import HelperAssigner, HelperTraffic, Origin, concurrently
+from cthm.testing.hosts import AgentProcess, FakeHost, FakeHostError
 from cthm.testing.netns import NamespaceFactory, netns_exists, run_in_namespace
 from cthm.testing.servers import (
     RunningServer,
@@ -33,6 +36,9 @@ from cthm.testing.topology import (
 )
 
 __all__ = [
+    "AgentProcess",
+    "FakeHost",
+    "FakeHostError",
     "HelperAssigner",
     "HelperTraffic",
     "NamespaceFactory",

@@ -35,6 +35,7 @@ from cthm.api.query import (
 from cthm.api.routes._shared import list_response, no_content, path_id, respond
 from cthm.api.schemas import Link, StrictModel, Timestamp
 from cthm.domain import AuthToken, InvalidInput, Role, TokenNotFound, parse_roles
+from cthm.domain.placement import validate_host
 
 router = APIRouter(prefix="/v2.0/auth_tokens", tags=["auth tokens"])
 
@@ -58,6 +59,11 @@ class AuthTokenCreate(StrictModel):
         "null: never expires",
     )
     description: str = ""
+    host: str | None = Field(
+        default=None,
+        description="an agent token (roles [agent]) limited to this host: it may register, "
+        "read and report for that host only; null: any host",
+    )
 
 
 class AuthTokenCreateRequest(StrictModel):
@@ -73,6 +79,7 @@ class AuthTokenPublic(BaseModel):
     expires_at: Timestamp
     revoked_at: Timestamp
     created_by: str | None = Field(description="id of the token that created this one")
+    host: str | None = Field(description="the one host this agent token acts for; null: any")
 
 
 class AuthTokenCreated(AuthTokenPublic):
@@ -103,6 +110,7 @@ AUTH_TOKEN_SPEC = ResourceSpec(
         "expires_at": FieldSpec("expires_at", parse_timestamp),
         "revoked_at": FieldSpec("revoked_at", parse_timestamp),
         "created_by": FieldSpec("created_by", parse_uuid),
+        "host": FieldSpec(),
     },
 )
 
@@ -118,6 +126,7 @@ def token_body(token: AuthToken) -> dict[str, Any]:
         expires_at=token.expires_at,
         revoked_at=token.revoked_at,
         created_by=token.created_by,
+        host=token.host,
     ).model_dump(mode="json")
 
 
@@ -140,6 +149,16 @@ def parse_expiry(value: str, now: datetime, field: str = "auth_token.expires_at"
     return parsed
 
 
+def _agent_host(value: str, roles: frozenset[Role]) -> str:
+    """A host limit, for an agent-only token: on any other role it would limit nothing."""
+    if roles != {Role.AGENT}:
+        raise InvalidInput(
+            'only an agent token (roles ["agent"]) may be limited to a host',
+            field="auth_token.host",
+        )
+    return validate_host(value, "auth_token.host")
+
+
 def _token_id(value: str) -> str:
     return path_id(value, TokenNotFound)
 
@@ -160,6 +179,7 @@ def create_auth_token(
     project_id = parse_project_id(data.project_id, "auth_token.project_id")
     policy.enforce(principal, "create_auth_token", project_id, target_type=TARGET_TYPE)
     roles = parse_roles(data.roles, "auth_token.roles")
+    host = None if data.host is None else _agent_host(data.host, roles)
     now = datetime.now(UTC)
     expires_at = None if data.expires_at is None else parse_expiry(data.expires_at, now)
     token, secret = repo.tokens.create(
@@ -168,6 +188,7 @@ def create_auth_token(
         expires_at=expires_at,
         description=parse_name(data.description, "auth_token.description"),
         created_by=principal.token_id,
+        host=host,
     )
     public = token_body(token)
     repo.audit.record(

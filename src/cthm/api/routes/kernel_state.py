@@ -12,28 +12,49 @@ about intentions.
 `shadowed`: bindings whose connections another rule's `-j CT` (a leftover Neutron conntrack
 helper rule) gets to first, as the agent found at its last read of the raw tables
 (`shadow_checked_at`, every periodic resync). in_sync speaks of cthm's own table only.
+
+`hosts`: one entry per host placing the router, each host's truth: its agent (alive or not),
+its last report and the kernel summary it last sent. With an in-process agent (embedded mode)
+that is one entry, from the agent's own record. With node agents (several hosts) the top level
+sums them up: in_sync only if every host's is, verified_at the oldest, last_error the latest,
+and `actual` the one host's when there is one (with several, each host has its own: []).
 """
 
 from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from cthm.api.deps import CatalogDep, PrincipalDep, RepoDep, no_query
+from cthm.api.deps import CatalogDep, PrincipalDep, RepoDep, SettingsDep, no_query
 from cthm.api.routes._shared import load_router, respond
+from cthm.api.routes.agents import is_alive
 from cthm.api.schemas import format_timestamp
 from cthm.domain import (
+    AgentsProvider,
     Direction,
     HelperBinding,
     HelperCatalog,
+    HostRouterState,
     InvalidInput,
     KernelStateProvider,
+    Router,
     RouterKernelState,
     ShadowedBinding,
+    derive_agent_id,
 )
+from cthm.settings import Settings
 
 NO_AGENT = "no agent in this process: the kernel state is unknown to this server"
+NOT_PLACED = (
+    "no agent in this process, and no node agent reports namespace {namespace} on its host: "
+    "the kernel state is unknown to this server"
+)
 
 router = APIRouter(prefix="/v2.0/routers/{router_id}", tags=["kernel state"])
 
@@ -63,6 +84,33 @@ class ShadowedPublic(BaseModel):
     effect: str
 
 
+class KernelDifference(BaseModel):
+    protocol: str
+    port: int
+    direction: str
+    helper: str | None = Field(description="as bound, when a binding wants it")
+    kernel_helper: str | None
+
+
+class HostKernelState(BaseModel):
+    host: str
+    agent_id: str
+    agent_alive: bool | None = Field(description="null: unknown")
+    revision_number: int | None = Field(description="the revision the host last reported")
+    status: str | None = Field(description="the host's last report; null: none yet")
+    status_reason: str
+    in_sync: bool | None = Field(description="null: unknown (not read yet)")
+    table_present: bool | None
+    missing: list[KernelDifference]
+    unexpected: list[KernelDifference]
+    garbage: list[str]
+    checked_at: str | None = Field(description="the host's last read of the kernel")
+    verified_at: str | None
+    last_error: str | None
+    last_error_at: str | None
+    drift_repairs: int
+
+
 class KernelStatePublic(BaseModel):
     router_id: str
     namespace: str
@@ -80,6 +128,7 @@ class KernelStatePublic(BaseModel):
         description="bindings another rule's -j CT gets to first (their status_reason says so)"
     )
     shadow_checked_at: str | None = Field(description="last read of the raw tables")
+    hosts: list[HostKernelState] = Field(description="one entry per host placing the router")
 
 
 class KernelStateResponse(BaseModel):
@@ -96,11 +145,17 @@ def show_kernel_state(
     repo: RepoDep,
     principal: PrincipalDep,
     catalog: CatalogDep,
+    settings: SettingsDep,
 ) -> JSONResponse:
     found = load_router(repo, principal, router_id, "get_router_kernel_state")
     bindings, _rejected = repo.desired_bindings(found.id)
     desired = [_desired_row(catalog, b) for b in bindings]
     provider: KernelStateProvider | None = getattr(request.app.state, "kernel_state", None)
+    local: str | None = getattr(request.app.state, "local_agent_host", None)
+    if provider is None and local is None:  # several hosts: each node agent's summary
+        now = datetime.now(UTC)
+        states = repo.hosts.host_states(found.id, now=now, down_time=settings.agent_down_time)
+        return respond(200, {"kernel_state": _from_hosts(found, desired, states)})
     view = provider(found.id) if provider is not None else None
     body: dict[str, object] = {
         "router_id": found.id,
@@ -120,7 +175,148 @@ def show_kernel_state(
     }
     if view is not None:
         body.update(_compared(desired, view))
+    body["hosts"] = (
+        [_local_entry(request, settings, local, found, body, view)] if provider is not None else []
+    )
     return respond(200, {"kernel_state": body})
+
+
+def _local_entry(
+    request: Request,
+    settings: Settings,
+    local: str | None,
+    found: Router,
+    body: Row,
+    view: RouterKernelState | None,
+) -> dict[str, Any]:
+    """The in-process agent's entry: its host, and the top level it already is."""
+    host = local or socket.gethostname()
+    reports: AgentsProvider | None = getattr(request.app.state, "agents", None)
+    report = next((r for r in (reports() if reports else ()) if r.host == host), None)
+    return {
+        "host": host,
+        "agent_id": report.id if report else derive_agent_id(host, settings.data_dir),
+        "agent_alive": is_alive(report.snapshot) if report else None,
+        "revision_number": None if view is None else view.revision_number,
+        "status": found.status.value,
+        "status_reason": found.status_reason,
+        "in_sync": body["in_sync"],
+        "table_present": None if view is None else view.table_present,
+        "missing": body["missing"],
+        "unexpected": body["unexpected"],
+        "garbage": body["garbage"],
+        "checked_at": None if view is None else format_timestamp(view.checked_at),
+        "verified_at": body["verified_at"],
+        "last_error": body["last_error"],
+        "last_error_at": body["last_error_at"],
+        "drift_repairs": body["drift_repairs"],
+    }
+
+
+def _from_hosts(found: Router, desired: list[Row], states: Sequence[HostRouterState]) -> Row:
+    """The top level out of every placing host's summary (see the module docstring)."""
+    bound = {_key(row): row["helper"] for row in desired}
+    entries = [_host_entry(found, state, bound) for state in states]
+    body: Row = {
+        "router_id": found.id,
+        "namespace": found.namespace,
+        "desired": desired,
+        "actual": [],
+        "missing": _union(e["missing"] for e in entries),
+        "unexpected": _union(e["unexpected"] for e in entries),
+        "garbage": sorted({text for e in entries for text in e["garbage"]}),
+        "in_sync": None,
+        "verified_at": None,
+        "last_error": None,
+        "last_error_at": None,
+        "drift_repairs": sum(e["drift_repairs"] for e in entries),
+        "shadowed": [],
+        "shadow_checked_at": None,
+        "hosts": entries,
+    }
+    if not entries:
+        body["last_error"] = NOT_PLACED.format(namespace=found.namespace)
+        return body
+    syncs = [e["in_sync"] for e in entries]
+    body["in_sync"] = False if False in syncs else None if None in syncs else True
+    verified = [e["verified_at"] for e in entries]
+    # ISO times in UTC with a Z: text order is time order.
+    body["verified_at"] = None if None in verified else min(verified)
+    failed = [e for e in entries if e["last_error"] is not None]
+    if failed:
+        latest = max(failed, key=lambda e: e["last_error_at"] or "")
+        body["last_error"], body["last_error_at"] = latest["last_error"], latest["last_error_at"]
+    if len(entries) == 1 and syncs[0] is not None:
+        (only,) = entries
+        held = {_key(row) for row in only["missing"]}
+        actual = [row for row in desired if _key(row) not in held] + only["unexpected"]
+        body["actual"] = sorted(actual, key=_order)
+    return body
+
+
+def _host_entry(
+    found: Router, state: HostRouterState, bound: Mapping[Key, object]
+) -> dict[str, Any]:
+    kernel: Mapping[str, Any] = state.kernel or {}
+    in_sync = kernel.get("in_sync")
+    current = found.revision_number in (state.revision_number, kernel.get("revision_number"))
+    if in_sync is True and not current:  # true of a revision the router has moved on from
+        in_sync = False
+    return {
+        "host": state.host,
+        "agent_id": state.agent_id,
+        "agent_alive": state.alive,
+        "revision_number": state.revision_number,
+        "status": None if state.status is None else state.status.value,
+        "status_reason": state.reason,
+        "in_sync": in_sync if isinstance(in_sync, bool) else None,
+        "table_present": kernel.get("table_present"),
+        "missing": _named(kernel.get("missing"), bound),
+        "unexpected": _named(kernel.get("unexpected"), bound),
+        "garbage": [str(text) for text in kernel.get("garbage") or ()],
+        "checked_at": kernel.get("checked_at"),
+        "verified_at": kernel.get("verified_at"),
+        "last_error": kernel.get("last_error"),
+        "last_error_at": kernel.get("last_error_at"),
+        "drift_repairs": int(kernel.get("drift_repairs") or 0),
+    }
+
+
+Key = tuple[object, ...]
+
+
+def _key(row: Mapping[str, object]) -> Key:
+    return row["protocol"], row["port"], row["direction"], row["kernel_helper"]
+
+
+def _named(rows: object, bound: Mapping[Key, object]) -> list[Row]:
+    """A host's reported assignments, each under the name it is bound as (when one wants it)."""
+    if not isinstance(rows, list):
+        return []
+    named = []
+    for row in rows:
+        if isinstance(row, Mapping):
+            item: Row = {k: row.get(k) for k in ("protocol", "port", "direction", "kernel_helper")}
+            named.append({**item, "helper": bound.get(_key(item), item["kernel_helper"])})
+    return named
+
+
+def _union(groups: Iterable[list[Row]]) -> list[Row]:
+    seen: dict[Key, Row] = {}
+    for rows in groups:
+        for row in rows:
+            seen.setdefault(_key(row), row)
+    return sorted(seen.values(), key=_order)
+
+
+def _order(row: Mapping[str, object]) -> tuple[str, int, str, str]:
+    port = row["port"]
+    return (
+        str(row["protocol"]),
+        port if isinstance(port, int) else 0,
+        str(row["direction"]),
+        str(row["kernel_helper"] or ""),
+    )
 
 
 def _desired_row(catalog: HelperCatalog, binding: HelperBinding) -> Row:

@@ -71,7 +71,8 @@ def create_router(
     wanted = new_router(name=data.name, project_id=project_id, namespace=data.namespace)
     _refuse_unusable_namespace(request, repo, wanted)
     created = repo.add_router(wanted)
-    return respond(201, {"router": router_body(created, [])})
+    hosts = placement(request, repo, [created.id])
+    return respond(201, {"router": router_body(created, [], hosts.get(created.id, ()))})
 
 
 def _refuse_unusable_namespace(request: Request, repo: Repository, wanted: Router) -> None:
@@ -95,10 +96,12 @@ def list_routers(
     bindings = (
         repo.bindings_of(r.id for r in page.items) if listing.wants("conntrack_helpers") else {}
     )
+    # One query for the page, never one per router.
+    hosts = placement(request, repo, [r.id for r in page.items]) if listing.wants("hosts") else {}
     return list_response(
         request,
         "routers",
-        (router_body(r, bindings.get(r.id, [])) for r in page.items),
+        (router_body(r, bindings.get(r.id, []), hosts.get(r.id, ())) for r in page.items),
         listing,
         page,
         _id,
@@ -111,11 +114,12 @@ def list_routers(
     openapi_extra=openapi_parameters(ROUTER_SPEC, listing=False),
 )
 def show_router(
-    router_id: str, params: QueryDep, repo: RepoDep, principal: PrincipalDep
+    router_id: str, request: Request, params: QueryDep, repo: RepoDep, principal: PrincipalDep
 ) -> JSONResponse:
     fields = parse_show_request(params, ROUTER_SPEC)
     found = load_router(repo, principal, router_id, "get_router")
-    return respond(200, {"router": select_fields(_with_bindings(repo, found), fields)})
+    body = _with_bindings(request, repo, found)
+    return respond(200, {"router": select_fields(body, fields)})
 
 
 @router.put(
@@ -126,6 +130,7 @@ def show_router(
 )
 def update_router(
     router_id: str,
+    request: Request,
     body: RouterUpdateRequest,
     repo: RepoDep,
     principal: PrincipalDep,
@@ -135,7 +140,7 @@ def update_router(
     check_revision(if_match, found.revision_number)
     if body.router.name is not None:
         found = repo.update_router(found.id, name=validate_name(body.router.name))
-    return respond(200, {"router": _with_bindings(repo, found)})
+    return respond(200, {"router": _with_bindings(request, repo, found)})
 
 
 @router.delete(
@@ -157,8 +162,18 @@ def _router_project(repo: Repository, router_id: str) -> str | None:
         return None
 
 
-def _with_bindings(repo: Repository, found: Router) -> dict[str, object]:
-    return router_body(found, repo.bindings_of([found.id]).get(found.id, []))
+def _with_bindings(request: Request, repo: Repository, found: Router) -> dict[str, object]:
+    bindings = repo.bindings_of([found.id]).get(found.id, [])
+    return router_body(found, bindings, placement(request, repo, [found.id]).get(found.id, ()))
+
+
+def placement(request: Request, repo: Repository, router_ids: list[str]) -> dict[str, list[str]]:
+    """Router id -> the hosts placing it: with an in-process agent (embedded mode) its host for
+    every router; else the hosts whose node agent reports the router's namespace."""
+    local: str | None = getattr(request.app.state, "local_agent_host", None)
+    if local is not None:
+        return {router_id: [local] for router_id in router_ids}
+    return repo.hosts.placement(router_ids) if router_ids else {}
 
 
 def _id(item: Router) -> str:

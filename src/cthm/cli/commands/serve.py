@@ -1,4 +1,5 @@
-"""`cthm serve`: the API, its store and the in-process agent on this machine."""
+"""`cthm serve`: the API, its store and (unless --no-agent) the in-process agent on this
+machine."""
 
 from __future__ import annotations
 
@@ -78,6 +79,20 @@ def config_option(help: str) -> Callable[[F], F]:
     help="Seconds between full agent resyncs. [60; env CTHM_RESYNC_INTERVAL]",
 )
 @click.option(
+    "--no-agent",
+    is_flag=True,
+    default=False,
+    help="Serve the API only: node agents (cthm agent run) program the kernels. "
+    "[env CTHM_AGENT_ENABLED=false]",
+)
+@click.option(
+    "--agent-down-time",
+    type=float,
+    default=None,
+    help="Seconds without a report after which a node agent is dead (alive false). "
+    "[75; env CTHM_AGENT_DOWN_TIME]",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -143,6 +158,8 @@ def serve(
     resync_interval: float | None,
     backend: str | None,
     iptables_flavour: str | None,
+    no_agent: bool,
+    agent_down_time: float | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     quota_bindings_per_project: int | None,
@@ -162,6 +179,9 @@ def serve(
         resync_interval=resync_interval,
         backend=backend,
         iptables_flavour=iptables_flavour,
+        # Unset: the environment or the config file decides (CTHM_AGENT_ENABLED).
+        agent_enabled=False if no_agent else None,
+        agent_down_time=agent_down_time,
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
         quota_bindings_per_project=quota_bindings_per_project,
@@ -179,6 +199,8 @@ def serve(
     where = f"data in {settings.data_dir}"
     if settings.database_url:
         where += f", database {redact_url(settings.database_url)}"
+    if not settings.agent_enabled:
+        where += "; no agent here: node agents (cthm agent run) program the kernels"
 
     try:
         # First: a port in use or a bad certificate refuses the start before it does anything.

@@ -1,10 +1,11 @@
 """`cthm status ROUTER`: desired state (from the API) beside kernel state.
 
-Two views of the kernel, both shown: what the server's agent last read back
-(GET .../kernel_state: when it last verified the table, its last error, drift repairs), and,
-when this host has the namespace (run on the router's host, as root), the table read here, now.
-The rows and the verdict come from the read made now when there is one (an agent's view may be
-up to one resync old); otherwise from the agent's view.
+Two views of the kernel, both shown: what the agents last read back (GET .../kernel_state:
+when they last verified the table, their last error, drift repairs; one line per host placing
+the router, from its `hosts`), and, when this host has the namespace (run on the router's host,
+as root), the table read here, now. The rows and the verdict come from the read made now when
+there is one (an agent's view may be up to one resync old); otherwise from the agents' view
+(for a router on several hosts: what every one of them holds).
 
 When the namespace is here, other software's `-j CT` rules in its raw tables are read too
 (netfilter.foreign): a binding whose connections such a rule gets to first is named in a
@@ -73,6 +74,8 @@ def _agent_view(client: CthmClient, router_id: str) -> JSONObject | None:
         if exc.status == 404:  # a server without the endpoint: the router itself was found
             return None
         raise
+    if view.get("hosts"):  # node agents (or the server's own) report on it
+        return view
     if view.get("in_sync") is None and str(view.get("last_error") or "").startswith(
         NO_AGENT_PREFIX
     ):
@@ -81,25 +84,59 @@ def _agent_view(client: CthmClient, router_id: str) -> JSONObject | None:
 
 
 def _from_agent(bindings: list[dict[str, Any]], agent: JSONObject) -> dict[str, Any]:
-    actual = agent.get("actual") or []
-    kernel = KernelTable(
-        tuple(
-            Assignment(
-                Protocol(a["protocol"]),
-                int(a["port"]),
-                str(a["kernel_helper"]),
-                Direction(a.get("direction", DEFAULT_DIRECTION)),
-            )
-            for a in actual
-        ),
-        frozenset(),
-        tuple(agent.get("garbage") or ()),
-    )
+    hosts = agent.get("hosts") or []
+    if len(hosts) > 1:
+        kernel = _common_kernel(bindings, hosts)
+    else:
+        actual = agent.get("actual") or []
+        kernel = KernelTable(
+            tuple(_assignment(a) for a in actual),
+            frozenset(),
+            tuple(agent.get("garbage") or ()),
+        )
     report = compare(bindings, kernel, None)
     del report["kernel_error"]  # the note on why nothing was read here stays
     report["in_sync"] = agent["in_sync"]
     report["source"] = "agent"
     return report
+
+
+def _assignment(item: dict[str, Any]) -> Assignment:
+    return Assignment(
+        Protocol(item["protocol"]),
+        int(item["port"]),
+        str(item["kernel_helper"]),
+        Direction(item.get("direction", DEFAULT_DIRECTION)),
+    )
+
+
+def _common_kernel(bindings: list[dict[str, Any]], hosts: list[dict[str, Any]]) -> KernelTable:
+    """A router on several hosts as one table: what EVERY host holds (each host's desired
+    minus its missing plus its unexpected), and the garbage any host has. Which host lacks
+    what is in the per-host lines."""
+    desired = {_key_of(a): a.helper for a in _assignments(bindings)}
+    common: dict[Key, str] | None = None
+    garbage: list[str] = []
+    for host in hosts:
+        held: dict[Key, str] = {}
+        if host.get("table_present"):
+            held = dict(desired)
+            for item in host.get("missing") or ():
+                held.pop(_key_of(_assignment(item)), None)
+            for item in host.get("unexpected") or ():
+                unexpected = _assignment(item)
+                held[_key_of(unexpected)] = unexpected.helper
+        common = held if common is None else {k: v for k, v in common.items() if held.get(k) == v}
+        garbage += [g for g in host.get("garbage") or () if g not in garbage]
+    assignments = tuple(
+        Assignment(Protocol(protocol), port, helper, Direction(direction))
+        for (protocol, port, direction), helper in sorted((common or {}).items())
+    )
+    return KernelTable(assignments, frozenset(), tuple(garbage))
+
+
+def _key_of(assignment: Assignment) -> Key:
+    return (assignment.protocol.value, assignment.port, assignment.direction.value)
 
 
 def _read_kernel(namespace: str, *, required: bool = True) -> tuple[KernelTable | None, str | None]:
@@ -189,6 +226,8 @@ def _print(report: dict[str, Any]) -> None:
         )
         if agent.get("last_error"):
             render.print_line(f"  last error ({agent['last_error_at']}): {agent['last_error']}")
+        for host in agent.get("hosts") or ():
+            _print_host(host)
     table = render.make_table(
         None,
         (
@@ -216,6 +255,38 @@ def _print(report: dict[str, Any]) -> None:
         render.print_line(f"warning: {shadow['message']}")
     for item in report["garbage"]:
         render.print_line(f"  not ours in cthm's table: {item}")
+
+
+def _print_host(host: dict[str, Any]) -> None:
+    """One host placing the router: its agent, its last report and its kernel as last read."""
+    verdict = {True: "in sync", False: "DIFFERS", None: "unknown"}[host.get("in_sync")]
+    alive = "alive" if host.get("agent_alive") else "DEAD"
+    revision = host.get("revision_number")
+    reported = (
+        f"{host.get('status')} at revision {revision}" if revision is not None else "no report"
+    )
+    render.print_line(
+        f"  host {host.get('host')}: {reported}; agent {alive}; kernel {verdict}; "
+        f"last verified {host.get('verified_at') or 'never'}; "
+        f"drift repairs {host.get('drift_repairs') or 0}"
+    )
+    if host.get("status_reason"):
+        render.print_line(f"    reason: {host['status_reason']}")
+    if host.get("in_sync") is not None and not host.get("table_present"):
+        render.print_line("    no cthm table in the namespace")
+    for field in ("missing", "unexpected"):
+        items = host.get(field) or ()
+        if items:
+            shown = ", ".join(
+                f"{i.get('protocol')}/{i.get('port')} {i.get('direction', DEFAULT_DIRECTION)} "
+                f"{i.get('kernel_helper')}"
+                for i in items
+            )
+            render.print_line(f"    {field}: {shown}")
+    for item in host.get("garbage") or ():
+        render.print_line(f"    not ours in cthm's table: {item}")
+    if host.get("last_error"):
+        render.print_line(f"    last error ({host.get('last_error_at')}): {host['last_error']}")
 
 
 # --- other software's -j CT rules --------------------------------------------------------------

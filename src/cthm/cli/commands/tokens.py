@@ -23,6 +23,7 @@ TOKEN_COLUMNS = (
     ("id", "ID"),
     ("project_id", "Project"),
     ("roles", "Roles"),
+    ("host", "Host"),
     ("description", "Description"),
     ("created_at", "Created"),
     ("expires_at", "Expires"),
@@ -95,6 +96,11 @@ def token_group() -> None:
     help="When it stops working: 30d, 12h, 45m, or an ISO 8601 time. [default: never]",
 )
 @click.option("--description", default=None, help="What the token is for.")
+@click.option(
+    "--host",
+    default=None,
+    help="Limit an agent token (--role agent only) to the node agent of this host.",
+)
 @json_option
 @pass_state
 def create(
@@ -103,14 +109,23 @@ def create(
     roles: tuple[str, ...],
     expires: str | None,
     description: str | None,
+    host: str | None,
 ) -> None:
-    """Create a token and print its secret (shown this once only)."""
+    """Create a token and print its secret (shown this once only).
+
+    A node agent's token: --role agent --host NODE (it may then act only for NODE)."""
+    unique = list(dict.fromkeys(roles))
+    if host is not None and unique != ["agent"]:
+        raise click.BadParameter(
+            "only an agent token (--role agent alone) has a host", param_hint="--host"
+        )
     with state.client() as client:
         token = client.create_token(
             project_id=project_id,
-            roles=list(dict.fromkeys(roles)),
+            roles=unique,
             expires_at=expires,
             description=description,
+            host=host,
         )
     render.emit(state, {"auth_token": token}, _print_created, token)
     click.echo(SHOWN_ONCE, err=True)

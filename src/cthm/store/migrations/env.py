@@ -15,6 +15,9 @@ context.configure(
     target_metadata=Base.metadata,
     render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies tables
     compare_type=True,
+    # One transaction for the whole run (SQLite's DDL is transactional): a migration that
+    # refuses (a downgrade that would lose data) leaves the database as it was, not part-way.
+    transactional_ddl=True,
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -1,0 +1,58 @@
+"""Desired bindings out of narrow database rows: the agents' hot path (no ORM entities, no
+datetime parsing), shared by the local store source and the hosts' views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from cthm.domain import Direction, HelperBinding, Protocol, Status, restore_binding
+
+_PROTOCOLS = {p.value: p for p in Protocol}
+_DIRECTIONS = {d.value: d for d in Direction}
+_STATUSES = {s.value: s for s in Status}
+
+
+def binding_row_problem(protocol: object, port: object, helper: object, direction: object) -> str:
+    if not isinstance(protocol, str) or protocol not in _PROTOCOLS:
+        return f"refused: invalid protocol {str(protocol)[:20]!r} in the database"
+    if type(port) is not int or not 1 <= port <= 65535:
+        return f"refused: invalid port {str(port)[:20]!r} in the database"
+    if not isinstance(helper, str):
+        return "refused: invalid helper in the database"
+    if not isinstance(direction, str) or direction not in _DIRECTIONS:
+        return f"refused: invalid direction {str(direction)[:20]!r} in the database"
+    return ""
+
+
+def restore_desired(
+    router_id: str, rows: Iterable[Any]
+) -> tuple[list[HelperBinding], list[tuple[str, int, str]]]:
+    """rows: (id, project_id, protocol, port, helper, direction, status, status_reason,
+    revision_number). The bindings, and the rows that fail the checks as (binding id, revision,
+    reason). Rows were validated when written; these cheap checks are defence in depth against a
+    database edited behind the API's back (the helper name is checked against the catalog later)."""
+    bindings: list[HelperBinding] = []
+    rejected: list[tuple[str, int, str]] = []
+    for b_id, project_id, protocol, port, helper, direction, status, reason, revision in rows:
+        problem = binding_row_problem(protocol, port, helper, direction)
+        if problem:
+            rejected.append((b_id, revision, problem))
+            continue
+        bindings.append(
+            restore_binding(
+                id=b_id,
+                router_id=router_id,
+                project_id=project_id,
+                protocol=_PROTOCOLS[protocol],
+                port=port,
+                helper=helper,
+                direction=_DIRECTIONS[direction],
+                status=_STATUSES.get(status, Status.PENDING),
+                status_reason=reason,
+                revision_number=revision,
+                created_at=None,
+                updated_at=None,
+            )
+        )
+    return bindings, rejected
