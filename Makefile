@@ -5,12 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cthm-installed
 SYSTEM_STAMP := $(VENV)/.cthm-system-packages
-DEBIAN_PACKAGES := nftables iptables iproute2 conntrack libnftables1 sip-tester
+DEBIAN_PACKAGES := nftables iptables iproute2 conntrack libnftables1 sip-tester postgresql
 
 # As `exclude` in pyproject.toml's [tool.mypy].
 MYPY_OWN_ROOT_DIRS := agent cli openstack traffic
 
-.PHONY: run test unit lint typecheck bench bench-hosts install system-packages clean
+.PHONY: run test unit lint typecheck bench bench-hosts bench-api install system-packages clean
 
 install: $(STAMP)
 
@@ -63,13 +63,19 @@ unit: install
 
 # One agent in-process (scripts/bench.py), then several hosts (scripts/bench_hosts.py: node
 # agents in fake hosts against `cthm serve --no-agent`; 1000 namespaces at the default size,
-# BENCH_HOSTS_ARGS="--agents 3 --routers 10" for a quick run).
+# BENCH_HOSTS_ARGS="--agents 3 --routers 10" for a quick run), then the API's write throughput
+# on SQLite, PostgreSQL and two replicas (scripts/bench_api.py; BENCH_API_ARGS="--configs
+# sqlite" for SQLite alone).
 bench: install
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 	$(BIN)/python scripts/bench_hosts.py $(BENCH_HOSTS_ARGS)
+	$(BIN)/python scripts/bench_api.py $(BENCH_API_ARGS)
 
 bench-hosts: install
 	$(BIN)/python scripts/bench_hosts.py $(BENCH_HOSTS_ARGS)
+
+bench-api: install
+	$(BIN)/python scripts/bench_api.py $(BENCH_API_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

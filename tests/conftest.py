@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from cthm.testing import NamespaceFactory
+from support.databases import DATABASES, PostgresServer, TestDatabases, kind_of, start_server
 from support.tiers import mark_tiers
 
 pytest_plugins = ("pytester",)  # tests/kit runs small suites in-process
@@ -31,7 +33,8 @@ def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str)
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks `kernel` and `server` on every test that needs them (support/tiers.py)."""
+    """Marks `kernel`, `server`, `database` and `postgres` on every test that needs them
+    (support/tiers.py)."""
     mark_tiers(items)
 
 
@@ -58,3 +61,46 @@ def netns() -> Iterator[NamespaceFactory]:
     finally:
         leftovers = factory.cleanup()
         assert not leftovers, f"could not delete namespaces {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Callable[[], PostgresServer]]:
+    """This worker's PostgreSQL, started by the first call (a worker that runs no PostgreSQL
+    test starts none) and stopped by its pid when the session ends, whatever the outcome."""
+    started: list[PostgresServer] = []
+
+    def get() -> PostgresServer:
+        if not started:
+            started.append(start_server())
+        return started[0]
+
+    try:
+        yield get
+    finally:
+        for server in started:
+            server.close()
+
+
+@pytest.fixture
+def test_databases(
+    tmp_path: Path, postgres_server: Callable[[], PostgresServer]
+) -> Iterator[TestDatabases]:
+    databases = TestDatabases(tmp_path, postgres_server)
+    try:
+        yield databases
+    finally:
+        databases.drop_all()
+
+
+@pytest.fixture(params=DATABASES, ids=DATABASES)
+def database_url(request: pytest.FixtureRequest, test_databases: TestDatabases) -> str:
+    """A database of the test's own, on SQLite and on PostgreSQL (migrated already; the file
+    of SQLite's is made by the first migrate(), as in production). Restrict a test to SQLite
+    with support.databases.sqlite_only."""
+    return test_databases.new(request.param)
+
+
+@pytest.fixture
+def new_database_url(database_url: str, test_databases: TestDatabases) -> Callable[[], str]:
+    """More databases of the kind `database_url` is (each API of a test its own)."""
+    return lambda: test_databases.new(kind_of(database_url))

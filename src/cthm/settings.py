@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cthm.domain import (
@@ -47,6 +48,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None
+    # The URL read from this file instead (it holds a password): mode 0600 or stricter, owned
+    # by the user cthm runs as. Read once, when the settings are made.
+    database_url_file: Path | None = None
+    _file_database_url: str | None = PrivateAttr(default=None)
     host: str = "127.0.0.1"
     port: int = Field(default=9797, ge=1, le=65535)
     # An allow-list like Neutron's allowed_conntrack_helpers: "helper" or "helper:protocol".
@@ -166,9 +171,23 @@ class Settings(BaseSettings):
             raise ValueError(exc.message) from None
         return self
 
+    @model_validator(mode="after")
+    def _read_database_url_file(self) -> Settings:
+        if self.database_url_file is None:
+            return self
+        if self.database_url is not None:
+            raise ValueError(
+                "database_url and database_url_file both set: give the URL one way "
+                "(CTHM_DATABASE_URL or CTHM_DATABASE_URL_FILE / --database-url-file)"
+            )
+        self._file_database_url = read_database_url_file(self.database_url_file)
+        return self
+
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'cthm.db'}"
+        return (
+            self.database_url or self._file_database_url or f"sqlite:///{self.data_dir / 'cthm.db'}"
+        )
 
     def catalog(self) -> HelperCatalog:
         return HelperCatalog(self.allowed_helpers)
@@ -185,6 +204,38 @@ class Settings(BaseSettings):
             if own.bindings_per_router is None
             else own.bindings_per_router,
         )
+
+
+def read_database_url_file(path: Path) -> str:
+    """The database URL in `path`: one line, in a file only its owner, the user running cthm,
+    may read or write (it holds the database password). ValueError, naming the file, if not."""
+    where = f"database_url_file {path}"
+    try:
+        # The opened file is checked (fstat), not the path: nothing can swap it in between.
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{where}: not a regular file")
+            if info.st_uid != os.geteuid():
+                raise ValueError(
+                    f"{where}: owned by uid {info.st_uid}, not by the user cthm runs as "
+                    f"(uid {os.geteuid()}); it holds a password: chown it"
+                )
+            if info.st_mode & 0o077:
+                raise ValueError(
+                    f"{where}: mode {stat.S_IMODE(info.st_mode):04o} lets others read or write "
+                    f"it; it holds a password: chmod 600 {path}"
+                )
+            data = handle.read(64 * 1024)
+    except OSError as exc:
+        raise ValueError(f"cannot read {where}: {exc.strerror or exc}") from None
+    try:
+        url = data.decode().strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{where}: not UTF-8 text") from None
+    if not url or "\n" in url:
+        raise ValueError(f"{where}: should hold the database URL on one line")
+    return url
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -1,4 +1,6 @@
-"""The API against a real SQLite file store, through the ASGI app (FastAPI's TestClient).
+"""The API against a real store, through the ASGI app (FastAPI's TestClient): every test on a
+SQLite file and on a PostgreSQL database (tests/conftest.py's `database_url`; each API of a test
+gets a database of its own).
 
 Every API is authenticated as an admin by a real token in its store (`admin=False`: no token);
 failed authentications are slowed down by milliseconds only, so tests that fail it stay fast.
@@ -21,6 +23,7 @@ from cthm.api.auth import Authenticator, FailureThrottle
 from cthm.domain import NamespaceCheck
 from cthm.settings import Settings
 from cthm.store import Store
+from support.databases import kind_of
 
 from .support import JSON, Api, ApiFactory, TestClient, issue_token, make_settings, make_store
 
@@ -33,9 +36,12 @@ def fast_authenticator() -> Authenticator:
 
 
 @pytest.fixture
-def api_factory(tmp_path: Path) -> Iterator[ApiFactory]:
-    """Builds APIs (each on its own database file); all are checked for 5xx in teardown."""
+def api_factory(
+    tmp_path: Path, database_url: str, new_database_url: Callable[[], str]
+) -> Iterator[ApiFactory]:
+    """Builds APIs (each on its own database); all are checked for 5xx in teardown."""
     made: list[tuple[Api, TestClient]] = []
+    on_postgres = kind_of(database_url) == "postgresql"
 
     def build(
         *,
@@ -50,6 +56,10 @@ def api_factory(tmp_path: Path) -> Iterator[ApiFactory]:
     ) -> Api:
         directory = tmp_path / f"api{len(made)}"
         directory.mkdir()
+        if on_postgres and settings is None and store is None:
+            settings_overrides.setdefault(
+                "database_url", new_database_url() if made else database_url
+            )
         chosen = settings or make_settings(directory, **settings_overrides)
         chosen_store = store or make_store(chosen)
         app = create_app(

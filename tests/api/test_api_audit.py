@@ -1,23 +1,21 @@
 """The audit trail through the real API, with real tokens: every change and every denied attempt.
 
 Events are read back through GET /v2.0/audit_events (as an admin) and, for the atomicity checks,
-the database is made to refuse audit rows with a trigger written by plain sqlite3.
+the database is made to refuse audit rows with a trigger written by hand (sqlite3 / psycopg).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from cthm.domain import ListQuery
-from support.store import refuse_audit_inserts
+from support.store import allow_audit_inserts, refuse_audit_inserts
 
 from .support import JSON, Api, error_of, helpers_url
 
@@ -59,12 +57,6 @@ def only_event_of(api: Api, response: httpx.Response) -> JSON:
     found = events_of(api, response)
     assert len(found) == 1, found
     return found[0]
-
-
-def db_path(api: Api) -> Path:
-    prefix = "sqlite:///"
-    assert api.store.url.startswith(prefix)
-    return Path(api.store.url.removeprefix(prefix))
 
 
 def router_values(body: JSON) -> JSON:
@@ -291,12 +283,7 @@ def test_unauthenticated_requests_are_recorded_as_denied(api: Api, router: JSON)
 
 
 def _allow_audit_rows(api: Api) -> None:
-    connection = sqlite3.connect(db_path(api))
-    try:
-        connection.execute("DROP TRIGGER refuse_audit")
-        connection.commit()
-    finally:
-        connection.close()
+    allow_audit_inserts(api.store.url)
 
 
 def test_a_change_that_cannot_be_recorded_is_not_made(
@@ -305,7 +292,7 @@ def test_a_change_that_cannot_be_recorded_is_not_made(
     binding = api.create_helper(router["id"], "tcp", 21, "ftp")
     snapshot = api.snapshot()
     recorded = events(api)
-    refuse_audit_inserts(db_path(api))
+    refuse_audit_inserts(api.store.url)
     body = {"conntrack_helper": {"protocol": "udp", "port": 69, "helper": "tftp"}}
     attempts = [
         api.post("/v2.0/routers", json={"router": {"name": "n", "project_id": "p1"}}),

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
+from support.databases import PlainSql
 
 from .support import JSON, Api, error_of
 
@@ -43,9 +44,7 @@ def future(**delta: float) -> str:
 
 
 def database_rows(api: Api) -> list[tuple[Any, ...]]:
-    path = api.store.url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as db:
-        return list(db.execute("SELECT * FROM auth_tokens"))
+    return PlainSql(api.store.url)("SELECT * FROM auth_tokens")
 
 
 def test_create_returns_the_secret_once_and_it_works(api: Api) -> None:

@@ -494,9 +494,14 @@ def test_the_server_marks_the_routers_of_a_dead_agent(tmp_path: Path) -> None:
     store.close()
 
 
+SHORT_DOWN_TIME = 1.5
+
+
 @pytest.fixture
 def short_lived(api_factory: ApiFactory) -> Api:
-    return api_factory(agent_down_time=0.5)
+    # Long enough for the requests between a registration and the delete that needs the agent
+    # alive, on a loaded machine and on PostgreSQL (0.5 s was not, under `make test`).
+    return api_factory(agent_down_time=SHORT_DOWN_TIME)
 
 
 def test_deleting_a_node_agent(short_lived: Api) -> None:
@@ -524,7 +529,7 @@ def test_deleting_a_node_agent(short_lived: Api) -> None:
     assert api.get(f"/v2.0/agents/{node_a}").status_code == 404
     assert router_of(api, router["id"])["hosts"] == ["node-b"]
 
-    time.sleep(0.7)  # node-b is dead now: no force needed
+    time.sleep(SHORT_DOWN_TIME + 0.2)  # node-b is dead now: no force needed
     dead = api.delete(f"/v2.0/agents/{node_agent_id('node-b')}")
     assert dead.status_code == 204, dead.text
     shown = router_of(api, router["id"])

@@ -50,6 +50,9 @@ EXPECTED = {
     "AgentProcess",
     "FakeHost",
     "FakeHostError",
+    # a throwaway PostgreSQL cluster, databases copied from a migrated template
+    "PostgresCluster",
+    "PostgresClusterError",
 }
 
 SUITE_ONLY = ("cthm.testing.faults",)

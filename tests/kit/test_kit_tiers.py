@@ -9,6 +9,7 @@ import pytest
 CONFTEST = """
 import pytest
 
+from cthm.store import Store
 from support.tiers import mark_tiers
 
 
@@ -30,6 +31,11 @@ def topology(netns):
 @pytest.fixture
 def world(topology):
     return topology
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    return Store("sqlite://").url if request.param == "sqlite" else "postgresql://"
 """
 
 SUITE = """
@@ -39,7 +45,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from cthm.store import Store
-from cthm.testing import FakeHost, NamespaceFactory, ServerProcess
+from cthm.testing import FakeHost, NamespaceFactory, PostgresCluster, ServerProcess
 from cthm.testing.service import CTHM
 
 
@@ -147,6 +153,14 @@ def test_store_in_a_comprehension(tmp_path):
     assert [Store(f"sqlite:///{tmp_path}/{n}.db") for n in range(2)]
 
 
+def test_on_both_databases(database_url):
+    pass
+
+
+def test_own_cluster(tmp_path):
+    PostgresCluster(tmp_path).start()
+
+
 @pytest.mark.kernel
 def test_marked_by_hand():
     pass
@@ -173,7 +187,11 @@ DATABASE = {
     "test_store_fixture",
     "test_store_in_a_comprehension",
     "test_store_of_a_module_level_object",
+    "test_on_both_databases[sqlite]",
+    "test_on_both_databases[postgresql]",
+    "test_own_cluster",
 }
+POSTGRES = {"test_on_both_databases[postgresql]", "test_own_cluster"}
 SERVER = {
     "test_server_through_helper",
     "test_server_fixture",
@@ -188,7 +206,7 @@ SERVER = {
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_sample=SUITE)
-    pytester.makeini("[pytest]\nmarkers =\n    kernel\n    server\n    database\n")
+    pytester.makeini("[pytest]\nmarkers =\n    kernel\n    server\n    database\n    postgres\n")
     return pytester
 
 
@@ -209,4 +227,5 @@ def test_markers_reach_namespaces_processes_and_databases_however_used(
     assert {name for name, marks in markers.items() if "kernel" in marks} == KERNEL
     assert {name for name, marks in markers.items() if "server" in marks} == SERVER
     assert {name for name, marks in markers.items() if "database" in marks} == DATABASE
+    assert {name for name, marks in markers.items() if "postgres" in marks} == POSTGRES
     assert {name for name, marks in markers.items() if not marks} == PURE

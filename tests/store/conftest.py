@@ -1,8 +1,11 @@
-"""A migrated store on a real SQLite file per test, and small builders of stored objects."""
+"""A migrated store per test, on a real SQLite file and on a PostgreSQL database (the
+`database_url` fixture of tests/conftest.py), and small builders of stored objects.
+
+`db_path` is the SQLite file, for the tests about the file itself (support.databases.sqlite_only).
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,17 +13,22 @@ import pytest
 
 from cthm.domain import HelperBinding, Router, new_binding, new_router
 from cthm.store import Store
+from support.databases import PlainSql, in_process, kind_of
 from support.store import CATALOG, Snapshot
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
+def db_path(tmp_path: Path, database_url: str) -> Path:
+    """The SQLite file of `store`: a test that reads or changes it by hand runs on SQLite only
+    (plain_sql reads rows on either database)."""
+    if kind_of(database_url) != "sqlite":
+        pytest.skip("works on the SQLite file itself (db_path); plain_sql reads both databases")
     return tmp_path / "cthm.db"
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{db_path}")
+def store(database_url: str) -> Iterator[Store]:
+    store = Store(database_url)
     store.migrate()
     try:
         yield store
@@ -51,25 +59,27 @@ def make_binding(store: Store) -> Callable[..., HelperBinding]:
 
 
 @pytest.fixture
-def snapshot(db_path: Path) -> Callable[[], Snapshot]:
-    """Every row of every cthm table, read with plain sqlite3 (not through the code under test)."""
+def plain_sql(database_url: str) -> PlainSql:
+    """Statements on the test's database by hand (sqlite3 / psycopg), not through the store."""
+    return PlainSql(database_url)
+
+
+@pytest.fixture
+def snapshot(plain_sql: PlainSql) -> Callable[[], Snapshot]:
+    """Every row of every cthm table, read by hand (not through the code under test)."""
 
     def take() -> Snapshot:
-        connection = sqlite3.connect(db_path)
-        try:
-            return {
-                table: sorted(connection.execute(f"SELECT * FROM {table}").fetchall())
-                for table in ("routers", "conntrack_helpers", "router_tombstones")
-            }
-        finally:
-            connection.close()
+        return {
+            table: sorted(plain_sql(f"SELECT * FROM {table}"))
+            for table in ("routers", "conntrack_helpers", "router_tombstones")
+        }
 
     return take
 
 
 @pytest.fixture
 def notifications(store: Store) -> list[frozenset[str]]:
-    """Every change notification the store sends, in order."""
+    """Every change notification the store sends for its own commits, in order."""
     received: list[frozenset[str]] = []
-    store.subscribe(received.append)
+    store.subscribe(in_process(received.append))  # on PostgreSQL: not its listener's calls
     return received

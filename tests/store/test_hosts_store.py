@@ -29,6 +29,7 @@ from cthm.domain import (
     node_agent_id,
 )
 from cthm.store import AuditContext, Store
+from support.databases import PlainSql
 from support.store import CATALOG, MakeBinding, MakeRouter
 
 NOW = datetime(2026, 12, 4, 20, 0, 0, tzinfo=UTC)
@@ -36,8 +37,11 @@ DOWN = 75.0
 LATER = NOW + timedelta(days=1)  # every agent that reported at NOW is dead by then
 
 
-def sql(db_path: Path, statement: str, *params: object) -> list[tuple[Any, ...]]:
-    connection = sqlite3.connect(db_path)
+def sql(db: Path | PlainSql, statement: str, *params: object) -> list[tuple[Any, ...]]:
+    """Rows read by hand: PlainSql on either database, sqlite3 on a file (`?` placeholders)."""
+    if isinstance(db, PlainSql):
+        return db(statement, *params)
+    connection = sqlite3.connect(db)
     try:
         rows = connection.execute(statement, params).fetchall()
         connection.commit()
@@ -112,7 +116,7 @@ def binding_statuses(store: Store, router_id: str) -> dict[str, tuple[Status, st
         return {b.id: (b.status, b.status_reason) for b in repo.bindings_of([router_id])[router_id]}
 
 
-def change_rows(db_path: Path) -> list[tuple[int, str, str, str]]:
+def change_rows(db_path: Path | PlainSql) -> list[tuple[int, str, str, str]]:
     return [
         (rev, router_id, namespace, kind)
         for rev, router_id, namespace, kind in sql(
@@ -148,7 +152,7 @@ def test_an_empty_feed_has_head_zero_and_no_oldest(store: Store) -> None:
 
 
 def test_each_kernel_change_gets_the_next_revision_one_row_per_router_per_unit_of_work(
-    store: Store, db_path: Path, make_router: MakeRouter
+    store: Store, plain_sql: PlainSql, make_router: MakeRouter
 ) -> None:
     first = make_router("first")
     with store.unit_of_work() as repo:  # three bindings on one router: one row
@@ -167,7 +171,7 @@ def test_each_kernel_change_gets_the_next_revision_one_row_per_router_per_unit_o
     with store.unit_of_work() as repo:
         repo.delete_router(second.id)
 
-    rows = change_rows(db_path)
+    rows = change_rows(plain_sql)
     assert [(router_id, kind) for _, router_id, _, kind in rows] == [
         (first.id, "MODIFIED"),
         (first.id, "MODIFIED"),
@@ -188,15 +192,15 @@ def test_each_kernel_change_gets_the_next_revision_one_row_per_router_per_unit_o
 
 
 def test_a_router_added_and_deleted_in_one_unit_of_work_logs_one_deleted_row(
-    store: Store, db_path: Path
+    store: Store, plain_sql: PlainSql
 ) -> None:
     with store.unit_of_work() as repo:
         router = repo.add_router(new_router(name="brief", project_id="p"))
         repo.delete_router(router.id)
-    assert [(r, k) for _, r, _, k in change_rows(db_path)] == [(router.id, "DELETED")]
+    assert [(r, k) for _, r, _, k in change_rows(plain_sql)] == [(router.id, "DELETED")]
 
 
-def test_a_rolled_back_unit_of_work_logs_nothing(store: Store, db_path: Path) -> None:
+def test_a_rolled_back_unit_of_work_logs_nothing(store: Store, plain_sql: PlainSql) -> None:
     def abandon() -> None:
         with store.unit_of_work() as repo:
             repo.add_router(new_router(name="gone", project_id="p"))
@@ -204,7 +208,7 @@ def test_a_rolled_back_unit_of_work_logs_nothing(store: Store, db_path: Path) ->
 
     with pytest.raises(RuntimeError):
         abandon()
-    assert change_rows(db_path) == []
+    assert change_rows(plain_sql) == []
     with store.unit_of_work(write=False) as repo:
         assert repo.hosts.head_revision() == 0
 
@@ -233,10 +237,10 @@ def test_changes_since_filters_by_namespace_in_order_up_to_the_limit(
 
 
 def test_the_log_is_pruned_to_about_keep_rows_and_revisions_are_never_reused(
-    db_path: Path,
+    database_url: str, plain_sql: PlainSql
 ) -> None:
     keep = 10
-    store = Store(f"sqlite:///{db_path}", change_history=keep)
+    store = Store(database_url, change_history=keep)
     store.migrate()
     try:
         routers = []
@@ -245,15 +249,15 @@ def test_the_log_is_pruned_to_about_keep_rows_and_revisions_are_never_reused(
                 routers.append(repo.add_router(new_router(name=f"r{i}", project_id="p")))
         with store.unit_of_work(write=False) as repo:
             head, oldest = repo.hosts.head_revision(), repo.hosts.oldest_revision()
-        count = len(change_rows(db_path))
+        count = len(change_rows(plain_sql))
         assert head == 35
         assert keep <= count < 2 * keep
         assert oldest == head - count + 1
         # Even with every row gone, the next change gets a new revision (AUTOINCREMENT).
-        sql(db_path, "DELETE FROM change_log")
+        sql(plain_sql, "DELETE FROM change_log")
         with store.unit_of_work() as repo:
             repo.delete_router(routers[0].id)
-        assert [rev for rev, *_ in change_rows(db_path)] == [36]
+        assert [rev for rev, *_ in change_rows(plain_sql)] == [36]
     finally:
         store.close()
 
@@ -279,7 +283,7 @@ def test_the_change_log_costs_one_insert_per_unit_of_work(
 
 
 def test_an_agent_report_registers_places_and_audits_once_per_token(
-    store: Store, db_path: Path, make_router: MakeRouter
+    store: Store, plain_sql: PlainSql, make_router: MakeRouter
 ) -> None:
     here, elsewhere = make_router("here"), make_router("elsewhere")
     result = report_agent(store, "node-a", [here.namespace, "qrouter-not-a-router"])
@@ -315,7 +319,7 @@ def test_an_agent_report_registers_places_and_audits_once_per_token(
         ("agent", node_agent_id("node-a"), "host node-a registered by token tok-1"),
         ("agent", node_agent_id("node-a"), "host node-a registered by token tok-2"),
     ]
-    assert sql(db_path, "SELECT host, namespace FROM agent_namespaces") == [
+    assert sql(plain_sql, "SELECT host, namespace FROM agent_namespaces") == [
         ("node-a", here.namespace)
     ]
 
@@ -433,12 +437,12 @@ def test_host_views_lists_every_router_on_the_host_by_id_with_its_bindings(
 
 
 def test_a_router_row_edited_into_nonsense_is_shown_invalid_without_bindings(
-    store: Store, db_path: Path, make_router: MakeRouter, make_binding: MakeBinding
+    store: Store, plain_sql: PlainSql, make_router: MakeRouter, make_binding: MakeBinding
 ) -> None:
     router = make_router()
     make_binding(router)
     report_agent(store, "node-a", [router.namespace])
-    sql(db_path, "UPDATE routers SET project_id = 'bad project!' WHERE id = ?", router.id)
+    sql(plain_sql, "UPDATE routers SET project_id = 'bad project!' WHERE id = ?", router.id)
     with store.unit_of_work(write=False) as repo:
         view = repo.hosts.host_view("node-a", router.id)
         (listed,) = repo.hosts.host_views("node-a")
@@ -450,12 +454,12 @@ def test_a_router_row_edited_into_nonsense_is_shown_invalid_without_bindings(
 
 
 def test_a_binding_row_edited_into_nonsense_is_rejected(
-    store: Store, db_path: Path, make_router: MakeRouter, make_binding: MakeBinding
+    store: Store, plain_sql: PlainSql, make_router: MakeRouter, make_binding: MakeBinding
 ) -> None:
     router = make_router()
     good, bad = make_binding(router, port=21), make_binding(router, port=2121)
     report_agent(store, "node-a", [router.namespace])
-    sql(db_path, "UPDATE conntrack_helpers SET protocol = 'sctp' WHERE id = ?", bad.id)
+    sql(plain_sql, "UPDATE conntrack_helpers SET protocol = 'sctp' WHERE id = ?", bad.id)
     with store.unit_of_work(write=False) as repo:
         view = repo.hosts.host_view("node-a", router.id)
     assert view is not None
@@ -583,7 +587,7 @@ def test_bindings_aggregate_over_hosts_and_other_routers_bindings_are_ignored(
 
 
 def test_a_report_for_a_router_not_placed_on_the_host_is_refused(
-    store: Store, db_path: Path, make_router: MakeRouter
+    store: Store, plain_sql: PlainSql, make_router: MakeRouter
 ) -> None:
     router = make_router()
     report_agent(store, "node-a", [router.namespace])
@@ -592,7 +596,7 @@ def test_a_report_for_a_router_not_placed_on_the_host_is_refused(
     assert not report_router(
         store, "node-a", str(uuid.uuid4()), Status.ACTIVE, revision=1, bindings=[]
     )
-    assert sql(db_path, "SELECT host FROM router_hosts") == []
+    assert sql(plain_sql, "SELECT host FROM router_hosts") == []
     assert router_status(store, router.id)[0] is Status.PENDING
 
 
@@ -614,14 +618,14 @@ def test_a_rename_keeps_the_hosts_reports_current(store: Store, ha_router: Route
 
 
 def test_a_deleted_router_is_cleared_per_host_and_its_tombstone_goes_with_the_last(
-    store: Store, db_path: Path, ha_router: Router
+    store: Store, plain_sql: PlainSql, ha_router: Router
 ) -> None:
     router = ha_router
     report_agent(store, "node-c", [])
     report_router(store, "node-a", router.id)
     with store.unit_of_work() as repo:
         repo.delete_router(router.id)
-    assert sql(db_path, "SELECT count(*) FROM router_hosts") == [(0,)]
+    assert sql(plain_sql, "SELECT count(*) FROM router_hosts") == [(0,)]
     with store.unit_of_work(write=False) as repo:
         assert repo.hosts.host_tombstones("node-a") == {router.id: router.namespace}
         assert repo.hosts.host_tombstones("node-b") == {router.id: router.namespace}
@@ -637,7 +641,7 @@ def test_a_deleted_router_is_cleared_per_host_and_its_tombstone_goes_with_the_la
     with store.unit_of_work(write=False) as repo:
         assert repo.hosts.host_tombstones("node-b") == {}
         assert repo.tombstones() == {}
-    assert sql(db_path, "SELECT count(*) FROM tombstone_hosts") == [(0,)]
+    assert sql(plain_sql, "SELECT count(*) FROM tombstone_hosts") == [(0,)]
 
 
 def test_a_new_router_in_a_deleted_routers_namespace_drops_its_host_tombstones(
@@ -656,7 +660,7 @@ def test_a_new_router_in_a_deleted_routers_namespace_drops_its_host_tombstones(
 
 
 def test_forget_agent_removes_its_host_and_recomputes_its_routers(
-    store: Store, db_path: Path, ha_router: Router, make_binding: MakeBinding
+    store: Store, plain_sql: PlainSql, ha_router: Router, make_binding: MakeBinding
 ) -> None:
     router = ha_router
     make_binding(router)
@@ -676,7 +680,7 @@ def test_forget_agent_removes_its_host_and_recomputes_its_routers(
     assert forgotten.host == "node-b"
     assert router_status(store, router.id) == (Status.ACTIVE, "")
     for table in ("agent_namespaces", "router_hosts", "binding_hosts", "tombstone_hosts"):
-        assert ("node-b",) not in sql(db_path, f"SELECT host FROM {table}")
+        assert ("node-b",) not in sql(plain_sql, f"SELECT host FROM {table}")
     with store.unit_of_work(write=False) as repo:
         assert repo.hosts.get_agent(agent_id) is None
         assert repo.hosts.placement([router.id]) == {router.id: ["node-a"]}

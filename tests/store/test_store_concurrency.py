@@ -14,6 +14,7 @@ from cthm.domain import (
     new_binding,
 )
 from cthm.store import Store
+from support.databases import in_process
 
 CATALOG = HelperCatalog()
 THREADS = 4
@@ -50,7 +51,7 @@ def test_concurrent_writers_on_one_router_lose_nothing(
 ) -> None:
     router = make_router()
     received: list[frozenset[str]] = []
-    store.subscribe(received.append)
+    store.subscribe(in_process(received.append))
     reads: list[int] = []
 
     def writer(index: int) -> Callable[[], None]:

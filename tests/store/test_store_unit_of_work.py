@@ -18,6 +18,7 @@ from cthm.domain import (
     new_router,
 )
 from cthm.store import Store
+from support.databases import in_process
 from support.store import CATALOG, MakeBinding, MakeRouter, Snapshot
 
 
@@ -140,7 +141,7 @@ def test_subscribers_run_after_the_commit(store: Store) -> None:
         with store.unit_of_work(write=False) as repo:
             seen.extend(repo.get_router(router_id).name for router_id in router_ids)
 
-    store.subscribe(look)
+    store.subscribe(in_process(look))
     with store.unit_of_work() as repo:
         repo.add_router(new_router(name="visible", project_id="p"))
     assert seen == ["visible"]
@@ -156,8 +157,8 @@ def test_a_failing_subscriber_does_not_break_the_commit_or_the_others(store: Sto
     def after(router_ids: frozenset[str]) -> None:
         calls.append("after")
 
-    store.subscribe(broken)
-    store.subscribe(after)
+    store.subscribe(in_process(broken))
+    store.subscribe(in_process(after))
     with store.unit_of_work() as repo:
         router = repo.add_router(new_router(name="kept", project_id="p"))
     assert calls == ["broken", "after"]

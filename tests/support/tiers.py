@@ -1,13 +1,15 @@
-"""Test tiers: the `kernel`, `server` and `database` markers, set at collection on every test
-that needs them, so `make unit` (pure and fake-backed tests: none of these markers and not
-`traffic`) never runs one by accident and no test has to remember a marker.
+"""Test tiers: the `kernel`, `server`, `database` and `postgres` markers, set at collection on
+every test that needs them, so `make unit` (pure and fake-backed tests: none of these markers
+and not `traffic`) never runs one by accident and no test has to remember a marker.
 
 - `kernel`: the test uses the `netns` fixture, directly or through fixtures that depend on it,
   or builds a NamespaceFactory or a FakeHost (a mount namespace of its own) itself.
 - `server`: the test starts a real cthm process: a `ServerProcess`, or the `cthm` console
   script (`cthm serve`, or a CLI command run as the user runs it).
-- `database`: the test opens a real SQLite database: a Store (alone, behind the API or the
-  agent), or the CLI's Service, which opens one.
+- `database`: the test opens a real database: a Store (alone, behind the API or the
+  agent), or the CLI's Service, which opens one, or a PostgreSQL cluster.
+- `postgres`: the test runs on PostgreSQL: the `postgresql` case of the `database_url`
+  fixture, or a PostgresCluster of its own (`-m "not postgres"`: SQLite only).
 
 What a test "uses" is read from its code and that of its fixtures: the global names they
 refer to, followed into the suite's own helper functions and classes (a bounded walk), until
@@ -28,6 +30,7 @@ import pytest
 import cthm
 from cthm.testing.hosts import FakeHost
 from cthm.testing.netns import NamespaceFactory
+from cthm.testing.postgres import PostgresCluster
 from cthm.testing.service import CTHM, ServerProcess
 
 NOT_SUITE_CODE = tuple(
@@ -42,16 +45,21 @@ MAX_DEPTH = 4
 
 KERNEL_OBJECTS: tuple[object, ...] = (NamespaceFactory, FakeHost)
 SERVER_OBJECTS: tuple[object, ...] = (ServerProcess, CTHM)
+POSTGRES_OBJECTS: tuple[object, ...] = (PostgresCluster,)
+POSTGRES_PARAMETER = ("database_url", "postgresql")
+"""(fixture, parameter) of the PostgreSQL case of tests/conftest.py's `database_url`."""
 DATABASE_CLASSES = (("cthm.store", "Store"), ("cthm.cli.service", "Service"))
 """(module, class) opening a real database; named, not imported, so that a broken import there
 fails only the tests that use it, not the collection of the whole suite."""
 
 
 def mark_tiers(items: Iterable[pytest.Item]) -> None:
-    """Adds `kernel`, `server` and `database` to the items that need them (collection hook)."""
+    """Adds `kernel`, `server`, `database` and `postgres` to the items that need them
+    (collection hook)."""
     kernel = _Finder(lambda obj: any(obj is target for target in KERNEL_OBJECTS))
     server = _Finder(lambda obj: any(obj is target for target in SERVER_OBJECTS))
     database = _Finder(_opens_a_database)
+    postgres = _Finder(lambda obj: any(obj is target for target in POSTGRES_OBJECTS))
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         code = list(_code_of(item))
@@ -59,8 +67,18 @@ def mark_tiers(items: Iterable[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kernel)
         if any(server.uses(obj) for obj in code):
             item.add_marker(pytest.mark.server)
-        if any(database.uses(obj) for obj in code):
+        on_postgres = _parametrized_with(item, *POSTGRES_PARAMETER) or any(
+            postgres.uses(obj) for obj in code
+        )
+        if on_postgres:
+            item.add_marker(pytest.mark.postgres)
+        if on_postgres or any(database.uses(obj) for obj in code):
             item.add_marker(pytest.mark.database)
+
+
+def _parametrized_with(item: pytest.Item, name: str, value: object) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get(name, object()) == value
 
 
 def _opens_a_database(obj: object) -> bool:

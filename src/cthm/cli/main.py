@@ -20,6 +20,7 @@ from cthm.cli.client import (
 from cthm.cli.commands.agents import agent_group
 from cthm.cli.commands.audit import audit_group
 from cthm.cli.commands.catalog import catalog
+from cthm.cli.commands.db import db_group
 from cthm.cli.commands.helpers import helper_group
 from cthm.cli.commands.routers import router_group
 from cthm.cli.commands.serve import serve
@@ -89,6 +90,7 @@ cli.add_command(status)
 cli.add_command(token_group)
 cli.add_command(audit_group)
 cli.add_command(agent_group)
+cli.add_command(db_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,6 +4,8 @@ Start order: data directory, its lock (one server per data directory, taken befo
 or kernel work), store (migrated), [in-process agent], API; stop in reverse. Once
 the API's socket is bound, the first admin token is made if no token exists at all (after every
 check that can refuse to start, so a start that fails creates nothing and prints nothing).
+A PostgreSQL server that cannot be reached at start is waited for (said in one line, tried
+again with a capped backoff; SIGTERM still stops the start at once).
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import functools
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from alembic.util import CommandError
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from cthm.agent import Agent, KernelBackend, LocalStoreSource, check_namespace
 from cthm.cli.backends import BackendSettings, check_identity, prepare_backends
@@ -48,8 +53,16 @@ RECOVERY_FILE = "admin-recovery-{stamp}{suffix}.token"
 RECOVERY_ATTEMPTS = 100  # names tried when recoveries in the same second collide
 # `cthm serve` warns at start when every admin token expires within this.
 ADMIN_EXPIRY_WARNING = timedelta(days=14)
+# A database server not reachable at start is waited for: tried again after this many seconds,
+# the wait doubling up to the cap.
+DATABASE_RETRY_FIRST = 1.0
+DATABASE_RETRY_MAX = 30.0
 
 log = logging.getLogger(__name__)
+
+
+class StartCancelled(Exception):
+    """SIGTERM or SIGINT came while the start waited for the database: nothing started."""
 
 
 class Service:
@@ -95,10 +108,7 @@ class Service:
         # under the first one and its agent would fight the first one's over the same routers.
         self._lock = DataDirLock.acquire(self.settings.data_dir)
         try:
-            self._store = open_store(
-                self.settings.effective_database_url,
-                change_history=self.settings.watch_history,
-            )
+            self._store = self._open_store()
             # Settings first (a backend that cannot be used), then the first token, then the
             # agent's threads: a refused start says only its error, and one refused over the
             # token file has not swept or written anything in the kernel.
@@ -112,6 +122,42 @@ class Service:
         except BaseException:
             self.stop()
             raise
+
+    def _open_store(self) -> Store:
+        """The migrated store. A database server that cannot be reached (not up yet,
+        restarting, too many clients) is waited for: said once, in one line, then tried again
+        with a capped backoff until it answers. SIGTERM or SIGINT meanwhile ends the start
+        (StartCancelled), at once or after the connection attempt under way (its timeout)."""
+        url = self.settings.effective_database_url
+        delay, waiting_since = DATABASE_RETRY_FIRST, 0.0
+        with _stop_signals() as stop:
+            while True:
+                try:
+                    store = open_store(url, change_history=self.settings.watch_history)
+                except ServiceError as exc:
+                    if not database_unreachable(url, exc):
+                        raise
+                    if not waiting_since:
+                        waiting_since = time.monotonic()
+                        log.warning(
+                            "%s; waiting for it: trying again after %g s, then up to every %g s",
+                            exc.message.removesuffix("; retry"),
+                            DATABASE_RETRY_FIRST,
+                            DATABASE_RETRY_MAX,
+                        )
+                    else:
+                        log.debug("%s; trying again in %g s", exc.message, delay)
+                    if stop.wait(delay):
+                        raise StartCancelled() from None
+                    delay = min(delay * 2, DATABASE_RETRY_MAX)
+                    continue
+                if stop.is_set():
+                    store.close()
+                    raise StartCancelled()
+                if waiting_since:
+                    waited = time.monotonic() - waiting_since
+                    log.info("the database answered after %.0f s of waiting", waited)
+                return store
 
     def bootstrap(self) -> Path | None:
         """Makes the first admin token if the store holds none, and says where its secret is
@@ -264,6 +310,70 @@ class Service:
             sock.close()
 
 
+@contextmanager
+def _stop_signals() -> Iterator[threading.Event]:
+    """An event that SIGTERM and SIGINT set while the block runs (in the main thread only,
+    where signals are handled; elsewhere it is never set). The previous handlers come back
+    after the block."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda _sig, _frame: stop.set()) for sig in handled}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# SQLSTATEs worth waiting for at start: connection exceptions (class 08), a server shutting
+# down, restarting or starting up (57P0x), too many connections (53300).
+_WAIT_FOR_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# libpq's words for a connection that fails before the server gives a SQLSTATE.
+_WAIT_FOR_PHRASES = (
+    "connection refused",
+    "timeout expired",
+    "timed out",
+    "server closed the connection",
+    "could not translate host name",
+    "no route to host",
+    "network is unreachable",
+    "no such file or directory",  # a Unix socket: no server there (yet)
+    "is starting up",
+    "is shutting down",
+    "in recovery mode",
+    "not yet accepting connections",
+    "too many clients",
+    "consuming input failed",
+    "connection reset",
+)
+
+
+def database_unreachable(url: str, exc: BaseException) -> bool:
+    """Whether a start failed because the PostgreSQL server cannot be reached now (down,
+    starting, restarting, busy, no route): worth waiting for. Refused credentials, a missing
+    database or a broken schema are not: waiting would change nothing."""
+    try:
+        if make_url(url).get_backend_name() != "postgresql":
+            return False
+    except (ArgumentError, ValueError):
+        return False
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError):
+            state = str(getattr(current.orig, "sqlstate", None) or "")
+            if state:
+                return state.startswith("08") or state in _WAIT_FOR_STATES
+            text = str(current.orig).lower()
+            return any(phrase in text for phrase in _WAIT_FOR_PHRASES)
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def tls_files(settings: Settings) -> tuple[Path, Path] | None:
     """The certificate and key to serve HTTPS with, checked; None: plain HTTP."""
     if settings.tls_cert_file is None or settings.tls_key_file is None:
@@ -391,7 +501,8 @@ def bootstrap_admin_token(store: Store, data_dir: Path) -> Path | None:
     written = False
     try:
         with store.unit_of_work() as repo:
-            if repo.tokens.count() > 0:
+            # Exclusive: of replicas starting together on one database, one makes the token.
+            if repo.tokens.count(exclusive=True) > 0:
                 return None
             token, secret = repo.tokens.create(
                 project_id=BOOTSTRAP_PROJECT,

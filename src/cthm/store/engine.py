@@ -5,23 +5,61 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from cthm.store.sqlite_file import SqliteFile
 
 # Execution option that marks a connection as about to write (SQLite: BEGIN IMMEDIATE).
 WRITE_OPTION = "cthm_write"
+# PostgreSQL: connections per process (requests run in a thread pool of about 40), and seconds
+# to wait for the server when connecting.
+POOL_SIZE = 10
+POOL_OVERFLOW = 10
+CONNECT_TIMEOUT = 5
 
 
 def make_engine(url: str, sqlite_file: SqliteFile | None = None) -> Engine:
     """sqlite_file: the file an SQLite URL names; its connections are made only through it
     (never creating the file, never opening another file found at its path)."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgresql_engine(postgresql_url(url))
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
     _configure_sqlite(engine, sqlite_file)
     return engine
+
+
+def postgresql_url(url: str) -> URL:
+    """A PostgreSQL URL with its driver: psycopg (3), the one cthm ships, when none is named
+    (`postgresql://...`, whose SQLAlchemy default would be psycopg2)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _postgresql_engine(url: URL) -> Engine:
+    # pre_ping: a connection the server dropped (restart, failover) is replaced, not handed
+    # to a request. READ COMMITTED (the default): writers lock what they check (see
+    # repository), and change-log writers commit in revision order (see hosts).
+    defaults: dict[str, Any] = {
+        # An unreachable server fails a request in seconds (Unavailable), not minutes.
+        "connect_timeout": CONNECT_TIMEOUT,
+        # Names cthm's sessions in pg_stat_activity.
+        "application_name": "cthm",
+    }
+    given = url.query  # the URL's own parameters (sslmode, ...) win
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
+        # A pool exhausted by a stuck database answers 503 after this long, not never.
+        pool_timeout=30,
+        connect_args={key: value for key, value in defaults.items() if key not in given},
+    )
 
 
 def _configure_sqlite(engine: Engine, sqlite_file: SqliteFile | None) -> None:

@@ -13,7 +13,19 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from cthm.domain import (
@@ -50,6 +62,10 @@ from cthm.store.tables import (
 
 # Rows per IN (...) list: well below SQLite's bound on parameters of one statement.
 CHUNK = 500
+# PostgreSQL: pg_advisory_xact_lock key ("cthm" + "chlg" in ASCII) serializing change-log writers
+# from their INSERT to their COMMIT, and the channel NOTIFY tells listeners of a new revision.
+CHANGE_LOG_LOCK_KEY = 0x6374686D_63686C67
+CHANGE_CHANNEL = "cthm_changes"
 # The change log is pruned when a revision crosses a multiple of this (or of `keep`, if smaller):
 # one DELETE now and then rather than one per unit of work.
 PRUNE_EVERY = 100
@@ -80,21 +96,34 @@ def write_change_log(
     session: Session, changes: Mapping[str, tuple[str, str]], keep: int, now: datetime
 ) -> None:
     """One row per changed router (router id -> (namespace, kind)) in one INSERT; prunes the
-    log to about the newest `keep` rows when the head crosses a multiple of PRUNE_EVERY."""
+    log to about the newest `keep` rows when the head crosses a multiple of PRUNE_EVERY.
+
+    Called just before the commit. Watchers read `revision > since`, so revisions must become
+    visible in order: SQLite's writers are serialized already; on PostgreSQL a sequence value
+    taken by a transaction that commits after one with a bigger value would be skipped, so
+    change-log writers take a transaction lock first and hold it until their commit. The same
+    transaction NOTIFYs the new head (delivered at commit, to every replica's listener)."""
     if not changes:
         return
+    connection = session.connection()
+    postgresql = connection.dialect.name == "postgresql"
+    if postgresql:
+        connection.execute(
+            select(func.pg_advisory_xact_lock(literal(CHANGE_LOG_LOCK_KEY, BigInteger)))
+        )
     table = cast(Table, ChangeLogRow.__table__)
     rows = [
         {"router_id": router_id, "namespace": namespace, "kind": kind, "time": now}
         for router_id, (namespace, kind) in changes.items()
     ]
-    revisions = list(
-        session.connection().execute(insert(table).returning(table.c.revision), rows).scalars()
-    )
+    revisions = list(connection.execute(insert(table).returning(table.c.revision), rows).scalars())
     first, last = min(revisions), max(revisions)
+    if postgresql:
+        # Only the revision (NOTIFY payloads are limited): listeners re-read by revision.
+        connection.execute(select(func.pg_notify(CHANGE_CHANNEL, str(last))))
     every = max(1, min(PRUNE_EVERY, keep))
     if last // every != (first - 1) // every:
-        session.connection().execute(delete(table).where(table.c.revision <= last - keep))
+        connection.execute(delete(table).where(table.c.revision <= last - keep))
 
 
 def _agent(row: AgentRow) -> AgentRecord:

@@ -153,6 +153,9 @@ class Repository:
         change_history: int = 10000,
     ) -> None:
         self._session = session
+        # Rows read to be changed are locked (SELECT ... FOR UPDATE) where writers run at once
+        # (PostgreSQL, READ COMMITTED); SQLite's writers already queue (BEGIN IMMEDIATE).
+        self._lock_rows = session.get_bind().dialect.name != "sqlite"
         self.changed_routers: set[str] = set()
         self.audit = AuditLog(session, audit)
         self.tokens = TokenStore(session)
@@ -203,8 +206,10 @@ class Repository:
         self._audit_router("create_router", 201, None, created)
         return created
 
-    def get_router(self, router_id: str) -> Router:
-        return _router(self._router_row(router_id))
+    def get_router(self, router_id: str, *, lock: bool = False) -> Router:
+        """lock: for a check before a write (If-Match): the row is locked until the commit, so
+        no concurrent writer changes it between the check and the write."""
+        return _router(self._router_row(router_id, lock=lock))
 
     def router_project(self, router_id: str) -> str | None:
         """The project of a router, None if there is no such router. One query that returns one
@@ -223,7 +228,7 @@ class Repository:
         return list(self._session.scalars(select(RouterRow.id).order_by(RouterRow.id)))
 
     def update_router(self, router_id: str, *, name: str) -> Router:
-        row = self._router_row(router_id)
+        row = self._router_row(router_id, lock=True)
         if row.name != name:
             before = _router(row)
             row.name = name
@@ -243,7 +248,7 @@ class Repository:
         return _router(row)
 
     def delete_router(self, router_id: str) -> Router:
-        row = self._router_row(router_id)
+        row = self._router_row(router_id, lock=True)
         router = _router(row)
         # The bindings go with it: the record keeps them, as they were.
         removed = [_binding_values(b) for b in self.bindings_of([router_id])[router_id]]
@@ -312,7 +317,10 @@ class Repository:
         taken = (binding.router_id, binding.protocol, binding.port, binding.direction)
         self._raise_if_taken(*taken, exclude=None)
         if quota is not None and not quota.unlimited:
+            # Locks the project's routers, this one among them, in id order, then counts.
             self._check_binding_quota(router_row, quota)
+        # Afresh and locked (already, with a quota): the revision it bumps is the current one.
+        router_row = self._router_row(binding.router_id, lock=True)
         now = _now()
         row = BindingRow(
             id=binding.id,
@@ -335,8 +343,10 @@ class Repository:
         self._audit_binding("create_router_conntrack_helper", 201, None, created)
         return created
 
-    def get_binding(self, router_id: str, binding_id: str) -> HelperBinding:
-        return _binding(self._binding_row(router_id, binding_id))
+    def get_binding(self, router_id: str, binding_id: str, *, lock: bool = False) -> HelperBinding:
+        """lock: as get_router's; lock the router first (get_router), as every binding write
+        does, so two writers never wait for each other's rows in opposite orders."""
+        return _binding(self._binding_row(router_id, binding_id, lock=lock))
 
     def list_bindings(self, query: ListQuery, router_id: str | None = None) -> list[HelperBinding]:
         # Plain column rows, not ORM entities: this is the agent's hot path at N=1000.
@@ -404,7 +414,8 @@ class Repository:
         helper: str | None = None,
         direction: Direction | None = None,
     ) -> HelperBinding:
-        row = self._binding_row(router_id, binding_id)
+        router_row = self._router_row(router_id, lock=True)
+        row = self._binding_row(router_id, binding_id, lock=True)
         old = (row.protocol, row.port, row.direction, row.helper)
         new = (
             protocol.value if protocol is not None else row.protocol,
@@ -423,19 +434,20 @@ class Repository:
         row.revision_number += 1
         row.updated_at = _now()
         self._flush_or_conflict(lambda: self._raise_if_taken(*taken, exclude=binding_id))
-        self._touch_router(self._router_row(router_id))
+        self._touch_router(router_row)
         updated = _binding(row)
         self._audit_binding("update_router_conntrack_helper", 200, before, updated)
         return updated
 
     def delete_binding(self, router_id: str, binding_id: str) -> HelperBinding:
-        row = self._binding_row(router_id, binding_id)
+        router_row = self._router_row(router_id, lock=True)
+        row = self._binding_row(router_id, binding_id, lock=True)
         binding = _binding(row)
         # Explicitly, not by ON DELETE CASCADE alone: the database may not enforce it.
         self._session.execute(delete(BindingHostRow).where(BindingHostRow.binding_id == binding_id))
         self._session.delete(row)
         self._session.flush()
-        self._touch_router(self._router_row(router_id))
+        self._touch_router(router_row)
         self._audit_binding("delete_router_conntrack_helper", 204, binding, None)
         return binding
 
@@ -525,17 +537,28 @@ class Repository:
             status_code=status_code,
         )
 
-    def _router_row(self, router_id: str) -> RouterRow:
-        row = self._session.get(RouterRow, router_id)
+    def _router_row(self, router_id: str, *, lock: bool = False) -> RouterRow:
+        """lock: read afresh and locked until the commit (see __init__), for a change made from
+        what is read: a revision_number += 1 or an If-Match check must not race another
+        writer's."""
+        if lock and self._lock_rows:
+            row = self._session.get(
+                RouterRow, router_id, with_for_update=True, populate_existing=True
+            )
+        else:
+            row = self._session.get(RouterRow, router_id)
         if row is None:
             raise RouterNotFound(router_id)
         return row
 
-    def _binding_row(self, router_id: str, binding_id: str) -> BindingRow:
+    def _binding_row(self, router_id: str, binding_id: str, *, lock: bool = False) -> BindingRow:
         # Looked up by BOTH ids: a binding of another router is "not found" (Neutron's IDOR bug).
-        row = self._session.scalar(
-            select(BindingRow).where(BindingRow.id == binding_id, BindingRow.router_id == router_id)
+        statement = select(BindingRow).where(
+            BindingRow.id == binding_id, BindingRow.router_id == router_id
         )
+        if lock and self._lock_rows:
+            statement = statement.with_for_update().execution_options(populate_existing=True)
+        row = self._session.scalar(statement)
         if row is None:
             self._router_row(router_id)
             raise BindingNotFound(binding_id, router_id)

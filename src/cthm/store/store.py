@@ -8,25 +8,33 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from cthm.domain import Conflict, Unavailable
+from cthm.domain import Conflict, CthmError, Unavailable
 from cthm.store.audit import AuditContext, Outcome, emit
 from cthm.store.audit_writer import DeniedEvent, DeniedEventWriter
 from cthm.store.engine import WRITE_OPTION, make_engine
 from cthm.store.repository import Repository
 from cthm.store.sqlite_file import SqliteFile
 
+if TYPE_CHECKING:
+    from cthm.store.listener import ChangeListener
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_lock key held while migrating (any fixed 64-bit number: "cthm" + "migr" in ASCII),
+# so replicas starting together migrate once: the others wait, then find the schema at head.
+MIGRATION_LOCK_KEY = 0x6374686D_6D696772
 ChangeCallback = Callable[[frozenset[str]], None]
 
 
@@ -40,13 +48,23 @@ class Store:
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
         self._subscribers: list[ChangeCallback] = []
         self._lock = threading.Lock()
+        # PostgreSQL: LISTEN for the commits of every process (started by the first subscribe),
+        # and the newest revision the subscribers were told of through it.
+        self._listener: ChangeListener | None = None
+        self._told_revision: int | None = None
         # Denied attempts are committed in the background (see audit_writer: a denial must not
         # cost its request more than an unknown id does).
         self.denied_writer = DeniedEventWriter(self.record_denied_batch)
 
+    @property
+    def dialect(self) -> str:
+        """The database: "sqlite" or "postgresql"."""
+        return self._engine.dialect.name
+
     def migrate(self, revision: str = "head") -> None:
         """Upgrades the schema to `revision` (idempotent). The first one creates the SQLite
-        file; nothing else ever does (see sqlite_file)."""
+        file; nothing else ever does (see sqlite_file). On PostgreSQL, processes migrating at
+        once (replicas starting together) take turns: the later ones find nothing to do."""
         if self._file is not None:
             self._file.create_if_missing()
         self._run_migration(command.upgrade, revision)
@@ -54,19 +72,46 @@ class Store:
     def downgrade(self, revision: str) -> None:
         self._run_migration(command.downgrade, revision)
 
+    def current_revision(self) -> str | None:
+        """The schema's revision (None: an empty database, never migrated)."""
+        try:
+            with self._engine.connect() as connection:
+                return MigrationContext.configure(connection).get_current_revision()
+        except SQLAlchemyError as exc:
+            raise Unavailable(_describe(exc)) from exc
+
     def _run_migration(self, action: Callable[[Config, str], None], revision: str) -> None:
         try:
             with self._write_engine.connect() as connection:
-                config = alembic_config()
-                config.attributes["connection"] = connection
-                action(config, revision)
-                connection.commit()
+                locked = self.dialect == "postgresql"
+                if locked:
+                    # A session lock, taken before alembic reads the version: the process
+                    # that waited reads the winner's committed version (READ COMMITTED).
+                    connection.execute(
+                        text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
+                try:
+                    config = alembic_config()
+                    config.attributes["connection"] = connection
+                    action(config, revision)
+                    connection.commit()
+                finally:
+                    if locked:
+                        _unlock_migrations(connection)
         except SQLAlchemyError as exc:
             raise Unavailable(f"cannot migrate the database: {_describe(exc)}") from exc
 
     def subscribe(self, callback: ChangeCallback) -> None:
+        """callback(router ids) after each commit that changed routers, in the committing
+        thread. On PostgreSQL also from the listener's thread, for the commits of every process
+        on the database (other replicas'; this one's a second time): see _changed_anywhere."""
         with self._lock:
             self._subscribers.append(callback)
+            if self._listener is None and self.dialect == "postgresql":
+                from cthm.store.listener import ChangeListener  # psycopg: PostgreSQL only
+
+                self._listener = ChangeListener(self.url, self._changed_anywhere)
+                self._listener.start()
 
     @contextmanager
     def unit_of_work(
@@ -94,6 +139,9 @@ class Store:
             # The repository checks constraints first; one that still fires lost a race.
             raise Conflict("a concurrent change conflicted with this one; retry") from exc
         except DBAPIError as exc:
+            if _sqlstate(exc) in _RETRYABLE:
+                # PostgreSQL chose this transaction to undo (a deadlock): nothing was written.
+                raise Conflict("a concurrent change conflicted with this one; retry") from exc
             log.error("database error: %s", exc.__class__.__name__, exc_info=exc)
             raise Unavailable(_describe(exc)) from exc
         # After the commit, never before: a log line must not tell of a change that was undone.
@@ -199,9 +247,36 @@ class Store:
             raise Unavailable(_describe(exc)) from exc
 
     def close(self) -> None:
-        """Commits the denied attempts still queued, then closes the connections."""
+        """Stops listening, commits the denied attempts still queued, then closes the
+        connections."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
         self.denied_writer.close()
         self._engine.dispose()
+
+    def _changed_anywhere(self, revision: int | None) -> None:
+        """The listener's callback, in its thread: a NOTIFY of a commit by any process, or None
+        after a (re)connect. A notification carries only a revision: the routers changed since
+        the last revision told are read from the change log, and the subscribers told of them
+        (a read that fails still wakes them: the watches read again by revision themselves)."""
+        told = self._told_revision
+        if revision is not None and told is not None and revision <= told:
+            return  # an earlier read covered it
+        changed: frozenset[str] = frozenset()
+        try:
+            with self.unit_of_work(write=False) as repo:
+                head = repo.hosts.head_revision()
+                if told is not None:
+                    # At most the retained history; the agent's resync covers anything beyond.
+                    changes = repo.hosts.changes_since(told, None, self.change_history)
+                    changed = frozenset(change.router_id for change in changes)
+            self._told_revision = head
+        except (CthmError, SQLAlchemyError) as exc:
+            reason = exc.message if isinstance(exc, CthmError) else _describe(exc)
+            log.warning("cannot read the changes of other processes: %s", reason)
+        self._notify(changed)
 
     def _notify(self, router_ids: frozenset[str]) -> None:
         with self._lock:
@@ -223,18 +298,96 @@ def _sqlite_file(url: str) -> SqliteFile | None:
     return SqliteFile(Path(str(database).removeprefix("file:").split("?", 1)[0]))
 
 
+def migration_head() -> str:
+    """The schema revision this cthm's migrations end at."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None  # the migrations ship with the package
+    return head
+
+
 def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
 
 
+def _unlock_migrations(connection: Connection) -> None:
+    try:
+        connection.rollback()  # a failed migration's transaction, else nothing
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        connection.commit()
+    except SQLAlchemyError:
+        # The connection is gone, and its session lock with it: never hide the first error.
+        log.debug("could not release the migration lock; the connection is closed")
+
+
+# SQLSTATEs of a transaction PostgreSQL undid to let a concurrent one go on: a retry succeeds.
+_RETRYABLE = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+
+
+def _sqlstate(exc: BaseException) -> str:
+    return str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+
+
 def _describe(exc: BaseException) -> str:
+    """What went wrong, for a person and without credentials: never the driver's own text
+    (PostgreSQL's names the user, the host and the database)."""
+    state = _sqlstate(exc)
+    if state:
+        return _describe_sqlstate(state)
     text_ = str(getattr(exc, "orig", exc)) or exc.__class__.__name__
+    if any(phrase in text_ for phrase in _TLS_PHRASES):
+        return "TLS to the database server failed (see sslmode in the database URL)"
+    for phrase, state in _CONNECT_PHRASES:
+        if phrase in text_:
+            return _describe_sqlstate(state)
     if "readonly" in text_ or "read-only" in text_:
         return "the database is read-only"
     if "disk is full" in text_ or "disk I/O error" in text_:
         return "the database disk is full or failing; nothing was written"
     if "locked" in text_:
         return "the database is busy; retry"
+    return "the database is unavailable"
+
+
+# libpq's words when TLS to the server cannot be set up (not those of a TLS session dropped).
+_TLS_PHRASES = ("SSL was required", "certificate", "SSL negotiation", "does not support SSL")
+# libpq's words when a connection fails before the server gives a SQLSTATE, as the SQLSTATE.
+_CONNECT_PHRASES = (
+    ("authentication failed", "28P01"),
+    ("no pg_hba.conf entry", "28000"),
+    ('role "', "28000"),  # role "x" does not exist
+    ("does not exist", "3D000"),  # database "x" does not exist
+    ("is starting up", "57P03"),
+    ("is shutting down", "57P03"),
+    ("too many clients", "53300"),
+    ("connection failed", "08001"),
+    ("connection refused", "08001"),
+    ("Connection refused", "08001"),
+    ("timeout expired", "08001"),
+    ("server closed the connection", "08006"),
+    ("could not translate host name", "08001"),
+    ("consuming input failed", "08006"),
+)
+
+
+def _describe_sqlstate(state: str) -> str:
+    if state.startswith("08"):  # connection exception
+        return "the database server cannot be reached; retry"
+    if state in ("57P01", "57P02", "57P03"):  # admin/crash shutdown, cannot connect now
+        return "the database server is restarting or shutting down; retry"
+    if state.startswith("28"):  # invalid authorization
+        return "the database server refused the credentials"
+    if state == "3D000":
+        return "the database does not exist on the database server"
+    if state == "42501":
+        return "the database user lacks a privilege cthm needs"
+    if state == "25006":
+        return "the database is read-only"
+    if state in ("53100", "53200", "58030"):  # disk full, out of memory, I/O error
+        return "the database server is out of disk space or memory, or failing"
+    if state in ("53300", "55P03") or state in _RETRYABLE:  # too many connections, lock
+        return "the database is busy; retry"
+    if state == "57014":  # statement cancelled (statement_timeout)
+        return "the database took too long; retry"
     return "the database is unavailable"

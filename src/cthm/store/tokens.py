@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from cthm.domain import (
@@ -32,6 +32,8 @@ from cthm.store.tables import TokenRow
 
 SECRET_PREFIX = "cthm_"  # noqa: S105 (marks a string as a cthm token)
 SECRET_BYTES = 32  # 256 bits -> 43 urlsafe base64 characters
+# PostgreSQL: pg_advisory_xact_lock key ("cthm" + "boot" in ASCII) of `count(exclusive=True)`.
+BOOTSTRAP_LOCK_KEY = 0x6374686D_626F6F74
 # Every field of a token that a listing may filter or sort on (the hash is never one).
 TOKEN_FIELDS = (
     "id",
@@ -153,8 +155,15 @@ class TokenStore:
         if row.revoked_at is None:
             if not force:
                 self._keep_admin_access(row, now)
-            row.revoked_at = now
-            self._session.flush()
+            # Guarded, not `row.revoked_at = now`: of two revocations at once (two replicas),
+            # the one committed first keeps its time; the other finds the token revoked.
+            self._session.execute(
+                update(TokenRow)
+                .where(TokenRow.id == row.id, TokenRow.revoked_at.is_(None))
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            self._session.refresh(row)
         return _token(row)
 
     def active_admins(self, now: datetime, *, lock: bool = False) -> tuple[AuthToken, ...]:
@@ -204,7 +213,16 @@ class TokenStore:
             f"{_iso(ends)}, when the other admin tokens expire",
         )
 
-    def count(self) -> int:
+    def count(self, *, exclusive: bool = False) -> int:
+        """How many tokens exist. exclusive: first waits until every other transaction that
+        counted so has ended, and holds them off until this one ends (PostgreSQL: a transaction
+        advisory lock; SQLite's write transactions exclude each other already). Replicas
+        starting together on an empty database then make one first token, not one each."""
+        connection = self._session.connection()
+        if exclusive and connection.dialect.name == "postgresql":
+            connection.execute(
+                select(func.pg_advisory_xact_lock(literal(BOOTSTRAP_LOCK_KEY, BigInteger)))
+            )
         return int(self._session.scalar(select(func.count()).select_from(TokenRow)) or 0)
 
     def _row(self, token_id: str) -> TokenRow:

@@ -2,7 +2,8 @@
 namespaces that a test owns and cleans up, a client/router/server topology with FTP and TFTP
 servers to prove helpers with traffic (for connections the router forwards and for those it
 originates itself), a real `cthm serve` process, and fake hosts (a mount namespace each, with
-its own /run/netns) running `cthm agent run` as on several network nodes. Nothing in cthm
+its own /run/netns) running `cthm agent run` as on several network nodes, and a throwaway
+PostgreSQL cluster (a temporary directory, the `postgres` user, a free port). Nothing in cthm
 itself imports it (an import-linter contract); helpers only cthm's own suite needs live in its
 tests/.
 """
@@ -10,6 +11,7 @@ tests/.
 from cthm.testing.helpertraffic import HelperAssigner, HelperTraffic, Origin, concurrently
 from cthm.testing.hosts import AgentProcess, FakeHost, FakeHostError
 from cthm.testing.netns import NamespaceFactory, netns_exists, run_in_namespace
+from cthm.testing.postgres import PostgresCluster, PostgresClusterError
 from cthm.testing.servers import (
     RunningServer,
     ServerStartFailed,
@@ -43,6 +45,8 @@ __all__ = [
     "HelperTraffic",
     "NamespaceFactory",
     "Origin",
+    "PostgresCluster",
+    "PostgresClusterError",
     "RunningServer",
     "ServerProcess",
     "ServerStartFailed",

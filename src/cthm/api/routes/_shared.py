@@ -43,24 +43,36 @@ def path_id(value: str, not_found: Callable[[str], NotFound]) -> str:
         raise not_found(shown(value)) from None
 
 
-def load_router(repo: Repository, principal: Principal, router_id: str, action: str) -> Router:
-    """The router in the path, if the principal may see it and perform `action` on it."""
-    router = _visible_router(repo, principal, router_id, action)
+def load_router(
+    repo: Repository, principal: Principal, router_id: str, action: str, *, lock: bool = False
+) -> Router:
+    """The router in the path, if the principal may see it and perform `action` on it.
+
+    lock: the router is about to be changed as read (an If-Match check): its row stays locked
+    until the commit, so a concurrent writer (another replica) waits and then sees the change."""
+    router = _visible_router(repo, principal, router_id, action, lock=lock)
     policy.enforce(principal, action, router.project_id, target_type="router", target_id=router.id)
     return router
 
 
 def load_binding(
-    repo: Repository, principal: Principal, router_id: str, binding_id: str, action: str
+    repo: Repository,
+    principal: Principal,
+    router_id: str,
+    binding_id: str,
+    action: str,
+    *,
+    lock: bool = False,
 ) -> tuple[Router, HelperBinding]:
     """The router and binding in the path, if the principal may see both and perform `action`.
 
     Both are looked up before the action is checked: a binding of another project is not found
-    (404) even for a principal that may not perform the action on its own router's bindings."""
-    router = _visible_router(repo, principal, router_id, action)
+    (404) even for a principal that may not perform the action on its own router's bindings.
+    lock: as load_router's, for both (the router first, as every binding write locks)."""
+    router = _visible_router(repo, principal, router_id, action, lock=lock)
     checked = path_id(binding_id, lambda text: BindingNotFound(text, router.id))
     try:
-        binding = repo.get_binding(router.id, checked)
+        binding = repo.get_binding(router.id, checked, lock=lock)
     except BindingNotFound:
         # Only on this (rare) path: is it another project's binding? Then it is a probe.
         elsewhere = repo.list_bindings(ListQuery(filters={"id": (checked,)}))
@@ -77,7 +89,9 @@ def load_binding(
     return router, binding
 
 
-def _visible_router(repo: Repository, principal: Principal, router_id: str, action: str) -> Router:
+def _visible_router(
+    repo: Repository, principal: Principal, router_id: str, action: str, *, lock: bool = False
+) -> Router:
     checked = path_id(router_id, RouterNotFound)
     scope = policy.list_scope(principal)  # None: the principal sees every project
     if scope is not None:
@@ -90,7 +104,7 @@ def _visible_router(repo: Repository, principal: Principal, router_id: str, acti
         if owner != scope:
             # never 403: that would say the router exists; recorded as a denied attempt
             raise HiddenRouter(checked, action, owner)
-    return repo.get_router(checked)
+    return repo.get_router(checked, lock=lock)
 
 
 class HiddenBinding(Denial, BindingNotFound):

@@ -177,7 +177,7 @@ def update_conntrack_helper(
     if_match: IfMatchDep,
 ) -> JSONResponse:
     action = "update_router_conntrack_helper"
-    owner, current = load_binding(repo, principal, router_id, binding_id, action)
+    owner, current = load_binding(repo, principal, router_id, binding_id, action, lock=True)
     check_revision(if_match, current.revision_number)
     data = body.conntrack_helper
     # The combined result must be a valid binding, not each changed field alone.
@@ -215,7 +215,7 @@ def delete_conntrack_helper(
     if_match: IfMatchDep,
 ) -> Response:
     action = "delete_router_conntrack_helper"
-    owner, current = load_binding(repo, principal, router_id, binding_id, action)
+    owner, current = load_binding(repo, principal, router_id, binding_id, action, lock=True)
     check_revision(if_match, current.revision_number)
     repo.delete_binding(owner.id, current.id)
     return no_content()

@@ -192,9 +192,12 @@ def report_agent_state(
     responses=FORBIDDEN,
 )
 def list_host_routers(host: str, repo: RepoDep, principal: PrincipalDep) -> JSONResponse:
-    # One unit of work: the revision is the one the list was read at, so a watch from it
-    # misses nothing and replays nothing the list already holds.
+    # The revision is read BEFORE the list: where each statement sees its own snapshot
+    # (PostgreSQL's READ COMMITTED), a change committed in between is then in the list and
+    # replayed by the watch (harmless: reconciles are idempotent), never missed. On SQLite the
+    # unit of work is one snapshot and both agree.
     name = checked_host(principal, "get_host_routers", host)
+    revision = repo.hosts.head_revision()
     views = repo.hosts.host_views(name)
     tombstones = repo.hosts.host_tombstones(name)
     answer = {
@@ -203,7 +206,7 @@ def list_host_routers(host: str, repo: RepoDep, principal: PrincipalDep) -> JSON
             {"router_id": router_id, "namespace": namespace}
             for router_id, namespace in sorted(tombstones.items())
         ],
-        "revision": repo.hosts.head_revision(),
+        "revision": revision,
         "deployment_id": repo.deployment_id(),
     }
     return respond(200, answer)

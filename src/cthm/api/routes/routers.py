@@ -136,7 +136,7 @@ def update_router(
     principal: PrincipalDep,
     if_match: IfMatchDep,
 ) -> JSONResponse:
-    found = load_router(repo, principal, router_id, "update_router")
+    found = load_router(repo, principal, router_id, "update_router", lock=True)
     check_revision(if_match, found.revision_number)
     if body.router.name is not None:
         found = repo.update_router(found.id, name=validate_name(body.router.name))
@@ -149,7 +149,7 @@ def update_router(
 def delete_router(
     router_id: str, repo: RepoDep, principal: PrincipalDep, if_match: IfMatchDep
 ) -> Response:
-    found = load_router(repo, principal, router_id, "delete_router")
+    found = load_router(repo, principal, router_id, "delete_router", lock=True)
     check_revision(if_match, found.revision_number)
     repo.delete_router(found.id)
     return no_content()

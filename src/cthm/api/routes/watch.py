@@ -5,8 +5,9 @@ created or deleted) gets a revision from one increasing sequence (the store's ch
 watch from REV answers at once with the changes after REV (at most MAX_EVENTS); with a host,
 only those of routers whose namespace that host reports, so an agent hears only of its own
 routers. With none it waits, without holding a worker thread, until a change commits (woken
-in-process by Store.subscribe; the database is read again every RECHECK_INTERVAL seconds for
-writers in other processes) or until `timeout` passes.
+by Store.subscribe: in-process, and on PostgreSQL for every replica's commits through
+LISTEN/NOTIFY; the database is read again every RECHECK_INTERVAL seconds in any case) or until
+`timeout` passes.
 
 The answer's `revision` is where the next watch resumes: the last event's when the answer was
 cut at MAX_EVENTS, else the head revision, so a watch that heard nothing still moves forward
@@ -48,8 +49,8 @@ router = APIRouter(prefix="/v2.0/watch", tags=["watch"])
 MAX_EVENTS = 500
 DEFAULT_TIMEOUT = 25.0
 MAX_TIMEOUT = 60.0
-# How often a waiting watch reads the database anyway: changes committed by another process
-# (a second API server on the same database) wake no one here.
+# How often a waiting watch reads the database anyway: on SQLite, changes committed by another
+# process wake no one here; on PostgreSQL a notification lost with the listener's connection.
 RECHECK_INTERVAL = 1.0
 ACTION = "watch_changes"
 GONE = "ResourceVersionGone"
@@ -261,8 +262,13 @@ def read_changes(store: Store, since: int, host: str | None) -> dict[str, Any] |
         changes = feed.changes_since(since, namespaces, MAX_EVENTS + 1)
     cut = len(changes) > MAX_EVENTS
     changes = changes[:MAX_EVENTS]
+    resume = changes[-1].revision if cut else head
+    if changes and not cut:
+        # On PostgreSQL (READ COMMITTED) each statement sees the commits made before it: the
+        # events may go past the head read just before; resuming from it would repeat them.
+        resume = max(head, changes[-1].revision)
     return {
-        "revision": changes[-1].revision if cut else head,
+        "revision": resume,
         "events": [
             {
                 "revision": change.revision,

@@ -38,6 +38,18 @@ def data_dir_option(help: str) -> Callable[[F], F]:
     )
 
 
+def database_url_file_option() -> Callable[[F], F]:
+    """`--database-url-file`: the database URL from a file only its owner may read (`cthm
+    serve`, `cthm db`)."""
+    return click.option(
+        "--database-url-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="File holding the database URL (with its password) on one line; mode 0600, "
+        "owned by this user. [env CTHM_DATABASE_URL_FILE; or the URL in CTHM_DATABASE_URL]",
+    )
+
+
 def config_option(help: str) -> Callable[[F], F]:
     """`--config`: the server's TOML settings file, as the `config_file` parameter."""
     return click.option(
@@ -58,6 +70,7 @@ def config_option(help: str) -> Callable[[F], F]:
 )
 @click.option("--port", type=int, default=None, help="TCP port to listen on. [9797; env CTHM_PORT]")
 @config_option("TOML settings file. [env CTHM_CONFIG]")
+@database_url_file_option()
 @click.option(
     "--backend",
     type=click.Choice(["nftables", "iptables", "auto"]),
@@ -155,6 +168,7 @@ def serve(
     host: str | None,
     port: int | None,
     config_file: Path | None,
+    database_url_file: Path | None,
     resync_interval: float | None,
     backend: str | None,
     iptables_flavour: str | None,
@@ -176,6 +190,7 @@ def serve(
         data_dir=data_dir,
         host=host,
         port=port,
+        database_url_file=database_url_file,
         resync_interval=resync_interval,
         backend=backend,
         iptables_flavour=iptables_flavour,
@@ -194,11 +209,11 @@ def serve(
     )
     configure_logging(settings.log_level)
     # Imported here: the server stack costs half a second that client commands need not pay.
-    from cthm.cli.service import Service, listen, redact_url
+    from cthm.cli.service import Service, StartCancelled, listen, redact_url
 
     where = f"data in {settings.data_dir}"
-    if settings.database_url:
-        where += f", database {redact_url(settings.database_url)}"
+    if settings.database_url or settings.database_url_file:
+        where += f", database {redact_url(settings.effective_database_url)}"
     if not settings.agent_enabled:
         where += "; no agent here: node agents (cthm agent run) program the kernels"
 
@@ -218,6 +233,8 @@ def serve(
                 click.echo(f"cthm listening on {url} ({where})")
 
             service.serve(on_listening=announce, sock=sock)
+    except StartCancelled:  # stopped while waiting for the database: a normal stop, exit 0
+        return
     except (ServiceSettingError, DataDirInUse) as exc:  # exit 2: nothing was started
         raise SettingsFailure(exc.message) from None
     except ServiceError as exc:
@@ -257,7 +274,8 @@ def _settings(config_file: Path | None, **flags: object) -> Settings:
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
-        field = ".".join(str(p) for p in error["loc"]) or "settings"
+        field = ".".join(str(p) for p in error["loc"])
         message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{field}: {message}")
+        # A check of several settings at once names them in its message.
+        parts.append(f"{field}: {message}" if field else message)
     return "; ".join(parts)
