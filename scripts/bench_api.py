@@ -27,8 +27,6 @@ how much of the two cores the clients took. Prints human lines, then one JSON su
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import signal
 import statistics
@@ -37,14 +35,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
+from bench_support import percentile, run_reported
 
 from cthm.testing import PostgresCluster, ServerProcess
 
@@ -58,10 +55,6 @@ REQUEST_TIMEOUT = 30.0
 FIRST_PORT = 1
 MAX_PORT = 65535
 PAGE = 10000  # the API's largest page
-
-
-class Interrupted(Exception):
-    """SIGTERM/SIGHUP: unwind through every `finally`, as Ctrl-C does."""
 
 
 @dataclass
@@ -83,12 +76,6 @@ class Phase:
     statuses: Counter[int] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The nearest-rank percentile: the smallest sample with q% of them at or below it."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
@@ -389,18 +376,6 @@ def run(args: Args, stack: ExitStack, out: dict[str, Any]) -> None:
         results[config] = run_postgresql(args, work, cluster, replicas)
 
 
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, stop)
-    yield
-
-
 CONFIGS = ("sqlite", "postgresql", "postgresql-x2")
 
 
@@ -435,34 +410,15 @@ def main() -> int:
     if any(c != "sqlite" for c in configs) and os.geteuid() != 0:
         parser.error("PostgreSQL needs root (the cluster runs as the postgres user)")
     args = Args(configs, ns.clients, ns.creates, ns.warmup, ns.json, ns.keep_logs, ns.no_fsync)
-    out: dict[str, Any] = {"ok": False}
-    code = 1
-    with interruptible():
-        try:
-            with ExitStack() as stack:
-                try:
-                    run(args, stack, out)
-                    results = out.get("results", {}).values()
-                    out["ok"] = all(
-                        r["stored_bindings"] == r["expected_bindings"] and not r["failures"]
-                        for r in results
-                    )
-                    code = 0 if out["ok"] else 1
-                finally:
-                    # Cleanup (the stack unwinding) must not be cut short by another signal.
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        except (KeyboardInterrupt, Interrupted) as exc:
-            out["error"] = f"interrupted ({exc or 'SIGINT'})"
-            code = 130
-        except Exception as exc:  # noqa: BLE001 (reported in the summary, then the exit code)
-            out["error"] = f"{type(exc).__name__}: {exc}"
-            print(f"error: {out['error']}", file=sys.stderr)
-    text = json.dumps(out, indent=2, sort_keys=True)
-    print(text)
-    if args.json_file is not None:
-        args.json_file.write_text(text + "\n")
-    return code
+
+    def run_checked(stack: ExitStack, out: dict[str, Any]) -> bool:
+        run(args, stack, out)
+        results = out.get("results", {}).values()
+        return all(
+            r["stored_bindings"] == r["expected_bindings"] and not r["failures"] for r in results
+        )
+
+    return run_reported(run_checked, args.json_file)
 
 
 if __name__ == "__main__":

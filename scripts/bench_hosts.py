@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
-import math
 import os
 import queue
 import re
@@ -38,14 +36,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
+from bench_support import percentile, run_reported
 
 from cthm.domain import (
     HelperBinding,
@@ -82,10 +80,6 @@ SERVE_ARGS = (
 )
 
 log = logging.getLogger("bench_hosts")
-
-
-class Interrupted(Exception):
-    """SIGTERM/SIGHUP: unwind through every `finally`, as Ctrl-C does."""
 
 
 @dataclass
@@ -302,12 +296,6 @@ def load(data_dir: Path, plans: list[RouterPlan], catalog: HelperCatalog) -> Non
                     )
     finally:
         store.close()
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The nearest-rank percentile: the smallest sample with q% of them at or below it."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def verify_kernel(plans: list[RouterPlan], catalog: HelperCatalog) -> list[str]:
@@ -658,18 +646,6 @@ def _cleanup_namespaces(namespaces: Namespaces, out: dict[str, Any]) -> None:
         print(f"warning: could not delete namespaces {left}", file=sys.stderr)
 
 
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C; during cleanup further signals are ignored."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, stop)
-    yield
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=10, help="hosts, one agent each")
@@ -703,30 +679,12 @@ def main() -> int:
         ns.keep_logs,
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    out: dict[str, Any] = {"ok": False}
-    code = 1
-    with interruptible():
-        try:
-            with ExitStack() as stack:
-                try:
-                    run(args, stack, out)
-                    out["ok"] = True
-                    code = 0
-                finally:
-                    # Cleanup (the stack unwinding) must not be cut short by another signal.
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        except (KeyboardInterrupt, Interrupted) as exc:
-            out["error"] = f"interrupted ({exc or 'SIGINT'})"
-            code = 130
-        except Exception as exc:  # noqa: BLE001 (reported in the summary, then the exit code)
-            out["error"] = f"{type(exc).__name__}: {exc}"
-            print(f"error: {out['error']}", file=sys.stderr)
-    text = json.dumps(out, indent=2, sort_keys=True)
-    print(text)
-    if args.json_file is not None:
-        args.json_file.write_text(text + "\n")
-    return code
+
+    def run_checked(stack: ExitStack, out: dict[str, Any]) -> bool:
+        run(args, stack, out)
+        return True
+
+    return run_reported(run_checked, args.json_file)
 
 
 if __name__ == "__main__":

@@ -20,37 +20,11 @@ from cthm.domain import AgentSnapshot, derive_agent_id
 from cthm.settings import load_settings
 from cthm.testing import NamespaceFactory
 
+from .hosts_support import AGENT_KEYS, CONFIGURATION_KEYS
 from .support import JSON, Api, TestClient, error_of, issue_token
 
-KEYS = {
-    "id",
-    "agent_type",
-    "binary",
-    "host",
-    "topic",
-    "alive",
-    "admin_state_up",
-    "created_at",
-    "started_at",
-    "heartbeat_timestamp",
-    "availability_zone",
-    "description",
-    "configurations",
-}
-CONFIGURATION_KEYS = {
-    "backend",
-    "chosen_by",
-    "reason",
-    "iptables_flavour",
-    "iptables_flavour_reason",
-    "retired_backends",
-    "routers",
-    "counts",
-    "queue_depth",
-    "resync_interval",
-    "deployment_id",
-    "unclaimed_kernel_state",
-}
+# As a node agent's body: the same keys (hosts_support).
+KEYS = AGENT_KEYS
 COUNT_KEYS = {"applied", "noop", "failed", "removed", "drift"}
 SETTLE_TIMEOUT = 15.0
 
