@@ -215,7 +215,11 @@ async def _refresh_liveness_periodically(context: ApiContext) -> None:
 
 def refresh_liveness(store: Store, down_time: float) -> list[str]:
     """Marks node agents alive or dead by their last report; the routers whose status it
-    recomputed."""
+    recomputed. Looks first in a read transaction: most of the time nothing changed, and a
+    write transaction would take SQLite's write lock from the requests for nothing."""
+    with store.unit_of_work(write=False) as repo:
+        if not repo.hosts.liveness_flips(datetime.now(UTC), down_time):
+            return []
     with store.unit_of_work(write=True) as repo:
         return repo.hosts.refresh_liveness(datetime.now(UTC), down_time)
 

@@ -286,17 +286,22 @@ class HostRepository:
         )
         return record
 
-    def refresh_liveness(self, now: datetime, down_time: float) -> list[str]:
-        """Agents whose liveness changed since the last call: their routers' (and bindings')
-        statuses are recomputed. Returns the recomputed router ids."""
+    def liveness_flips(self, now: datetime, down_time: float) -> list[tuple[str, str, bool]]:
+        """(agent id, host, alive now) of the agents whose liveness changed since it was last
+        noted: a read, so a caller can skip the write transaction when there are none."""
         rows = self._session.execute(
             select(AgentRow.id, AgentRow.host, AgentRow.heartbeat_at, AgentRow.alive_noted)
         ).all()
-        flipped = [
+        return [
             (agent_id, host, alive)
             for agent_id, host, heartbeat_at, noted in rows
             if (alive := is_alive(heartbeat_at, now, down_time)) != bool(noted)
         ]
+
+    def refresh_liveness(self, now: datetime, down_time: float) -> list[str]:
+        """Agents whose liveness changed since the last call: their routers' (and bindings')
+        statuses are recomputed. Returns the recomputed router ids."""
+        flipped = self.liveness_flips(now, down_time)
         if not flipped:
             return []
         table = cast(Table, AgentRow.__table__)
