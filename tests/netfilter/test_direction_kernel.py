@@ -155,7 +155,9 @@ def test_mixed_directions_read_back_equal_and_show_the_output_chain(
         assert "chain prerouting {" in text
         assert "chain output {" in text
         assert "type filter hook output priority filter; policy accept;" in text
-        assert 'ct helper set tcp dport map { 21 : "irc-tcp", 2121 : "ftp-tcp" }' in text
+        assert 'tcp dport @output-ftp-tcp ct helper set "ftp-tcp"' in text
+        assert 'tcp dport @output-irc-tcp ct helper set "irc-tcp"' in text
+        assert "set output-irc-tcp {\n\t\ttype inet_service\n\t\telements = { 21 }" in text
         assert text.count("ct helper tftp-udp {") == 1  # one object serves both chains
         return
     assert ours == [
@@ -231,9 +233,9 @@ def test_same_port_and_protocol_in_both_directions_with_different_helpers(
     assert kernel.backend.read(ns) == kernel.backend.desired(swapped)
     text = "\n".join(kernel.ours(ns))
     if kernel.is_nft:
-        head = "type filter hook {} priority filter; policy accept;\n\t\tct helper set tcp dport"
-        assert head.format("prerouting") + ' map { 21 : "irc-tcp" }' in text
-        assert head.format("output") + ' map { 21 : "ftp-tcp" }' in text
+        head = "type filter hook {} priority filter; policy accept;\n\t\ttcp dport @"
+        assert head.format("prerouting") + 'ingress-irc-tcp ct helper set "irc-tcp"' in text
+        assert head.format("output") + 'output-ftp-tcp ct helper set "ftp-tcp"' in text
     else:
         assert "-A cthm-PREROUTING -p tcp -m tcp --dport 21 -j CT --helper irc" in text
         assert "-A cthm-OUTPUT -p tcp -m tcp --dport 21 -j CT --helper ftp" in text

@@ -8,6 +8,7 @@ JSON stays shaped like nft's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,11 +31,13 @@ from cthm.netfilter import (
     NftOther,
     NftRunner,
     SubprocessRunner,
+    Transaction,
     desired_table,
     parse_table,
     render,
     render_delete,
 )
+from cthm.netfilter.model import PREVIOUS_LAYOUT
 from cthm.testing import NamespaceFactory
 
 from .conftest import FOREIGN_RULESET, normalized_ruleset
@@ -73,6 +76,33 @@ class Case:
 
 def rendered(assignments: list[Assignment]) -> Step:
     return Step(str(render(assignments)))
+
+
+def previous_layout(assignments: list[Assignment]) -> Step:
+    """The table a cthm before named sets wrote: one anonymous map rule per protocol and
+    direction (rendered by hand here, as the renderer no longer writes it)."""
+    tx = Transaction()
+    tx.add_table()
+    tx.delete_table()
+    tx.add_table()
+    for helper_type, protocol in sorted({(a.helper, a.protocol) for a in assignments}):
+        tx.add_helper(helper_type, protocol)
+    for direction in Direction:
+        mine = sorted(
+            (a.protocol, a.port, a.helper) for a in assignments if a.direction is direction
+        )
+        if not mine:
+            continue
+        tx.add_chain(direction)
+        for protocol in sorted({p for p, _, _ in mine}):
+            entries = [(port, f"{h}-{protocol}") for p, port, h in mine if p is protocol]
+            tx.add_helper_map(protocol, entries, direction)
+    return Step(str(tx))
+
+
+FTP_SET = "ingress-ftp-tcp"
+FTP_RULE = f'add rule inet cthm prerouting tcp dport @{FTP_SET} ct helper set "ftp-tcp"\n'
+FTP_990 = [*FTP, Assignment(TCP, 990, "ftp")]
 
 
 def garbage_table(assignments: list[Assignment], *garbage: str) -> KernelTable:
@@ -178,8 +208,9 @@ CASES: dict[str, Case] = {
             Step(
                 "add table inet cthm\n"
                 'add ct helper inet cthm ftp-tcp { type "ftp" protocol tcp; l3proto inet; }\n'
+                "add set inet cthm ingress-ftp-tcp { type inet_service; elements = { 21 }; }\n"
                 "add chain inet cthm prerouting { type filter hook prerouting priority raw; }\n"
-                'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "ftp-tcp" }\n'
+                + FTP_RULE
             ),
         ),
         garbage_table(
@@ -213,6 +244,7 @@ CASES: dict[str, Case] = {
             frozenset({HelperObject("ftp-tcp", "ftp", TCP, "inet")}),
             (
                 "chain prerouting is empty (cthm renders no empty chain)",
+                "set ingress-ftp-tcp is not used by any cthm rule",
                 "ct helper ftp-tcp is not used by any cthm rule",
             ),
         ),
@@ -222,7 +254,10 @@ CASES: dict[str, Case] = {
         KernelTable(
             (),
             frozenset({HelperObject("ftp-tcp", "ftp", TCP, "inet")}),
-            ("ct helper ftp-tcp is not used by any cthm rule",),
+            (
+                "set ingress-ftp-tcp is not used by any cthm rule",
+                "ct helper ftp-tcp is not used by any cthm rule",
+            ),
         ),
     ),
     "both directions share objects": Case((rendered(MIXED),), desired_table(MIXED)),
@@ -240,8 +275,9 @@ CASES: dict[str, Case] = {
         (
             rendered(FTP),
             Step(
+                "add set inet cthm output-ftp-tcp { type inet_service; elements = { 21 }; }\n"
                 "add chain inet cthm output { type filter hook output priority raw; }\n"
-                'add rule inet cthm output ct helper set tcp dport map { 21 : "ftp-tcp" }\n'
+                'add rule inet cthm output tcp dport @output-ftp-tcp ct helper set "ftp-tcp"\n'
             ),
         ),
         garbage_table(
@@ -255,6 +291,89 @@ CASES: dict[str, Case] = {
     ),
     "foreign tables after delete": Case(
         (Step(FOREIGN_RULESET), rendered(FTP), Step(str(render_delete()))), None
+    ),
+    "add element": Case(
+        (rendered(FTP), Step(f"add element inet cthm {FTP_SET} {{ 990 }}\n")),
+        desired_table(FTP_990),
+    ),
+    "add of an element the set holds is a silent no-op": Case(
+        (rendered(FTP), Step(f"add element inet cthm {FTP_SET} {{ 21, 990, 990 }}\n")),
+        desired_table(FTP_990),
+    ),
+    "create of an element the set holds": Case(
+        (rendered(FTP), Step(f"create element inet cthm {FTP_SET} {{ 21 }}\n", NftExists)),
+        desired_table(FTP),
+    ),
+    "delete element": Case(
+        (rendered(FTP_990), Step(f"delete element inet cthm {FTP_SET} {{ 21, 990 }}\n")),
+        desired_table([FTP[1]]),
+    ),
+    "delete of a missing element undoes the transaction": Case(
+        (
+            rendered(FTP),
+            Step(
+                f"add element inet cthm {FTP_SET} {{ 990 }}\n"
+                f"delete element inet cthm {FTP_SET} {{ 2121 }}\n"
+                f"delete element inet cthm {FTP_SET} {{ 22 }}\n",
+                NftNotFound,
+            ),
+        ),
+        desired_table(FTP),
+    ),
+    "element of a missing set": Case(
+        (rendered(FTP), Step("add element inet cthm output-ftp-tcp { 21 }\n", NftNotFound)),
+        desired_table(FTP),
+    ),
+    "EBUSY on a set a rule references": Case(
+        (rendered(FTP), Step(f"delete set inet cthm {FTP_SET}\n", NftBusy)),
+        desired_table(FTP),
+    ),
+    "add set of an existing name adds its elements": Case(
+        (
+            rendered(FTP),
+            Step(f"add set inet cthm {FTP_SET} {{ type inet_service; elements = {{ 990 }}; }}\n"),
+        ),
+        desired_table(FTP_990),
+    ),
+    "add set of an existing name and another type": Case(
+        (rendered(FTP), Step(f"add set inet cthm {FTP_SET} {{ type ipv4_addr; }}\n", NftExists)),
+        desired_table(FTP),
+    ),
+    "rule naming a missing set": Case(
+        (
+            rendered(FTP),
+            Step(
+                'add rule inet cthm prerouting tcp dport @nosuch ct helper set "ftp-tcp"\n',
+                NftNotFound,
+            ),
+        ),
+        desired_table(FTP),
+    ),
+    "list set": Case(
+        (rendered(FTP), Step(f"list set inet cthm {FTP_SET}", json=True)), desired_table(FTP)
+    ),
+    "list missing set": Case(
+        (rendered(FTP), Step("list set inet cthm output-ftp-tcp", NftNotFound, json=True)),
+        desired_table(FTP),
+    ),
+    "emptied set": Case(
+        (rendered(FTP), Step(f"delete element inet cthm {FTP_SET} {{ 21, 2121 }}\n")),
+        KernelTable(
+            (),
+            frozenset({HelperObject("ftp-tcp", "ftp", TCP, "inet")}),
+            (
+                "set ingress-ftp-tcp is empty (cthm renders no empty set)",
+                "rule in chain prerouting that cthm did not render: "
+                "tcp dport == @ingress-ftp-tcp, ct helper set ftp-tcp",
+                "ct helper ftp-tcp is not used by any cthm rule",
+            ),
+        ),
+    ),
+    "previous layout reads as its assignments and garbage": Case(
+        (previous_layout(MIXED),), garbage_table(MIXED, PREVIOUS_LAYOUT)
+    ),
+    "previous layout migrated by one full apply": Case(
+        (previous_layout(MIXED), rendered(MIXED)), desired_table(MIXED)
     ),
     # nft 1.0.6 leaves a table's comment out of JSON: the owner is read from text (below).
     "a marked table lists as an unmarked one in JSON": Case(
@@ -379,3 +498,19 @@ def test_deployment_identity_lives_and_dies_with_the_table(target: Target) -> No
     assert mine.read(ns) == desired_table([], OWNER_A)
     assert mine.delete(ns) is True
     assert mine.read(ns) is None
+
+
+@pytest.mark.parametrize("name", [FTP_SET, "output-Q.931-tcp"])
+def test_list_set_json_is_shaped_as_nfts(target: Target, name: str) -> None:
+    """`list set` (the read-back of a partial sync) answers as nft does; elements ascending."""
+    q931 = [Assignment(TCP, 1720, "Q.931", OUT), Assignment(TCP, 11720, "Q.931", OUT)]
+    target.runner.run(target.namespace, str(render([*FTP_990, *q931])))
+    text = target.runner.run(target.namespace, f"list set inet cthm {name}", json=True)
+    fake = FakeNftables()
+    fake.add_namespace("main")
+    fake.run("main", str(render([*FTP_990, *q931])))
+    assert normalized_ruleset(text) == normalized_ruleset(
+        fake.run("main", f"list set inet cthm {name}", json=True)
+    )
+    ports = [21, 990, 2121] if name == FTP_SET else [1720, 11720]
+    assert json.loads(text)["nftables"][1]["set"]["elem"] == ports

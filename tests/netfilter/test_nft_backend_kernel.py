@@ -77,7 +77,8 @@ def test_apply_then_read_is_desired(backend: NftablesBackend, router: str) -> No
     listed = nft(router, "list", "table", "inet", "cthm")
     assert "type filter hook prerouting priority filter; policy accept;" in listed
     assert 'ct helper Q.931-tcp {\n\t\ttype "Q.931" protocol tcp' in listed
-    assert '10005 : "Q.931-tcp"' in listed
+    assert 'tcp dport @ingress-Q.931-tcp ct helper set "Q.931-tcp"' in listed
+    assert "set ingress-Q.931-tcp {\n\t\ttype inet_service\n\t\telements = { 10005 }" in listed
 
 
 def test_every_helper_in_both_directions(backend: NftablesBackend, router: str) -> None:
@@ -86,7 +87,10 @@ def test_every_helper_in_both_directions(backend: NftablesBackend, router: str) 
     assert backend.read(router) == desired_table(both)
     listed = nft(router, "list", "table", "inet", "cthm")
     assert "type filter hook output priority filter; policy accept;" in listed
-    assert listed.count('10005 : "Q.931-tcp"') == 2  # one map entry per chain, one object
+    # A set and a rule per chain, one object for both.
+    assert listed.count("elements = { 10005 }") == 2
+    assert 'output tcp dport @output-Q.931-tcp ct helper set "Q.931-tcp"' not in listed
+    assert '\t\ttcp dport @output-Q.931-tcp ct helper set "Q.931-tcp"' in listed
     assert listed.count("ct helper Q.931-tcp {") == 1
 
 
@@ -182,8 +186,8 @@ def test_chain_at_raw_priority_is_garbage(backend: NftablesBackend, router: str)
         "-",
         stdin="delete chain inet cthm prerouting\n"
         "add chain inet cthm prerouting { type filter hook prerouting priority raw; }\n"
-        'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "ftp-tcp" }\n'
-        'add rule inet cthm prerouting ct helper set udp dport map { 69 : "tftp-udp" }\n',
+        'add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"\n'
+        'add rule inet cthm prerouting udp dport @ingress-tftp-udp ct helper set "tftp-udp"\n',
     )
     table = backend.read(router)
     assert table is not None
@@ -245,7 +249,7 @@ def test_deleted_and_recreated_namespace(backend: NftablesBackend, netns: Namesp
     assert backend.read(name) is None  # the new namespace starts empty: no stale view
     backend.apply(name, [Assignment(TCP, 21, "ftp")])
     assert backend.read(name) == desired_table([Assignment(TCP, 21, "ftp")])
-    assert '21 : "ftp-tcp"' in nft(name, "list", "table", "inet", "cthm")
+    assert "elements = { 21 }" in nft(name, "list", "set", "inet", "cthm", "ingress-ftp-tcp")
 
 
 HOSTILE_NAMESPACES = ["../../proc/1/ns/net", "x; nft flush ruleset", "-h", "a b", "", "$(id)"]
@@ -298,9 +302,11 @@ def test_an_unchanged_table_is_not_parsed_again_and_any_change_is_seen(
         "-f",
         "-",
         stdin="flush chain inet cthm prerouting\n"
+        "delete set inet cthm ingress-ftp-tcp\n"
         'add ct helper inet cthm irc-tcp { type "irc" protocol tcp; l3proto inet; }\n'
-        'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "irc-tcp" }\n'
-        'add rule inet cthm prerouting ct helper set udp dport map { 69 : "tftp-udp" }\n',
+        "add set inet cthm ingress-irc-tcp { type inet_service; elements = { 21 }; }\n"
+        'add rule inet cthm prerouting tcp dport @ingress-irc-tcp ct helper set "irc-tcp"\n'
+        'add rule inet cthm prerouting udp dport @ingress-tftp-udp ct helper set "tftp-udp"\n',
     )
     changed = backend.read(router)
     assert changed is not None

@@ -21,6 +21,7 @@ from cthm.netfilter import (
     parse_table,
     render,
 )
+from cthm.netfilter.model import PREVIOUS_LAYOUT
 
 TCP, UDP = Protocol.TCP, Protocol.UDP
 IN, OUT = Direction.INGRESS, Direction.OUTPUT
@@ -49,14 +50,16 @@ def test_golden_mixed_directions_share_helper_objects() -> None:
         + FTP_OBJECT
         + IRC_OBJECT
         + TFTP_OBJECT
+        + "add set inet cthm ingress-ftp-tcp { type inet_service; elements = { 21, 2121 }; }\n"
+        + "add set inet cthm output-irc-tcp { type inet_service; elements = { 21 }; }\n"
+        + "add set inet cthm output-tftp-udp { type inet_service; elements = { 69 }; }\n"
         + PREROUTING
-        + 'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "ftp-tcp", '
-        '2121 : "ftp-tcp" }\n'
+        + 'add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"\n'
         + OUTPUT
-        + 'add rule inet cthm output ct helper set tcp dport map { 21 : "irc-tcp" }\n'
-        + 'add rule inet cthm output ct helper set udp dport map { 69 : "tftp-udp" }\n'
+        + 'add rule inet cthm output tcp dport @output-irc-tcp ct helper set "irc-tcp"\n'
+        + 'add rule inet cthm output udp dport @output-tftp-udp ct helper set "tftp-udp"\n'
     )
-    assert len(tx) == 11
+    assert len(tx) == 14
 
 
 def test_golden_output_only_has_no_prerouting_chain() -> None:
@@ -64,16 +67,19 @@ def test_golden_output_only_has_no_prerouting_chain() -> None:
     assert text == (
         HEAD
         + FTP_OBJECT
+        + "add set inet cthm output-ftp-tcp { type inet_service; elements = { 21 }; }\n"
         + OUTPUT
-        + 'add rule inet cthm output ct helper set tcp dport map { 21 : "ftp-tcp" }\n'
+        + 'add rule inet cthm output tcp dport @output-ftp-tcp ct helper set "ftp-tcp"\n'
     )
 
 
 def test_one_object_serves_both_chains() -> None:
     text = str(render([Assignment(TCP, 21, "ftp"), Assignment(TCP, 21, "ftp", OUT)]))
     assert text.count("add ct helper") == 1
-    assert 'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "ftp-tcp" }' in text
-    assert 'add rule inet cthm output ct helper set tcp dport map { 21 : "ftp-tcp" }' in text
+    assert (
+        'add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"' in text
+    )
+    assert 'add rule inet cthm output tcp dport @output-ftp-tcp ct helper set "ftp-tcp"' in text
 
 
 def test_ingress_only_text_is_unchanged_by_explicit_direction() -> None:
@@ -154,6 +160,23 @@ def map_rule(chain_name: str, protocol: str, elements: list[list[Any]]) -> dict[
     }
 
 
+def port_set(name: str, ports: list[int]) -> dict[str, Any]:
+    body = {"family": "inet", "name": name, "table": "cthm", "type": "inet_service"}
+    return {"set": {**body, "handle": 2, "elem": ports}}
+
+
+def set_rule(
+    chain_name: str, protocol: str, helper_name: str, direction: str | None = None
+) -> dict[str, Any]:
+    direction = direction or ("ingress" if chain_name == "prerouting" else "output")
+    left = {"payload": {"protocol": protocol, "field": "dport"}}
+    right = f"@{direction}-{helper_name}"
+    expr = [{"match": {"op": "==", "left": left, "right": right}}, {"ct helper": helper_name}]
+    return {
+        "rule": {"family": "inet", "table": "cthm", "chain": chain_name, "handle": 6, "expr": expr}
+    }
+
+
 def listing(*items: dict[str, Any]) -> str:
     return json.dumps({"nftables": [META, *items]})
 
@@ -166,8 +189,10 @@ BOTH = [
     IRC,
     PRE,
     OUTC,
-    map_rule("prerouting", "tcp", [[21, "ftp-tcp"]]),
-    map_rule("output", "tcp", [[21, "irc-tcp"], [6667, "irc-tcp"]]),
+    set_rule("prerouting", "tcp", "ftp-tcp"),
+    set_rule("output", "tcp", "irc-tcp"),
+    port_set("ingress-ftp-tcp", [21]),
+    port_set("output-irc-tcp", [21, 6667]),
 ]
 BOTH_ASSIGNMENTS = [
     Assignment(TCP, 21, "ftp"),
@@ -184,7 +209,8 @@ def test_parse_reads_the_output_chain_as_output_assignments() -> None:
 
 
 def test_parse_output_only() -> None:
-    items = [TABLE, IRC, OUTC, map_rule("output", "tcp", [[6667, "irc-tcp"]])]
+    items = [TABLE, IRC, OUTC, set_rule("output", "tcp", "irc-tcp")]
+    items.append(port_set("output-irc-tcp", [6667]))
     assert parse_table(listing(*items)) == desired_table([Assignment(TCP, 6667, "irc", OUT)])
 
 
@@ -211,15 +237,31 @@ OUTPUT_GARBAGE = {
         ],
     ),
     "empty output chain": (
-        [TABLE, FTP, PRE, OUTC, map_rule("prerouting", "tcp", [[21, "ftp-tcp"]])],
+        [TABLE, FTP, PRE, OUTC, BOTH[5], BOTH[7]],
         ["chain output is empty (cthm renders no empty chain)"],
     ),
-    "second output map for a protocol": (
-        [*BOTH, map_rule("output", "tcp", [[990, "ftp-tcp"]])],
+    "second output rule for a set": (
+        [*BOTH, set_rule("output", "tcp", "irc-tcp")],
         [
             "rule in chain output that cthm did not render: "
-            "ct helper set tcp dport map { 990 : ftp-tcp }"
+            "tcp dport == @output-irc-tcp, ct helper set irc-tcp"
         ],
+    ),
+    "output set used in prerouting": (
+        [
+            *BOTH,
+            port_set("output-ftp-tcp", [990]),
+            set_rule("prerouting", "tcp", "ftp-tcp", "output"),
+        ],
+        [
+            "rule in chain prerouting that cthm did not render: "
+            "tcp dport == @output-ftp-tcp, ct helper set ftp-tcp",
+            "set output-ftp-tcp is not used by any cthm rule",
+        ],
+    ),
+    "output map rule of the previous layout": (
+        [TABLE, IRC, OUTC, map_rule("output", "tcp", [[21, "irc-tcp"]])],
+        [PREVIOUS_LAYOUT],
     ),
     "extra chain": (
         [*BOTH, chain("input", "input")],
@@ -237,8 +279,8 @@ def test_output_garbage_is_described(case: str) -> None:
     assert table != desired_table(table.assignments)
 
 
-def test_a_map_in_the_output_chain_counts_per_direction() -> None:
-    """A tcp map in each chain is two rules cthm writes, not a second map for tcp."""
+def test_a_set_in_the_output_chain_counts_per_direction() -> None:
+    """A tcp set rule in each chain is two rules cthm writes, each naming its direction's set."""
     table = parse_table(listing(*BOTH))
     assert table is not None
     assert table.clean

@@ -143,7 +143,7 @@ def test_dry_run_commits_nothing(fake: FakeNftables) -> None:
     [
         "flush ruleset",
         "table inet cthm { }",
-        "add set inet cthm s { type ipv4_addr; }",
+        "add set inet cthm s { type inet_service; flags interval; }",
         "add rule inet cthm prerouting ip saddr 198.18.0.1 accept",
         "add table inet cthm extra words",
         'add rule inet cthm prerouting comment "unterminated',

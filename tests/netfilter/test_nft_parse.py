@@ -1,4 +1,5 @@
-"""Parsing nft's JSON back into a KernelTable, including everything cthm would not render.
+"""Parsing nft's JSON back into a KernelTable, including everything cthm would not render, and
+a table of the previous layout (map rules) as the same assignments plus garbage.
 
 The JSON samples are nft 1.0.6's own output on this kernel (copied from `nft -j list table`);
 tests/netfilter/test_nft_agree.py checks the same shapes against the live kernel.
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cthm.domain import KERNEL_HELPERS, Assignment, Protocol
+from cthm.domain import KERNEL_HELPERS, Assignment, Direction, Protocol
 from cthm.netfilter import (
     FakeNftables,
     HelperObject,
@@ -22,7 +23,8 @@ from cthm.netfilter import (
     desired_table,
     parse_table,
 )
-from cthm.netfilter.parse import table_comment
+from cthm.netfilter.model import PREVIOUS_LAYOUT
+from cthm.netfilter.parse import parse_set, table_comment
 
 TCP, UDP = Protocol.TCP, Protocol.UDP
 META = {
@@ -60,22 +62,66 @@ def rule(expr: list[Any], chain: str = "prerouting", **extra: Any) -> dict[str, 
     return {"rule": {**body, **extra, "expr": expr}}
 
 
+def port_set(name: str, ports: list[Any] | None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"family": "inet", "name": name, "table": "cthm"}
+    body |= {"type": "inet_service", "handle": 5, **extra}
+    if ports is not None:
+        body["elem"] = ports
+    return {"set": body}
+
+
+def set_rule(
+    protocol: str, name: str, helper: str, chain: str = "prerouting", **extra: Any
+) -> dict[str, Any]:
+    left = {"payload": {"protocol": protocol, "field": "dport"}}
+    match = {"match": {"op": "==", "left": left, "right": f"@{name}"}}
+    return rule([match, {"ct helper": helper}], chain=chain, **extra)
+
+
 def listing(*items: dict[str, Any]) -> str:
     return json.dumps({"nftables": [META, *items]})
 
 
 FTP = helper("ftp-tcp", "ftp", "tcp")
 TFTP = helper("tftp-udp", "tftp", "udp")
-CLEAN = [TABLE, FTP, TFTP, CHAIN, map_rule("tcp", [[21, "ftp-tcp"], [2121, "ftp-tcp"]])]
-CLEAN.append(map_rule("udp", [[69, "tftp-udp"]]))
+IRC = helper("irc-tcp", "irc", "tcp")
+FTP_SET = port_set("ingress-ftp-tcp", [21, 2121])
+CLEAN = [TABLE, FTP, TFTP, FTP_SET, port_set("ingress-tftp-udp", [69]), CHAIN]
+CLEAN += [set_rule("tcp", "ingress-ftp-tcp", "ftp-tcp")]
+CLEAN += [set_rule("udp", "ingress-tftp-udp", "tftp-udp")]
+# The same table in the previous layout: one anonymous map rule per protocol.
+OLD = [TABLE, FTP, TFTP, CHAIN, map_rule("tcp", [[21, "ftp-tcp"], [2121, "ftp-tcp"]])]
+OLD.append(map_rule("udp", [[69, "tftp-udp"]]))
+WANTED = [Assignment(TCP, 21, "ftp"), Assignment(TCP, 2121, "ftp"), Assignment(UDP, 69, "tftp")]
 
 
 def test_clean_table() -> None:
     table = parse_table(listing(*CLEAN))
-    wanted = [Assignment(TCP, 21, "ftp"), Assignment(TCP, 2121, "ftp"), Assignment(UDP, 69, "tftp")]
-    assert table == desired_table(wanted)
+    assert table == desired_table(WANTED)
     assert table is not None
-    assert table.assignments == tuple(sorted(wanted))
+    assert table.assignments == tuple(sorted(WANTED))
+
+
+def test_previous_layout_reads_as_its_assignments_and_garbage() -> None:
+    """A table of the previous layout is not clean: the next full sync rewrites it."""
+    table = parse_table(listing(*OLD))
+    assert table is not None
+    assert table.assignments == desired_table(WANTED).assignments
+    assert table.helpers == desired_table(WANTED).helpers
+    assert table.garbage == (PREVIOUS_LAYOUT,)
+    assert table != desired_table(WANTED)
+
+
+def test_both_layouts_in_one_table_read_together() -> None:
+    """Ingress in sets, output still a map rule: all assignments, and the layout's garbage."""
+    output = map_rule("tcp", [[21, "ftp-tcp"]]) | {}
+    output["rule"]["chain"] = "output"
+    out_chain = {"chain": {**CHAIN["chain"], "name": "output", "hook": "output"}}
+    table = parse_table(listing(*CLEAN, out_chain, output))
+    assert table is not None
+    extra = Assignment(TCP, 21, "ftp", Direction.OUTPUT)
+    assert table.assignments == desired_table([*WANTED, extra]).assignments
+    assert table.garbage == (PREVIOUS_LAYOUT,)
 
 
 def test_no_table_is_none() -> None:
@@ -101,7 +147,9 @@ def test_items_of_other_tables_are_ignored() -> None:
 
 def test_ipv4_only_helper_reads_back_as_ip() -> None:
     nbns = helper("netbios-ns-udp", "netbios-ns", "udp", l3proto="ip")
-    table = parse_table(listing(TABLE, nbns, CHAIN, map_rule("udp", [[137, "netbios-ns-udp"]])))
+    nbns_set = port_set("ingress-netbios-ns-udp", [137])
+    nbns_rule = set_rule("udp", "ingress-netbios-ns-udp", "netbios-ns-udp")
+    table = parse_table(listing(TABLE, nbns, nbns_set, CHAIN, nbns_rule))
     assert table == desired_table([Assignment(UDP, 137, "netbios-ns")])
     assert table is not None
     assert HelperObject("netbios-ns-udp", "netbios-ns", UDP, "ip") in table.helpers
@@ -116,8 +164,9 @@ GARBAGE_CASES = {
         [
             TABLE,
             FTP,
+            FTP_SET,
             {"chain": {**CHAIN["chain"], "prio": -300}},
-            map_rule("tcp", [[21, "ftp-tcp"]]),
+            set_rule("tcp", "ingress-ftp-tcp", "ftp-tcp"),
         ],
         [
             "chain prerouting is type filter hook prerouting prio -300 policy accept; "
@@ -128,8 +177,9 @@ GARBAGE_CASES = {
         [
             TABLE,
             FTP,
+            FTP_SET,
             {"chain": {**CHAIN["chain"], "policy": "drop"}},
-            map_rule("tcp", [[21, "ftp-tcp"]]),
+            set_rule("tcp", "ingress-ftp-tcp", "ftp-tcp"),
         ],
         [
             "chain prerouting is type filter hook prerouting prio 0 policy drop; "
@@ -162,6 +212,15 @@ GARBAGE_CASES = {
         ],
     ),
     "rule with comment": (
+        [TABLE, FTP, FTP_SET, CHAIN, set_rule("tcp", "ingress-ftp-tcp", "ftp-tcp", comment="m")],
+        [
+            "rule in chain prerouting that cthm did not render: "
+            'tcp dport == @ingress-ftp-tcp, ct helper set ftp-tcp, comment "m"',
+            "set ingress-ftp-tcp is not used by any cthm rule",
+            "ct helper ftp-tcp is not used by any cthm rule",
+        ],
+    ),
+    "old map rule with comment": (
         [TABLE, FTP, CHAIN, map_rule("tcp", [[21, "ftp-tcp"]], comment="mine")],
         [
             "rule in chain prerouting that cthm did not render: "
@@ -170,11 +229,106 @@ GARBAGE_CASES = {
         ],
     ),
     "second map for a protocol": (
-        [*CLEAN, map_rule("tcp", [[990, "ftp-tcp"]])],
+        [*OLD, map_rule("tcp", [[990, "ftp-tcp"]])],
         [
             "rule in chain prerouting that cthm did not render: "
-            "ct helper set tcp dport map { 990 : ftp-tcp }"
+            "ct helper set tcp dport map { 990 : ftp-tcp }",
+            PREVIOUS_LAYOUT,
         ],
+    ),
+    "second rule for a set": (
+        [*CLEAN, set_rule("tcp", "ingress-ftp-tcp", "ftp-tcp")],
+        [
+            "rule in chain prerouting that cthm did not render: "
+            "tcp dport == @ingress-ftp-tcp, ct helper set ftp-tcp"
+        ],
+    ),
+    "set no rule uses": (
+        [*CLEAN, port_set("output-ftp-tcp", [21])],
+        ["set output-ftp-tcp is not used by any cthm rule"],
+    ),
+    "empty set": (
+        [TABLE, FTP, port_set("ingress-ftp-tcp", None), CHAIN, CLEAN[6]],
+        [
+            "set ingress-ftp-tcp is empty (cthm renders no empty set)",
+            "rule in chain prerouting that cthm did not render: "
+            "tcp dport == @ingress-ftp-tcp, ct helper set ftp-tcp",
+            "ct helper ftp-tcp is not used by any cthm rule",
+        ],
+    ),
+    "set of another type": (
+        [TABLE, FTP, port_set("ingress-ftp-tcp", ["10.0.0.1"], type="ipv4_addr"), CHAIN, CLEAN[6]],
+        [
+            "set ingress-ftp-tcp is of type ipv4_addr, not inet_service",
+            "rule in chain prerouting that cthm did not render: "
+            "tcp dport == @ingress-ftp-tcp, ct helper set ftp-tcp",
+            "ct helper ftp-tcp is not used by any cthm rule",
+        ],
+    ),
+    "set with flags": (
+        [TABLE, FTP, port_set("ingress-ftp-tcp", [21], flags=["interval"]), CHAIN, CLEAN[6]],
+        [
+            "set ingress-ftp-tcp has attributes cthm does not set: flags",
+            "rule in chain prerouting that cthm did not render: "
+            "tcp dport == @ingress-ftp-tcp, ct helper set ftp-tcp",
+            "ct helper ftp-tcp is not used by any cthm rule",
+        ],
+    ),
+    "set element with a comment": (
+        [
+            *CLEAN[:3],
+            port_set("ingress-ftp-tcp", [{"elem": {"val": 21, "comment": "x"}}]),
+            *CLEAN[4:],
+        ],
+        [
+            'set ingress-ftp-tcp holds elements cthm does not write: [{"elem": {"comment": "x", '
+            '"val": 21}}]',
+            "rule in chain prerouting that cthm did not render: "
+            "tcp dport == @ingress-ftp-tcp, ct helper set ftp-tcp",
+            "ct helper ftp-tcp is not used by any cthm rule",
+        ],
+    ),
+    "rule naming a missing set": (
+        [TABLE, FTP, CHAIN, CLEAN[6]],
+        [
+            "rule in chain prerouting that cthm did not render: "
+            "tcp dport == @ingress-ftp-tcp, ct helper set ftp-tcp",
+            "ct helper ftp-tcp is not used by any cthm rule",
+        ],
+    ),
+    "set whose rule gives another helper": (
+        [TABLE, FTP, IRC, FTP_SET, CHAIN, set_rule("tcp", "ingress-ftp-tcp", "irc-tcp")],
+        [
+            "rule in chain prerouting that cthm did not render: "
+            "tcp dport == @ingress-ftp-tcp, ct helper set irc-tcp",
+            "set ingress-ftp-tcp is not used by any cthm rule",
+            "ct helper ftp-tcp is not used by any cthm rule",
+            "ct helper irc-tcp is not used by any cthm rule",
+        ],
+    ),
+    "set of the other direction": (
+        [
+            TABLE,
+            FTP,
+            port_set("output-ftp-tcp", [21]),
+            CHAIN,
+            set_rule("tcp", "output-ftp-tcp", "ftp-tcp"),
+        ],
+        [
+            "rule in chain prerouting that cthm did not render: "
+            "tcp dport == @output-ftp-tcp, ct helper set ftp-tcp",
+            "set output-ftp-tcp is not used by any cthm rule",
+            "ct helper ftp-tcp is not used by any cthm rule",
+        ],
+    ),
+    "port in two sets": (
+        [
+            *CLEAN,
+            IRC,
+            port_set("ingress-irc-tcp", [21, 6667]),
+            set_rule("tcp", "ingress-irc-tcp", "irc-tcp"),
+        ],
+        ["ingress tcp port 21 is in two helper rules"],
     ),
     "map to object of the other protocol": (
         [TABLE, TFTP, CHAIN, map_rule("tcp", [[21, "tftp-udp"]])],
@@ -189,12 +343,18 @@ GARBAGE_CASES = {
         ["ct helper sip-udp is not used by any cthm rule"],
     ),
     "misnamed object": (
-        [TABLE, helper("myftp", "ftp", "tcp"), CHAIN, map_rule("tcp", [[21, "myftp"]])],
+        [
+            TABLE,
+            helper("myftp", "ftp", "tcp"),
+            port_set("ingress-myftp", [21]),
+            CHAIN,
+            set_rule("tcp", "ingress-myftp", "myftp"),
+        ],
         ["ct helper myftp should be named ftp-tcp (its content)"],
     ),
     "unknown object kind": (
-        [*CLEAN, {"set": {"family": "inet", "name": "ports", "table": "cthm", "handle": 30}}],
-        ["set ports (cthm renders no set)"],
+        [*CLEAN, {"map": {"family": "inet", "name": "ports", "table": "cthm", "handle": 30}}],
+        ["map ports (cthm renders no map)"],
     ),
     "table flags": (
         [{"table": {**TABLE["table"], "flags": ["dormant"]}}, *CLEAN[1:]],
@@ -282,3 +442,27 @@ def test_table_comment_is_the_owner_where_nft_shows_it(comment: str, owner: str 
     if '"' not in comment:  # nft's syntax has no quote inside a comment
         assert table_comment(f'table inet cthm {{\n\tcomment "{comment}"\n}}\n') == comment
     assert table_comment("table inet cthm {\n}\n") is None
+
+
+def test_parse_set_reads_one_sets_ports() -> None:
+    text = listing(port_set("ingress-ftp-tcp", [2121, 21]))
+    assert parse_set(text, "ingress-ftp-tcp") == ((21, 2121), ())
+
+
+def test_parse_set_describes_what_cthm_does_not_write() -> None:
+    odd = port_set("ingress-ftp-tcp", [21, {"elem": {"val": 990, "timeout": 5}}])
+    ports, garbage = parse_set(listing(odd), "ingress-ftp-tcp")
+    assert ports == (21,)
+    assert garbage == (
+        'set ingress-ftp-tcp holds elements cthm does not write: [21, {"elem": {"timeout": 5, '
+        '"val": 990}}]',
+    )
+    assert parse_set(listing(port_set("ingress-ftp-tcp", None)), "ingress-ftp-tcp") == (
+        (),
+        ("set ingress-ftp-tcp is empty (cthm renders no empty set)",),
+    )
+
+
+def test_parse_set_of_a_listing_without_it_is_an_nft_error() -> None:
+    with pytest.raises(NftOther, match="set ingress-ftp-tcp missing"):
+        parse_set(listing(port_set("ingress-irc-tcp", [21])), "ingress-ftp-tcp")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from cthm.domain import KERNEL_HELPERS, Assignment, Protocol
+from cthm.domain import KERNEL_HELPERS, Assignment, Direction, Protocol
 from cthm.netfilter import (
     HelperObject,
     KernelTable,
@@ -16,6 +18,7 @@ from cthm.netfilter import (
     render_delete,
     render_probe,
 )
+from cthm.netfilter.model import set_name
 
 TCP, UDP = Protocol.TCP, Protocol.UDP
 HEAD = "add table inet cthm\ndelete table inet cthm\nadd table inet cthm\n"
@@ -40,12 +43,13 @@ def test_golden_ftp_and_tftp() -> None:
         HEAD
         + 'add ct helper inet cthm ftp-tcp { type "ftp" protocol tcp; l3proto inet; }\n'
         + 'add ct helper inet cthm tftp-udp { type "tftp" protocol udp; l3proto inet; }\n'
+        + "add set inet cthm ingress-ftp-tcp { type inet_service; elements = { 21, 2121 }; }\n"
+        + "add set inet cthm ingress-tftp-udp { type inet_service; elements = { 69 }; }\n"
         + CHAIN
-        + 'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "ftp-tcp", '
-        '2121 : "ftp-tcp" }\n'
-        + 'add rule inet cthm prerouting ct helper set udp dport map { 69 : "tftp-udp" }\n'
+        + 'add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"\n'
+        + 'add rule inet cthm prerouting udp dport @ingress-tftp-udp ct helper set "tftp-udp"\n'
     )
-    assert len(tx) == 8
+    assert len(tx) == 10
 
 
 def test_golden_h323_sip_and_ipv4_only_helpers() -> None:
@@ -68,18 +72,27 @@ def test_golden_h323_sip_and_ipv4_only_helpers() -> None:
         + 'add ct helper inet cthm RAS-udp { type "RAS" protocol udp; l3proto inet; }\n'
         + 'add ct helper inet cthm sip-tcp { type "sip" protocol tcp; l3proto inet; }\n'
         + 'add ct helper inet cthm sip-udp { type "sip" protocol udp; l3proto inet; }\n'
+        + "add set inet cthm ingress-irc-tcp { type inet_service; elements = { 6667 }; }\n"
+        + "add set inet cthm ingress-netbios-ns-udp { type inet_service; elements = { 137 }; }\n"
+        + "add set inet cthm ingress-Q.931-tcp { type inet_service; elements = { 1720 }; }\n"
+        + "add set inet cthm ingress-RAS-udp { type inet_service; elements = { 1719 }; }\n"
+        + "add set inet cthm ingress-sip-tcp { type inet_service; elements = { 5060 }; }\n"
+        + "add set inet cthm ingress-sip-udp { type inet_service; elements = { 5060 }; }\n"
         + CHAIN
-        + 'add rule inet cthm prerouting ct helper set tcp dport map { 1720 : "Q.931-tcp", '
-        '5060 : "sip-tcp", 6667 : "irc-tcp" }\n'
-        + 'add rule inet cthm prerouting ct helper set udp dport map { 137 : "netbios-ns-udp", '
-        '1719 : "RAS-udp", 5060 : "sip-udp" }\n'
+        + 'add rule inet cthm prerouting tcp dport @ingress-irc-tcp ct helper set "irc-tcp"\n'
+        + "add rule inet cthm prerouting udp dport @ingress-netbios-ns-udp "
+        'ct helper set "netbios-ns-udp"\n'
+        + 'add rule inet cthm prerouting tcp dport @ingress-Q.931-tcp ct helper set "Q.931-tcp"\n'
+        + 'add rule inet cthm prerouting udp dport @ingress-RAS-udp ct helper set "RAS-udp"\n'
+        + 'add rule inet cthm prerouting tcp dport @ingress-sip-tcp ct helper set "sip-tcp"\n'
+        + 'add rule inet cthm prerouting udp dport @ingress-sip-udp ct helper set "sip-udp"\n'
     )
 
 
 def test_only_protocols_with_assignments_get_a_rule() -> None:
     text = str(render([a(UDP, 69, "tftp")]))
-    assert "tcp dport map" not in text
-    assert text.endswith('ct helper set udp dport map { 69 : "tftp-udp" }\n')
+    assert "tcp dport" not in text
+    assert text.endswith('udp dport @ingress-tftp-udp ct helper set "tftp-udp"\n')
 
 
 def test_output_is_independent_of_input_order_and_exact_duplicates() -> None:
@@ -101,8 +114,8 @@ def test_two_helpers_on_one_port_are_refused_at_render_time() -> None:
 
 def test_same_port_on_two_protocols_is_fine() -> None:
     text = str(render([a(TCP, 5060, "sip"), a(UDP, 5060, "sip")]))
-    assert '5060 : "sip-tcp"' in text
-    assert '5060 : "sip-udp"' in text
+    assert "add set inet cthm ingress-sip-tcp { type inet_service; elements = { 5060 }; }" in text
+    assert "add set inet cthm ingress-sip-udp { type inet_service; elements = { 5060 }; }" in text
 
 
 def test_helper_object_names_come_from_content() -> None:
@@ -221,10 +234,56 @@ def test_transaction_map_needs_known_objects_of_its_protocol() -> None:
 
 def test_operations_are_verb_and_object() -> None:
     ops = render([a(TCP, 21, "ftp")]).operations
-    assert [op.verb.value for op in ops] == ["add", "delete", "add", "add", "add", "add"]
+    assert [op.verb.value for op in ops] == ["add", "delete", "add", "add", "add", "add", "add"]
     assert [op.text() for op in ops][-1] == (
-        'add rule inet cthm prerouting ct helper set tcp dport map { 21 : "ftp-tcp" }'
+        'add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"'
     )
+
+
+def test_transaction_sets_need_their_helper_and_ports() -> None:
+    tx = Transaction()
+    tx.add_helper("ftp", TCP)
+    assert tx.add_port_set(Direction.INGRESS, "ftp-tcp", [2121, 21]) == "ingress-ftp-tcp"
+    tx.add_set_rule("ingress-ftp-tcp")
+    assert str(tx).splitlines()[1:] == [
+        "add set inet cthm ingress-ftp-tcp { type inet_service; elements = { 21, 2121 }; }",
+        'add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"',
+    ]
+    cases: list[tuple[Callable[[Transaction], object], str]] = [
+        (lambda t: t.add_port_set(Direction.INGRESS, "irc-tcp", [21]), "no helper object"),
+        (lambda t: t.add_port_set(Direction.INGRESS, "ftp-tcp", []), "no ports"),
+        (lambda t: t.add_port_set(Direction.INGRESS, "ftp-tcp", [21, 21]), "given twice"),
+        (lambda t: t.add_port_set(Direction.INGRESS, "ftp-tcp", [0]), "port 0"),
+        (lambda t: t.add_port_set("sideways", "ftp-tcp", [21]), "direction"),  # type: ignore[arg-type]
+        (lambda t: t.add_set_rule("output-ftp-tcp"), "no set 'output-ftp-tcp'"),
+    ]
+    for build, message in cases:
+        tx = Transaction()
+        tx.add_helper("ftp", TCP)
+        build(tx)
+        with pytest.raises(UnsafeValue, match=message):
+            str(tx)
+
+
+def test_element_operations_are_checked() -> None:
+    tx = Transaction()
+    tx.delete_elements(Direction.OUTPUT, "Q.931-tcp", [1720])
+    tx.add_elements(Direction.INGRESS, "ftp-tcp", [990, 21])
+    assert str(tx) == (
+        "delete element inet cthm output-Q.931-tcp { 1720 }\n"
+        "add element inet cthm ingress-ftp-tcp { 21, 990 }\n"
+    )
+    for name, ports in [
+        ("ftp-sctp", [21]),
+        ("ftp", [21]),
+        ('x"; flush ruleset; "-tcp', [21]),
+        ("ftp-tcp", [70000]),
+        ("ftp-tcp", []),
+    ]:
+        tx = Transaction()
+        tx.add_elements(Direction.INGRESS, name, ports)
+        with pytest.raises(UnsafeValue):
+            str(tx)
 
 
 def test_the_owner_is_the_new_tables_comment_and_must_be_a_plain_word() -> None:
@@ -239,3 +298,18 @@ def test_the_owner_is_the_new_tables_comment_and_must_be_a_plain_word() -> None:
     for bad in ('x"; flush ruleset; "', "", "a b", "-x", "é"):
         with pytest.raises(UnsafeValue):
             str(render([], bad))
+
+
+def test_set_names_come_from_direction_and_object_name() -> None:
+    assert set_name(Direction.INGRESS, "ftp-tcp") == "ingress-ftp-tcp"
+    assert set_name(Direction.OUTPUT, "Q.931-tcp") == "output-Q.931-tcp"
+    # Injective: a direction has no '-', so the name splits back at its first '-'.
+    names = {
+        set_name(direction, helper_object_name(spec.name, protocol))
+        for direction in Direction
+        for spec in KERNEL_HELPERS
+        for protocol in spec.protocols
+    }
+    assert len(names) == 2 * sum(len(spec.protocols) for spec in KERNEL_HELPERS)
+    with pytest.raises(UnsafeValue, match="direction"):
+        set_name("sideways", "ftp-tcp")  # type: ignore[arg-type]

@@ -146,7 +146,7 @@ def test_injection_through_every_field_never_reaches_the_kernel(
     after = nft_ruleset(namespace)
     assert "table inet filter" in after
     assert after.count("table ") == baseline.count("table "), after
-    assert 'udp dport map { 69 : "tftp-udp" }' in after
+    assert 'udp dport @ingress-tftp-udp ct helper set "tftp-udp"' in after
     assert "flush" not in after
     assert "evil" not in after
     # Other tests (a parallel worker, another cthm) make and delete their own namespaces

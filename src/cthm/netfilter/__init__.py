@@ -13,14 +13,19 @@ This module's names are the package's whole surface: the rest of cthm imports no
 from it (an import-linter contract, .importlinter).
 
 Decisions (each checked against nft 1.0.6 on this kernel by tests/netfilter):
-- Every apply replaces the table whole in one transaction (add; delete; define).
+- Every apply (a full sync) replaces the table whole in one transaction (add; delete; define);
+  `update` (a partial sync) adds and deletes set elements in one transaction and reads back
+  only the sets it touched, or declines (None) when a set would appear or go.
 - The table's comment `cthm:<deployment id>` says whose it is (nft keeps a table's comment for
   its lifetime; nft 1.0.6 leaves it out of JSON, so it is read from the text listing).
 - No assignments -> an empty `table inet cthm` (no chain: no per-packet cost);
   `read()` then equals `desired_table([])`. `delete()` removes the table (router gone).
-- One anonymous map rule per protocol (`ct helper set tcp dport map { ... }`) in a chain
+- One named port set and one rule per (direction, helper object) in use
+  (`set ingress-ftp-tcp`, `tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"`) in a chain
   hooked at prerouting (ingress bindings) or output (output bindings), priority filter (after
-  conntrack lookup); a chain exists only while its direction has assignments.
+  conntrack lookup); a set exists only while it has ports, a chain only while its direction
+  has sets. A table of the previous layout (anonymous map rules) reads back with garbage, so
+  the next full sync rewrites it atomically.
 - Helper objects are named `<kernel type>-<protocol>` verbatim ("Q.931-tcp", "RAS-udp"):
   nft accepts dots and capitals, and the name is a function of the content.
 - Objects are defined with `l3proto inet`; helpers without IPv6 read back as `ip`, which

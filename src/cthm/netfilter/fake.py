@@ -13,10 +13,16 @@ this kernel (tests/netfilter run the same cases against real nft and the fake):
 - a helper type (and protocol) the "kernel" lacks fails (ENOENT); helpers with no IPv6 variant
   fail with `l3proto ip6` and read back as `ip` when added with `inet`;
 - `add chain` of an existing base chain may change its policy only (else EOPNOTSUPP);
+- named sets of ports (`type inet_service`) and rules matching them (`tcp dport @set`):
+  `add set` of an existing set adds its elements (of another type: EEXIST); adding an element
+  the set holds is a silent no-op (`create element`: EEXIST); deleting a missing element, or
+  from a missing set, fails (ENOENT); deleting a set a rule references fails (EBUSY); a rule
+  naming a missing set fails (ENOENT); a set's elements are listed in ascending order (as the
+  kernel's bitmap backend for 16-bit keys does) and an empty set has no `elem`;
 - a dry run checks everything and commits nothing;
-- `list table F N` / `list ruleset` answer in JSON shaped as nft's (json=True), which, as nft
-  1.0.6's, leaves a table's comment out; a text listing of one table (json=False) shows only
-  its first line and its comment (all cthm reads from text);
+- `list table F N` / `list ruleset` / `list set F T NAME` answer in JSON shaped as nft's
+  (json=True), which, as nft 1.0.6's, leaves a table's comment out; a text listing of one
+  table (json=False) shows only its first line and its comment (all cthm reads from text);
 - a table's comment is set when the table is created, never changed by `add table`.
 
 Anything else raises FakeUnsupported (not an NftError, so no caller mistakes it for a kernel
@@ -87,11 +93,20 @@ class _BaseSpec:
 
 
 @dataclass(slots=True)
+class _Set:
+    name: str
+    type: str
+    handle: int
+    elements: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
 class _Rule:
     handle: int
     expr: list[dict[str, Any]]
     refs: frozenset[str]
     comment: str | None
+    set_refs: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -109,6 +124,7 @@ class _Table:
     handle: int
     comment: str | None = None
     helpers: dict[str, _Helper] = field(default_factory=dict)
+    sets: dict[str, _Set] = field(default_factory=dict)
     chains: dict[str, _Chain] = field(default_factory=dict)
     last_handle: int = 0
 
@@ -223,6 +239,15 @@ class FakeNftables:
         return f"table {table.family} {table.name} {{\n{comment}}}\n"
 
     def _list(self, state: _Namespace, line: str, tokens: list[str], namespace: str) -> str:
+        items: list[dict[str, Any]] = [{"metainfo": dict(_METAINFO)}]
+        if len(tokens) == 5 and tokens[1] == "set":
+            table = state.tables.get((tokens[2], tokens[3]))
+            named = table.sets.get(tokens[4]) if table is not None else None
+            if table is None or named is None:
+                error = _KernelError(_ENOENT, line)
+                raise translate_error(str(error), namespace=namespace) from error
+            items.append(_set_json(table, named))
+            return json.dumps({"nftables": items})
         if tokens[1:] == ["ruleset"]:
             tables = list(state.tables.values())
         elif len(tokens) == 4 and tokens[1] == "table":
@@ -233,7 +258,6 @@ class FakeNftables:
             tables = [table]
         else:
             raise FakeUnsupported(f"cannot list {line!r}")
-        items: list[dict[str, Any]] = [{"metainfo": dict(_METAINFO)}]
         for table in sorted(tables, key=lambda t: t.handle):
             items.extend(_table_json(table))
         return json.dumps({"nftables": items})
@@ -260,6 +284,8 @@ def _table_json(table: _Table) -> Iterator[dict[str, Any]]:
                 "l3proto": h.l3proto,
             }
         }
+    for named in table.sets.values():
+        yield _set_json(table, named)
     for chain in table.chains.values():
         body: dict[str, Any] = {
             "family": fam,
@@ -287,6 +313,19 @@ def _table_json(table: _Table) -> Iterator[dict[str, Any]]:
                 rule_body["comment"] = rule.comment
             rule_body["expr"] = copy.deepcopy(rule.expr)
             yield {"rule": rule_body}
+
+
+def _set_json(table: _Table, named: _Set) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "family": table.family,
+        "name": named.name,
+        "table": table.name,
+        "type": named.type,
+        "handle": named.handle,
+    }
+    if named.elements:
+        body["elem"] = sorted(named.elements)
+    return {"set": body}
 
 
 class _Command:
@@ -355,7 +394,7 @@ class _Command:
     # commands
     def apply(self) -> None:
         verb = self.take("add", "create", "delete", "flush")
-        what = self.take("table", "ct", "chain", "rule")
+        what = self.take("table", "ct", "chain", "rule", "set", "element")
         if what == "ct":
             self.take("helper")
             what = "ct helper"
@@ -371,6 +410,12 @@ class _Command:
             ("delete", "chain"): self.delete_chain,
             ("flush", "chain"): self.flush_chain,
             ("add", "rule"): self.add_rule,
+            ("add", "set"): self.add_set,
+            ("create", "set"): self.add_set,
+            ("delete", "set"): self.delete_set,
+            ("add", "element"): self.add_element,
+            ("create", "element"): self.add_element,
+            ("delete", "element"): self.delete_element,
         }.get((verb, what))
         if handler is None:
             raise self.unsupported()
@@ -442,6 +487,70 @@ class _Command:
             raise self.fail(_EBUSY)
         del table.helpers[name]
 
+    def port_list(self) -> list[int]:
+        """`{ 21, 2121 }`: the elements of a set of ports."""
+        self.take("{")
+        ports = [self.number(0, 65535)]
+        while self.take(",", "}") == ",":
+            ports.append(self.number(0, 65535))
+        return ports
+
+    def add_set(self, exclusive: bool) -> None:
+        table = self.existing_table()
+        name = self.name()
+        self.take("{")
+        self.take("type")
+        set_type = self.take("inet_service", "ipv4_addr", "ipv6_addr")
+        self.take(";")
+        ports: list[int] = []
+        if self.peek() == "elements":
+            self.take()
+            self.take("=")
+            ports = self.port_list()
+            self.take(";")
+        self.take("}")
+        self.end()
+        named = table.sets.get(name)
+        if named is not None and (exclusive or named.type != set_type):
+            raise self.fail(_EEXIST)
+        if named is None:
+            named = table.sets[name] = _Set(name, set_type, table.next_handle())
+        if ports and set_type != "inet_service":
+            raise self.unsupported()
+        named.elements.update(ports)  # `add` of an existing set adds its elements
+
+    def existing_set(self) -> tuple[_Table, _Set]:
+        table = self.existing_table()
+        named = table.sets.get(self.name())
+        if named is None:
+            raise self.fail(_ENOENT)
+        return table, named
+
+    def delete_set(self, _exclusive: bool) -> None:
+        table, named = self.existing_set()
+        self.end()
+        if any(named.name in r.set_refs for c in table.chains.values() for r in c.rules):
+            raise self.fail(_EBUSY)
+        del table.sets[named.name]
+
+    def add_element(self, exclusive: bool) -> None:
+        _table, named = self.existing_set()
+        ports = self.port_list()
+        self.end()
+        if named.type != "inet_service":
+            raise self.unsupported()
+        if exclusive and named.elements.intersection(ports):
+            raise self.fail(_EEXIST)
+        named.elements.update(ports)
+
+    def delete_element(self, _exclusive: bool) -> None:
+        _table, named = self.existing_set()
+        ports = self.port_list()
+        self.end()
+        if not named.elements.issuperset(ports):
+            raise self.fail(_ENOENT)
+        named.elements.difference_update(ports)
+
     def base_spec(self) -> _BaseSpec:
         self.take("{")
         self.take("type")
@@ -495,6 +604,7 @@ class _Command:
         table, chain = self.chain()
         expr: list[dict[str, Any]] = []
         refs: set[str] = set()
+        set_refs: set[str] = set()
         comment = None
         while (word := self.peek()) is not None:
             if word == "comment":
@@ -506,7 +616,12 @@ class _Command:
             elif word in ("tcp", "udp"):
                 protocol = self.take()
                 self.take("dport")
-                right = self.number(1, 65535)
+                right: int | str
+                if (self.peek() or "").startswith("@"):
+                    right = self.take()
+                    set_refs.add(right[1:])
+                else:
+                    right = self.number(1, 65535)
                 left = {"payload": {"protocol": protocol, "field": "dport"}}
                 expr.append({"match": {"op": "==", "left": left, "right": right}})
             elif word == "counter":
@@ -520,9 +635,13 @@ class _Command:
         if not expr:
             raise self.unsupported()
         missing = refs - set(table.helpers)
-        if missing:
+        if missing or set_refs - set(table.sets):
             raise self.fail(_ENOENT)
-        chain.rules.append(_Rule(table.next_handle(), expr, frozenset(refs), comment))
+        if any(table.sets[name].type != "inet_service" for name in set_refs):
+            raise self.fail("datatype mismatch, expected internet network service")
+        chain.rules.append(
+            _Rule(table.next_handle(), expr, frozenset(refs), comment, frozenset(set_refs))
+        )
 
     def helper_statement(self, refs: set[str]) -> dict[str, Any]:
         self.take("ct")

@@ -133,6 +133,12 @@ class IptablesBackend:
                 continue  # nothing to change: no rule is rewritten
             self._run(namespace, self.tool("restore", ipv6=ipv6), ["--noflush"], text)
 
+    def update(
+        self, namespace: str, verified: object, assignments: Sequence[Assignment]
+    ) -> KernelTable | None:
+        """Never a partial sync: the compatibility path stays full-only (the agent applies)."""
+        return None
+
     def delete(self, namespace: str) -> bool:
         """Removes every jump to cthm's chains and the chains, per family; True if any
         existed."""
@@ -264,6 +270,11 @@ class LegacyGuard:
 
     def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None:
         self.inner.apply(namespace, assignments)
+
+    def update(
+        self, namespace: str, verified: object, assignments: Sequence[Assignment]
+    ) -> KernelTable | None:
+        return None  # as the iptables backend: full sync only
 
     def delete(self, namespace: str) -> bool:
         return self.inner.delete(namespace) if self.has_raw(namespace) else False

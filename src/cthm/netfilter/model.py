@@ -4,19 +4,30 @@ fixed names of the layout, with the checks that keep every value safe to write i
 Layout (one table per router namespace, owned by cthm alone):
 
     table inet cthm {
+        comment "cthm:<deployment id>"
         ct helper ftp-tcp { type "ftp" protocol tcp; l3proto inet; }
+        set ingress-ftp-tcp { type inet_service; elements = { 21, 2121 } }
+        set output-ftp-tcp { type inet_service; elements = { 21 } }
         chain prerouting {
             type filter hook prerouting priority filter; policy accept;
-            ct helper set tcp dport map { 21 : "ftp-tcp", 2121 : "ftp-tcp" }
+            tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"
         }
         chain output {
             type filter hook output priority filter; policy accept;
-            ct helper set tcp dport map { 21 : "ftp-tcp" }
+            tcp dport @output-ftp-tcp ct helper set "ftp-tcp"
         }
     }
 
-One chain per direction (ingress: prerouting, output: output), present only while its direction
-has assignments; the helper objects are shared by both chains.
+One named set of ports and one rule per (direction, helper object) in use (`set_name`), so a
+change of bindings is an `add element` / `delete element` on a set (a partial sync) and the
+per-packet cost does not grow with the number of bindings. nft 1.0.6 has no named map to `ct
+helper` objects (`type inet_service : ct_helper` is an unknown datatype), hence one set per
+helper. A set exists only while it has elements; a chain (ingress: prerouting, output: output)
+only while its direction has sets; the helper objects are shared by both chains.
+
+The previous layout (one anonymous map rule per protocol and direction,
+`ct helper set tcp dport map { 21 : "ftp-tcp" }`) is read back as the same assignments plus
+garbage (PREVIOUS_LAYOUT), so the next full apply rewrites it in one transaction.
 """
 
 from __future__ import annotations
@@ -45,6 +56,9 @@ CHAIN_POLICY = "accept"
 # `inet` asks the kernel for both the IPv4 and IPv6 helper; helpers with no IPv6 variant (irc,
 # pptp, snmp, netbios-ns) are accepted with it (`ip6` fails) and read back as `ip`.
 RENDERED_L3PROTO = "inet"
+# The type of every port set: what `tcp dport` / `udp dport` compare with.
+SET_TYPE = "inet_service"
+PREVIOUS_LAYOUT = "map rule of the previous layout (rewritten by the next full sync)"
 
 # The deployment identity every table or chain cthm writes carries: nftables' table comment and
 # iptables' marker rule say `cthm:<deployment id>` (a uuid4 kept in the database). Plain words
@@ -161,6 +175,17 @@ def helper_object_name(helper_type: str, protocol: Protocol) -> str:
     capitals in object names, and a verbatim name cannot collide the way a sanitized one could.
     """
     return f"{check_helper_type(helper_type)}-{check_protocol(protocol)}"
+
+
+def set_name(direction: Direction, object_name: str) -> str:
+    """The port set of one (direction, helper object): `ingress-ftp-tcp`, `output-Q.931-tcp`.
+
+    Verbatim, like the object's name: nft 1.0.6 accepts these characters in set names and in
+    `@name` references (checked on the kernel with `ingress-Q.931-tcp`, `output-netbios-ns-udp`,
+    `ingress-RAS-udp`). Injective: a direction value has no '-', so the first '-' splits the
+    name back into (direction, object name).
+    """
+    return f"{check_direction(direction).value}-{object_name}"
 
 
 def expected_l3proto(helper_type: str) -> str:

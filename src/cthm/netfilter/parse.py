@@ -1,9 +1,14 @@
-"""Parsing the kernel's state back: `nft -j list table inet cthm` -> KernelTable.
+"""Parsing the kernel's state back: `nft -j list table inet cthm` -> KernelTable, and
+`nft -j list set inet cthm NAME` -> that set's ports (the read-back of a partial sync).
 
-The map rules of chain prerouting read back as ingress assignments, those of chain output as
-output assignments. Everything in cthm's table that `render` would not have written (another
-chain, a chain with another hook, priority or policy, an empty chain) is described in `garbage`
-rather than ignored, so the caller sees the table is not clean and the next apply removes it.
+The set rules of chain prerouting (`tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"`) read
+back as ingress assignments, one per element of the set, those of chain output as output
+assignments. Everything in cthm's table that `render` would not have written (another chain, a
+chain with another hook, priority or policy, an empty chain, an extra rule, a set no rule uses,
+an empty set or one of another type, a rule naming a missing set or a set of another helper) is
+described in `garbage` rather than ignored, so the caller sees the table is not clean and the
+next apply removes it. A map rule of the previous layout reads back as its assignments plus
+PREVIOUS_LAYOUT in `garbage`, so the next full apply migrates the table.
 Items of other tables (as in `nft -j list ruleset`) are skipped: they are not ours. The table's
 comment `cthm:<deployment id>` is its `owner` (from the JSON where nft shows it, else from the
 text listing: `table_comment`).
@@ -20,17 +25,22 @@ from cthm.netfilter.errors import NftOther
 from cthm.netfilter.model import (
     CHAINS,
     CHAINS_BY_NAME,
+    PREVIOUS_LAYOUT,
+    SET_TYPE,
     TABLE_FAMILY,
     TABLE_NAME,
     HelperObject,
     KernelTable,
     owner_from_comment,
+    set_name,
 )
 
 _RULE_KEYS = frozenset({"family", "table", "chain", "handle", "expr"})
 # "comment": nft from 1.0.7 shows the table's comment (cthm's identity mark) in JSON; 1.0.6 does
 # not, and the backend reads it from the text listing (table_comment).
 _TABLE_KEYS = frozenset({"family", "name", "handle", "comment"})
+# A set as cthm writes it: no flags, timeout, size, policy or comment.
+_SET_KEYS = frozenset({"family", "name", "table", "type", "handle", "elem"})
 _TEXT_COMMENT = re.compile(
     rf'^table {TABLE_FAMILY} {TABLE_NAME} \{{\n[ \t]*comment "([^"\n]*)"$', re.MULTILINE
 )
@@ -70,6 +80,7 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
     helpers: dict[str, HelperObject] = {}
     chains: list[dict[str, Any]] = []
     rules: list[dict[str, Any]] = []
+    sets: dict[str, dict[str, Any]] = {}
     for item in items:
         ((kind, body),) = item.items()
         if kind == "metainfo":
@@ -94,6 +105,8 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
             chains.append(body)
         elif kind == "rule":
             rules.append(body)
+        elif kind == "set" and isinstance(body.get("name"), str):
+            sets[body["name"]] = body
         else:
             garbage.append(f"{kind} {body.get('name', '?')} (cthm renders no {kind})")
     if not table_seen:
@@ -103,31 +116,55 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
     for chain in chains:
         garbage.extend(_chain_problems(chain, has_rules=str(chain.get("name")) in ruled))
 
+    ports_of: dict[str, tuple[int, ...]] = {}
+    for name, body in sorted(sets.items()):
+        ports, problem = _set_ports(body)
+        if problem is None:
+            ports_of[name] = ports
+        else:
+            garbage.append(problem)
+
     keyed: list[tuple[Protocol, int, Direction, Assignment]] = []
+    seen: set[tuple[Protocol, int, Direction]] = set()
     used: set[str] = set()
+    used_sets: set[str] = set()
     mapped: set[tuple[Direction, Protocol]] = set()
+    previous_layout = False
     for rule in rules:
         chain_name = rule.get("chain")
         spec = CHAINS_BY_NAME.get(chain_name) if isinstance(chain_name, str) else None
-        parsed = _map_rule(rule, helpers) if spec is not None else None
-        if spec is None or parsed is None or (spec.direction, parsed[0]) in mapped:
+        entries: list[tuple[int, str]] | None = None
+        if spec is not None:
+            direction = spec.direction
+            by_set = _set_rule(rule, helpers, direction)
+            if by_set is not None and by_set[1] in ports_of and by_set[1] not in used_sets:
+                protocol, name_of_set, helper_name = by_set
+                used_sets.add(name_of_set)
+                entries = [(port, helper_name) for port in ports_of[name_of_set]]
+            else:
+                by_map = _map_rule(rule, helpers)
+                if by_map is not None and (direction, by_map[0]) not in mapped:
+                    protocol, entries = by_map
+                    mapped.add((direction, protocol))
+                    previous_layout = True
+        if spec is None or entries is None:
             garbage.append(
                 f"rule in chain {rule.get('chain')} that cthm did not render: {_summary(rule)}"
             )
             continue
-        protocol, entries = parsed
-        direction = spec.direction
-        mapped.add((direction, protocol))
         for port, name in entries:
             used.add(name)
-            keyed.append(
-                (
-                    protocol,
-                    port,
-                    direction,
-                    Assignment(protocol, port, helpers[name].type, direction),
-                )
-            )
+            key = (protocol, port, direction)
+            if key in seen:
+                # Two rules give this port a helper: not a table cthm renders.
+                garbage.append(f"{direction} {protocol} port {port} is in two helper rules")
+                continue
+            seen.add(key)
+            keyed.append((*key, Assignment(protocol, port, helpers[name].type, direction)))
+    if previous_layout:
+        garbage.append(PREVIOUS_LAYOUT)
+    for name in sorted(set(ports_of) - used_sets):
+        garbage.append(f"set {name} is not used by any cthm rule")
 
     for name in sorted(set(helpers) - used):
         garbage.append(f"ct helper {name} is not used by any cthm rule")
@@ -135,8 +172,8 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
         expected = f"{helper.type}-{helper.protocol}"
         if helper.name != expected:
             garbage.append(f"ct helper {helper.name} should be named {expected} (its content)")
-    # As `render` orders them; (protocol, port, direction) is unique within a chain's map, and
-    # a duplicate across two rules was refused above, so the sort never compares Assignments.
+    # As `render` orders them; (protocol, port, direction) is unique (`seen`), so the sort
+    # never compares Assignments.
     keyed.sort()
     return KernelTable(
         assignments=tuple(item[3] for item in keyed),
@@ -144,6 +181,53 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
         garbage=tuple(garbage),
         owner=owner,
     )
+
+
+def parse_set(nft_json_text: str, name: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The ports of cthm's set `name` from `nft -j list set inet cthm NAME`, sorted, and what
+    in it cthm would not have written (garbage; then the ports are those that read cleanly)."""
+    for item in _loads(nft_json_text):
+        ((kind, body),) = item.items()
+        if kind == "set" and _ours(body) and body.get("name") == name:
+            ports, problem = _set_ports(body)
+            if problem is None:
+                return ports, ()
+            elements = body.get("elem")
+            clean = sorted(
+                {p for p in elements if _is_port(p)} if isinstance(elements, list) else set()
+            )
+            return tuple(clean), (problem,)
+    raise NftOther(f"set {name} missing from nft's listing of it: {nft_json_text[:120]!r}")
+
+
+def _is_port(value: object) -> bool:
+    return type(value) is int and 1 <= value <= 65535
+
+
+def _set_ports(body: dict[str, Any]) -> tuple[tuple[int, ...], str | None]:
+    """A set's ports, sorted, or a description of why it is not a set cthm writes."""
+    name = body.get("name")
+    extra = sorted(set(body) - _SET_KEYS)
+    if extra:
+        return (), f"set {name} has attributes cthm does not set: {', '.join(extra)}"
+    if body.get("type") != SET_TYPE:
+        return (), f"set {name} is of type {_compact(body.get('type'))}, not {SET_TYPE}"
+    elements = body.get("elem")
+    if not elements:
+        return (), f"set {name} is empty (cthm renders no empty set)"
+    # C-level checks (a read-back of a thousand ports is on every partial sync's path): only
+    # ints (type is exact: no bool), all within 1-65535.
+    if (
+        not isinstance(elements, list)
+        or set(map(type, elements)) != {int}
+        or min(elements) < 1
+        or max(elements) > 65535
+    ):
+        return (), f"set {name} holds elements cthm does not write: {_compact(elements)}"
+    ports = tuple(sorted(set(elements)))
+    if len(ports) != len(elements):
+        return (), f"set {name} lists an element twice"
+    return ports, None
 
 
 def table_comment(nft_text: str) -> str | None:
@@ -189,6 +273,39 @@ def _chain_problems(chain: dict[str, Any], *, has_rules: bool) -> list[str]:
         # render writes a chain only for a direction with assignments.
         problems.append(f"chain {spec.name} is empty (cthm renders no empty chain)")
     return problems
+
+
+def _set_rule(
+    rule: dict[str, Any], helpers: dict[str, HelperObject], direction: Direction
+) -> tuple[Protocol, str, str] | None:
+    """(protocol, set name, helper object name) when the rule is exactly a set rule `render`
+    writes for `direction`: the set named for that direction and helper, the helper's
+    protocol."""
+    if set(rule) != _RULE_KEYS:
+        return None
+    try:
+        match, statement = rule["expr"]
+        helper_name = statement["ct helper"]
+        body = match["match"]
+        if set(match) != {"match"} or set(statement) != {"ct helper"}:
+            return None
+        if set(body) != {"op", "left", "right"} or body["op"] != "==":
+            return None
+        payload = body["left"]["payload"]
+        if set(body["left"]) != {"payload"} or set(payload) != {"protocol", "field"}:
+            return None
+        if payload["field"] != "dport":
+            return None
+        protocol = Protocol(payload["protocol"])
+        right = body["right"]
+        helper = helpers.get(helper_name) if isinstance(helper_name, str) else None
+        if helper is None or helper.protocol != protocol or not isinstance(right, str):
+            return None
+        if right != "@" + set_name(direction, helper.name):
+            return None  # a set of another direction or helper
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return protocol, right[1:], helper.name
 
 
 def _map_rule(

@@ -1,20 +1,23 @@
-"""Pure rendering: a router's assignments -> one transaction that replaces cthm's table whole.
+"""Pure rendering: a router's assignments -> one transaction that replaces cthm's table whole
+(a FULL sync; `NftablesBackend.update` does the partial one with `add/delete element`).
 
     add table inet cthm          (so the delete below never fails)
-    delete table inet cthm       (drops rules before objects: no EBUSY, no stale object)
+    delete table inet cthm       (drops rules before sets and objects: no EBUSY, nothing stale)
     add table inet cthm { comment "cthm:<deployment id>"; }    (whose table it is)
     add ct helper ...            (one per (type, protocol), sorted by name; shared by chains)
+    add set inet cthm ingress-ftp-tcp { type inet_service; elements = { 21, 2121 }; }
+                                 (one per (direction, helper object) in use, sorted by name)
     add chain inet cthm prerouting { ... }     (only if ingress has assignments)
-    add rule ... map { ... }     (one per protocol that has assignments: tcp, then udp)
+    add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"
+                                 (one per set of the direction, in set name order)
     add chain inet cthm output { ... }         (only if output has assignments)
-    add rule ... map { ... }     (likewise)
+    add rule ...                 (likewise)
 
-A table with only ingress assignments is exactly the layout from before directions existed (a
-table from before deployment identities lacks only the comment: its next apply marks it).
-nft runs the whole text as one all-or-nothing transaction. With no assignments the result is
-an empty `table inet cthm` (no chain, so no per-packet cost): `read()` then returns an empty
-KernelTable, which is `desired_table([])`. Deleting the table is `render_delete()`, for a
-router that is gone.
+nft runs the whole text as one all-or-nothing transaction, so a table of the previous layout
+(map rules) is replaced with no moment in which a bound port has no helper. With no assignments
+the result is an empty `table inet cthm` (no chain, so no per-packet cost): `read()` then
+returns an empty KernelTable, which is `desired_table([])`. Deleting the table is
+`render_delete()`, for a router that is gone.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from cthm.netfilter.model import (
     check_protocol,
     expected_l3proto,
     helper_object_name,
+    set_name,
 )
 from cthm.netfilter.transaction import Transaction
 
@@ -96,20 +100,20 @@ def render(assignments: Iterable[Assignment], owner: str | None = None) -> Trans
     names = {kind: helper_object_name(*kind) for kind in kinds}
     for kind in sorted(kinds, key=lambda k: _name_order(names[k])):
         tx.add_helper(*kind)
-    # One pass groups the map entries by chain and protocol; `wanted` is sorted, so each
-    # group's ports come in order.
-    maps: dict[tuple[Direction, Protocol], list[tuple[int, str]]] = {}
+    # One pass groups the ports by set; `wanted` is sorted, so each set's ports come in order.
+    sets: dict[tuple[Direction, str], list[int]] = {}
     for a in wanted:
-        maps.setdefault((a.direction, a.protocol), []).append(
-            (a.port, names[(a.helper, a.protocol)])
-        )
+        sets.setdefault((a.direction, names[(a.helper, a.protocol)]), []).append(a.port)
+    ordered = sorted(sets, key=lambda key: _name_order(set_name(*key)))
+    for direction, helper_name in ordered:
+        tx.add_port_set(direction, helper_name, sets[(direction, helper_name)])
     for direction in CHAINS:
-        protocols = sorted(p for d, p in maps if d is direction)
-        if not protocols:
+        in_chain = [key for key in ordered if key[0] is direction]
+        if not in_chain:
             continue  # a chain only for a direction in use
         tx.add_chain(direction)
-        for protocol in protocols:
-            tx.add_helper_map(protocol, maps[(direction, protocol)], direction)
+        for key in in_chain:
+            tx.add_set_rule(set_name(*key))
     return tx
 
 

@@ -1,6 +1,7 @@
-"""An nftables transaction: an ordered list of operations on cthm's table, each validated when it
-is added. The first invalid operation is kept and raised when the text is asked for, so a
-transaction is either entirely valid or never reaches nft (knftables' design).
+"""An nftables transaction: an ordered list of operations on cthm's table (its helper objects,
+port sets, chains, rules, set elements), each validated when it is added. The first invalid
+operation is kept and raised when the text is asked for, so a transaction is either entirely
+valid or never reaches nft (knftables' design).
 
 `str(tx)` is exactly the text given to `nft -f -`, one operation per line.
 """
@@ -16,6 +17,7 @@ from cthm.netfilter.errors import UnsafeValue
 from cthm.netfilter.model import (
     CHAINS,
     RENDERED_L3PROTO,
+    SET_TYPE,
     TABLE_FAMILY,
     TABLE_NAME,
     ChainSpec,
@@ -26,10 +28,12 @@ from cthm.netfilter.model import (
     check_protocol,
     helper_object_name,
     owner_comment,
+    set_name,
     shown,
 )
 
 _TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
+_PROTOCOLS = frozenset(p.value for p in Protocol)
 
 
 class Verb(StrEnum):
@@ -92,7 +96,50 @@ class HelperMapRule:
         )
 
 
-TableObject = Table | HelperDefinition | BaseChain | HelperMapRule
+def _ports(ports: tuple[int, ...]) -> str:
+    return ", ".join(map(str, ports))
+
+
+@dataclass(frozen=True, slots=True)
+class PortSet:
+    """A named set of ports: which ports of one direction get one helper object."""
+
+    name: str
+    ports: tuple[int, ...]
+
+    def text(self) -> str:
+        elements = f" elements = {{ {_ports(self.ports)} }};" if self.ports else ""
+        return f"set {_TABLE} {self.name} {{ type {SET_TYPE};{elements} }}"
+
+
+@dataclass(frozen=True, slots=True)
+class SetRule:
+    """`tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"`: one per (direction, helper object)."""
+
+    chain: str
+    protocol: Protocol
+    set_name: str
+    helper: str
+
+    def text(self) -> str:
+        return (
+            f"rule {_TABLE} {self.chain} {self.protocol} dport @{self.set_name} "
+            f'ct helper set "{self.helper}"'
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SetElements:
+    """Ports added to or deleted from an existing set (a partial sync)."""
+
+    set_name: str
+    ports: tuple[int, ...]
+
+    def text(self) -> str:
+        return f"element {_TABLE} {self.set_name} {{ {_ports(self.ports)} }}"
+
+
+TableObject = Table | HelperDefinition | BaseChain | HelperMapRule | PortSet | SetRule | SetElements
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +158,8 @@ class Transaction:
         self._operations: list[Operation] = []
         self._error: UnsafeValue | None = None
         self._helpers: dict[str, HelperObject] = {}
+        # Sets added by this transaction: name -> (direction, helper object name).
+        self._sets: dict[str, tuple[Direction, str]] = {}
 
     @property
     def operations(self) -> tuple[Operation, ...]:
@@ -155,6 +204,7 @@ class Transaction:
     def delete_table(self) -> None:
         self._append(Verb.DELETE, Table())
         self._helpers.clear()
+        self._sets.clear()
 
     def add_chain(self, direction: Direction = Direction.INGRESS) -> None:
         """Adds the base chain of `direction` (prerouting for ingress, output for output)."""
@@ -207,3 +257,71 @@ class Transaction:
             self.fail(exc)
             return
         self._append(Verb.ADD, HelperMapRule(protocol, tuple(sorted(checked.items())), chain))
+
+    def add_port_set(
+        self, direction: Direction, helper_name: str, ports: Iterable[int]
+    ) -> str | None:
+        """Adds the set of `ports` that get the helper object `helper_name` (added earlier) in
+        `direction`; returns the set's name (None if invalid). Never empty: a set exists only
+        while it has elements."""
+        try:
+            check_direction(direction)
+            if helper_name not in self._helpers:
+                raise UnsafeValue(f"no helper object {shown(helper_name)} in this transaction")
+            checked = _checked_ports(ports)
+            name = set_name(direction, helper_name)
+            if name in self._sets:
+                raise UnsafeValue(f"set {name} added twice")
+        except UnsafeValue as exc:
+            self.fail(exc)
+            return None
+        self._sets[name] = (direction, helper_name)
+        self._append(Verb.ADD, PortSet(name, checked))
+        return name
+
+    def add_set_rule(self, set_name: str) -> None:
+        """Adds the rule giving the ports of `set_name` (added earlier) their helper object, in
+        the set's direction's chain."""
+        entry = self._sets.get(set_name)
+        if entry is None:
+            self.fail(UnsafeValue(f"no set {shown(set_name)} in this transaction"))
+            return
+        direction, helper_name = entry
+        protocol = self._helpers[helper_name].protocol
+        self._append(Verb.ADD, SetRule(CHAINS[direction].name, protocol, set_name, helper_name))
+
+    def add_elements(self, direction: Direction, helper_name: str, ports: Iterable[int]) -> None:
+        """Adds `ports` to the existing set of (direction, helper object)."""
+        self._elements(Verb.ADD, direction, helper_name, ports)
+
+    def delete_elements(self, direction: Direction, helper_name: str, ports: Iterable[int]) -> None:
+        """Deletes `ports` from the existing set of (direction, helper object); the kernel
+        refuses (ENOENT) a port the set lacks, and the whole transaction with it."""
+        self._elements(Verb.DELETE, direction, helper_name, ports)
+
+    def _elements(
+        self, verb: Verb, direction: Direction, helper_name: str, ports: Iterable[int]
+    ) -> None:
+        try:
+            helper_type, _, protocol = str(helper_name).rpartition("-")
+            known = protocol in _PROTOCOLS
+            if not known or helper_object_name(helper_type, Protocol(protocol)) != helper_name:
+                raise UnsafeValue(f"{shown(helper_name)} is not a helper object name")
+            name = set_name(direction, helper_name)
+            checked = _checked_ports(ports)
+        except UnsafeValue as exc:
+            self.fail(exc)
+            return
+        self._append(verb, SetElements(name, checked))
+
+
+def _checked_ports(ports: Iterable[int]) -> tuple[int, ...]:
+    """Ports sorted, each valid and given once; at least one."""
+    checked: set[int] = set()
+    for port in ports:
+        if port in checked:
+            raise UnsafeValue(f"port {port} given twice")
+        checked.add(check_port(port))
+    if not checked:
+        raise UnsafeValue("no ports")
+    return tuple(sorted(checked))
