@@ -11,8 +11,9 @@ Measured:
   reported it applied and verified at its current revision); then every table is read back from
   the kernel and compared with the bindings (not timed).
 - API write -> remote kernel: POST (then DELETE) one binding on the BIG router, timed until
-  `nft monitor` in that router's namespace prints the table holding (no longer holding) the
-  port. p50/p99 over --writes writes (targets: p50 <= 20 ms, p99 <= 100 ms).
+  `nft monitor` in that router's namespace prints the line by which the kernel holds (no
+  longer holds) the port (bench_support.holds_port, lacks_port). p50/p99 over --writes writes
+  (targets: p50 <= 20 ms, p99 <= 100 ms).
 - work on the other agents during those writes: their reconcile counts (applied, noop, failed,
   removed, drift) and watch events, from GET /v2.0/agents before and after (target: none).
 - the API's memory (VmRSS, VmHWM) with every agent watching.
@@ -27,23 +28,27 @@ import argparse
 import functools
 import logging
 import os
-import queue
-import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_support import percentile, run_reported
+from bench_support import (
+    Namespaces,
+    NftMonitor,
+    holds_port,
+    lacks_port,
+    percentile,
+    run_reported,
+)
 
 from cthm.domain import (
     HelperBinding,
@@ -56,7 +61,7 @@ from cthm.domain import (
 from cthm.netfilter import NftablesBackend, make_runner
 from cthm.netfilter.render import desired_table
 from cthm.store import Store
-from cthm.testing import FakeHost, NamespaceFactory, netns_exists
+from cthm.testing import FakeHost
 from cthm.testing.service import ServerProcess
 
 HELPERS = [
@@ -68,8 +73,6 @@ HELPERS = [
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0
 COUNT_KEYS = ("applied", "noop", "failed", "removed", "drift")
-NETNS_BATCH = 200  # namespaces per `ip -batch` process
-COMMAND_TIMEOUT = 60.0
 WRITE_TIMEOUT = 5.0  # one write not in the kernel after this: counted as a timeout
 POLL = 0.25
 # No quota: the loaded routers hold more bindings than the default quotas allow new writes.
@@ -90,116 +93,6 @@ class RouterPlan:
     host: int
     size: int
     bindings: list[HelperBinding] = field(default_factory=list)
-
-
-# --- namespaces --------------------------------------------------------------------------------
-
-
-class Namespaces:
-    """Bulk creation and deletion of exactly the names of one NamespaceFactory (its prefix)."""
-
-    def __init__(self) -> None:
-        self.factory = NamespaceFactory(prefix=f"cthmh{os.getpid() % 100000}-")
-        self._pending: list[str] = []  # being added: deleted too if the add was interrupted
-
-    def create(self, labels: list[str]) -> list[str]:
-        names = [self.factory.name(label) for label in labels]
-        for start in range(0, len(names), NETNS_BATCH):
-            chunk = names[start : start + NETNS_BATCH]
-            self._pending = list(chunk)
-            # -force: go on after a failure, so every created name is adopted below.
-            _run(["ip", "-force", "-batch", "-"], "".join(f"netns add {n}\n" for n in chunk))
-            for name in chunk:
-                if netns_exists(name):
-                    self.factory.adopt(name)
-            self._pending = []
-            missing = [n for n in chunk if not netns_exists(n)]
-            if missing:
-                raise RuntimeError(f"could not create namespaces {missing[:5]}...")
-        return names
-
-    def cleanup(self) -> list[str]:
-        """Deletes every namespace created (batched, then one by one what is left)."""
-        for name in self._pending:
-            if netns_exists(name) and name not in self.factory.created:
-                self.factory.adopt(name)
-        self._pending = []
-        names = [n for n in self.factory.created if netns_exists(n)]
-        for start in range(0, len(names), NETNS_BATCH):
-            chunk = names[start : start + NETNS_BATCH]
-            try:
-                _run(["ip", "-force", "-batch", "-"], "".join(f"netns del {n}\n" for n in chunk))
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                log.warning("batch delete failed (%s): deleting one by one", exc)
-        return self.factory.cleanup()
-
-
-def _run(argv: list[str], stdin: str | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
-    done = subprocess.run(
-        argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
-    return done.stdout
-
-
-# --- the kernel, watched -----------------------------------------------------------------------
-
-
-class NftMonitor:
-    """`nft monitor` inside one namespace; every line with the time it was read."""
-
-    def __init__(self, namespace: str) -> None:
-        self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
-        self.process = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, "nft", "monitor"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put((time.perf_counter(), line))
-
-    def drain(self) -> None:
-        while True:
-            try:
-                self.lines.get_nowait()
-            except queue.Empty:
-                return
-
-    def wait_for(self, match: Callable[[str], bool], since: float, timeout: float) -> float | None:
-        """The read time of the first line after `since` that `match`es; None on timeout."""
-        deadline = time.perf_counter() + timeout
-        while True:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return None
-            try:
-                at, line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                return None
-            if at >= since and match(line):
-                return at
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def _helper_rule(line: str) -> bool:
-    # The tcp port -> helper map rule, written by every apply of cthm's table (as a whole).
-    return "inet cthm" in line and "tcp dport" in line
 
 
 # --- the API -----------------------------------------------------------------------------------
@@ -318,14 +211,6 @@ def verify_kernel(plans: list[RouterPlan], catalog: HelperCatalog) -> list[str]:
     return bad
 
 
-def _holds(word: re.Pattern[str], line: str) -> bool:
-    return _helper_rule(line) and word.search(line) is not None
-
-
-def _lacks(word: re.Pattern[str], line: str) -> bool:
-    return _helper_rule(line) and word.search(line) is None
-
-
 @dataclass
 class WriteTimes:
     add_ms: list[float] = field(default_factory=list)  # POST sent -> kernel holds the port
@@ -340,7 +225,6 @@ def measure_writes(client: httpx.Client, monitor: NftMonitor, url: str, writes: 
     times = WriteTimes()
     for i in range(writes):
         port = 30000 + i
-        word = re.compile(rf"\b{port}\b")
         monitor.drain()
         start = time.perf_counter()
         response = client.post(
@@ -350,7 +234,7 @@ def measure_writes(client: httpx.Client, monitor: NftMonitor, url: str, writes: 
         if response.status_code != 201:
             raise RuntimeError(f"POST binding: {response.status_code} {response.text}")
         binding_id = response.json()["conntrack_helper"]["id"]
-        seen = monitor.wait_for(functools.partial(_holds, word), start, WRITE_TIMEOUT)
+        seen = monitor.wait_for(functools.partial(holds_port, port), start, WRITE_TIMEOUT)
         if seen is None:
             times.timeouts += 1
         else:
@@ -362,7 +246,7 @@ def measure_writes(client: httpx.Client, monitor: NftMonitor, url: str, writes: 
         times.api_ms.append((time.perf_counter() - start) * 1000)
         if response.status_code != 204:
             raise RuntimeError(f"DELETE binding: {response.status_code} {response.text}")
-        seen = monitor.wait_for(functools.partial(_lacks, word), start, WRITE_TIMEOUT)
+        seen = monitor.wait_for(functools.partial(lacks_port, port), start, WRITE_TIMEOUT)
         if seen is None:
             times.timeouts += 1
         else:
@@ -424,7 +308,7 @@ def run(args: Args, stack: ExitStack, out: dict[str, Any]) -> None:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cthm-bench-hosts-")))
     data_dir, log_dir = work / "data", work / "logs"
     data_dir.mkdir()
-    namespaces = Namespaces()
+    namespaces = Namespaces("cthmh")
     stack.callback(_cleanup_namespaces, namespaces, out)
 
     # Setup: namespaces, database, API, hosts.

@@ -1,19 +1,48 @@
 """What the benchmark scripts share: signals that unwind like Ctrl-C, cleanup no signal cuts
-short, percentiles, and the JSON summary with its exit code."""
+short, percentiles, the JSON summary with its exit code, namespaces created and deleted in
+bulk (exactly their names), `nft monitor` in a namespace, and routers loaded in bulk."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import queue
 import signal
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sqlalchemy import insert
+
+from cthm.domain import HelperBinding, HelperCatalog, Protocol, Router, new_binding, new_router
+from cthm.store import Store
+from cthm.store.tables import BindingRow
+from cthm.testing import NamespaceFactory, netns_exists
+
 INTERRUPTED_EXIT = 130
+NETNS_BATCH = 200  # namespaces per `ip -batch` process
+COMMAND_TIMEOUT = 60.0
+# The helpers a loaded router's bindings cycle through: ftp/tcp first, so every router holds
+# the (ingress, ftp, tcp) set that the measured single writes add to and delete from.
+HELPERS = [
+    ("ftp", Protocol.TCP),
+    ("tftp", Protocol.UDP),
+    ("sip", Protocol.UDP),
+    ("irc", Protocol.TCP),
+]
+FIRST_LOADED_PORT = 1000
+
+log = logging.getLogger("bench")
 
 
 class Interrupted(Exception):
@@ -65,3 +94,201 @@ def run_reported(run: Callable[[ExitStack, dict[str, Any]], bool], json_file: Pa
     if json_file is not None:
         json_file.write_text(text + "\n")
     return code
+
+
+# --- namespaces --------------------------------------------------------------------------------
+
+
+class Namespaces:
+    """Bulk creation and deletion of exactly the names of one NamespaceFactory (its prefix)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.factory = NamespaceFactory(prefix=f"{prefix}{os.getpid() % 100000}-")
+        self._pending: list[str] = []  # being added: deleted too if the add was interrupted
+
+    def create(self, labels: list[str]) -> list[str]:
+        names = [self.factory.name(label) for label in labels]
+        for start in range(0, len(names), NETNS_BATCH):
+            chunk = names[start : start + NETNS_BATCH]
+            self._pending = list(chunk)
+            # -force: go on after a failure, so every created name is adopted below.
+            run_command(["ip", "-force", "-batch", "-"], "".join(f"netns add {n}\n" for n in chunk))
+            for name in chunk:
+                if netns_exists(name):
+                    self.factory.adopt(name)
+            self._pending = []
+            missing = [n for n in chunk if not netns_exists(n)]
+            if missing:
+                raise RuntimeError(f"could not create namespaces {missing[:5]}...")
+        return names
+
+    def cleanup(self) -> list[str]:
+        """Deletes every namespace created (batched, then one by one what is left)."""
+        for name in self._pending:
+            if netns_exists(name) and name not in self.factory.created:
+                self.factory.adopt(name)
+        self._pending = []
+        names = [n for n in self.factory.created if netns_exists(n)]
+        for start in range(0, len(names), NETNS_BATCH):
+            chunk = names[start : start + NETNS_BATCH]
+            try:
+                run_command(
+                    ["ip", "-force", "-batch", "-"], "".join(f"netns del {n}\n" for n in chunk)
+                )
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                log.warning("batch delete failed (%s): deleting one by one", exc)
+        return self.factory.cleanup()
+
+
+def run_command(argv: list[str], stdin: str | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
+    done = subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+# --- the kernel, watched -----------------------------------------------------------------------
+
+
+class NftMonitor:
+    """`nft monitor` inside one namespace; every line with the time it was read. The kernel
+    sends a transaction's events once it committed, so a line's time is when the kernel held
+    the change (plus the monitor's wake-up)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "nft", "monitor"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put((time.perf_counter(), line))
+
+    def drain(self) -> None:
+        while True:
+            try:
+                self.lines.get_nowait()
+            except queue.Empty:
+                return
+
+    def wait_for(self, match: Callable[[str], bool], since: float, timeout: float) -> float | None:
+        """The read time of the first line after `since` that `match`es; None on timeout."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return None
+            try:
+                at, line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                return None
+            if at >= since and match(line):
+                return at
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def holds_port(port: int, line: str) -> bool:
+    """A monitor line by which cthm's table holds tcp `port`: the element added to a named set
+    (`add element inet cthm ingress-ftp-tcp { 30000 }`) or, in the layout before named sets,
+    the map rule written whole (`add rule inet cthm prerouting ct helper set tcp dport map
+    { ..., 30000 : "ftp-tcp" }`)."""
+    return line.startswith("add ") and "inet cthm" in line and _has_port(port, line)
+
+
+def lacks_port(port: int, line: str) -> bool:
+    """A monitor line by which cthm's table no longer holds tcp `port`: the element deleted
+    from its set, or a tcp rule written whole without it (a full rewrite: the map rule of the
+    layout before named sets, or a rule matching a set)."""
+    if "inet cthm" not in line:
+        return False
+    if line.startswith("delete element"):
+        return _has_port(port, line)
+    return line.startswith("add rule") and "tcp dport" in line and not _has_port(port, line)
+
+
+def _has_port(port: int, line: str) -> bool:
+    text = str(port)
+    at = line.find(text)
+    while at >= 0:
+        before = line[at - 1] if at else " "
+        after = line[at + len(text)] if at + len(text) < len(line) else " "
+        if not before.isdigit() and not after.isdigit():
+            return True
+        at = line.find(text, at + 1)
+    return False
+
+
+# --- the database ------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRouter:
+    router: Router
+    bindings: list[HelperBinding] = field(default_factory=list)
+
+
+def load_routers(
+    store: Store, catalog: HelperCatalog, plan: list[tuple[str, str, int]]
+) -> list[LoadedRouter]:
+    """Routers (name, namespace, bindings), each router through the repository (its audit and
+    change entries), its bindings inserted in bulk (ports from FIRST_LOADED_PORT, HELPERS in
+    turn): setup, not what is measured, and 100,000 bindings one by one would take minutes."""
+    loaded = []
+    with store.unit_of_work() as repo:
+        for name, namespace, size in plan:
+            router = repo.add_router(new_router(name=name, project_id="bench", namespace=namespace))
+            entry = LoadedRouter(router)
+            for b in range(size):
+                helper, protocol = HELPERS[b % len(HELPERS)]
+                entry.bindings.append(
+                    new_binding(
+                        catalog,
+                        router,
+                        protocol=protocol,
+                        port=FIRST_LOADED_PORT + b,
+                        helper=helper,
+                    )
+                )
+            loaded.append(entry)
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": b.id,
+            "router_id": b.router_id,
+            "project_id": b.project_id,
+            "protocol": b.protocol.value,
+            "port": b.port,
+            "helper": b.helper,
+            "direction": b.direction.value,
+            "status": "PENDING",
+            "status_reason": "",
+            "revision_number": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for entry in loaded
+        for b in entry.bindings
+    ]
+    for start in range(0, len(rows), 10000):
+        with store.unit_of_work() as repo:
+            # Bench-only bulk insert, outside the product's API (as bench.py's reset).
+            repo._session.execute(insert(BindingRow), rows[start : start + 10000])
+    return loaded

@@ -27,6 +27,22 @@ from cthm.domain import (
 from cthm.domain.quota import DEFAULT_BINDINGS_PER_PROJECT, DEFAULT_BINDINGS_PER_ROUTER
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT ([v6]:PORT), or PORT alone (loopback: 127.0.0.1). ValueError if neither."""
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r}: the host must be an IP address (HOST:PORT)") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535 (HOST:PORT)")
+    return host, int(port)
+
+
 def default_data_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/cthm")
@@ -77,6 +93,7 @@ class Settings(BaseSettings):
     # shared host, or unmarked) is reported and left alone.
     sweep_orphans: bool = True
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field(default="text", pattern="^(text|json)$")  # cli/logs.py
     # TLS: both or neither. Beyond loopback the API needs TLS, or an explicit opt-out.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -97,6 +114,19 @@ class Settings(BaseSettings):
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or networks,
     # comma-separated. None: no one's (the client is the TCP peer, as the throttle needs).
     forwarded_allow_ips: str | None = None
+    # /readyz answers 503 once a router queued for the in-process agent has waited this long.
+    ready_queue_timeout: float = Field(default=60.0, gt=0, le=86400)
+    # `--metrics-listen HOST:PORT`: GET /metrics without a token on this address (a port
+    # alone: loopback); None: /metrics only on the API's address, with an admin token.
+    metrics_listen: str | None = None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, port = parse_listen(value)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @field_validator("forwarded_allow_ips")
     @classmethod

@@ -9,7 +9,7 @@ import pytest
 from agent_support import FOREIGN_RULESET, World, foreign_ruleset, nft, table_handle
 
 from cthm.agent import Action, Agent, LocalStoreSource
-from cthm.domain import Assignment, Protocol, Status
+from cthm.domain import Assignment, Protocol, Status, new_binding
 
 pytestmark = pytest.mark.kernel
 
@@ -53,6 +53,38 @@ def test_second_reconcile_writes_nothing(world: World) -> None:
     assert result.action is Action.NOOP
     assert table_handle(router.namespace) == handle
     assert nft(router.namespace, "-a", "list", "ruleset") == before
+
+
+def test_add_and_delete_one_binding_among_many_is_a_partial_sync(world: World) -> None:
+    router = world.router("r")
+    with world.store.unit_of_work() as repo:
+        for port in range(2000, 2300):
+            repo.add_binding(
+                new_binding(world.catalog, router, protocol="tcp", port=port, helper="ftp")
+            )
+    assert world.agent.reconciler.reconcile(router.id).sync == "full"  # the first look
+
+    added = world.bind(router, "tcp", 21, "ftp")
+    result = world.agent.reconciler.reconcile(router.id)
+
+    assert (result.action, result.sync) == (Action.APPLIED, "partial")
+    table = world.backend.read(router.namespace)
+    assert table is not None
+    assert len(table.assignments) == 301
+    assert Assignment(Protocol.TCP, 21, "ftp") in table.assignments
+    assert world.fresh(router)[0].status is Status.ACTIVE
+    assert {b.status for b in world.fresh(router)[1]} == {Status.ACTIVE}
+
+    with world.store.unit_of_work() as repo:
+        repo.delete_binding(router.id, added.id)
+    result = world.agent.reconciler.reconcile(router.id)
+
+    assert (result.action, result.sync) == (Action.APPLIED, "partial")
+    table = world.backend.read(router.namespace)
+    assert table is not None
+    assert len(table.assignments) == 300
+    assert Assignment(Protocol.TCP, 21, "ftp") not in table.assignments
+    assert world.agent.sync_all()[0].action is Action.NOOP  # a full look agrees
 
 
 def test_update_swaps_helper_in_one_transaction(world: World) -> None:
@@ -119,7 +151,9 @@ def test_garbage_in_our_table_is_removed(world: World) -> None:
         "accept",
     )
 
-    result = world.agent.reconciler.reconcile(router.id)
+    # Found by a full sync (the periodic resync's), not by a partial one, which trusts the
+    # table it last verified.
+    result = world.agent.sync_all()[0]
 
     assert result.action is Action.APPLIED
     text = nft(router.namespace, "list", "table", "inet", "cthm")

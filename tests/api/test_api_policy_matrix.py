@@ -14,6 +14,7 @@ Every token in the test belongs to project "pa" and has the one role of its colu
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,13 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     #                             admin     member    reader    agent
     #                             own  oth  own  oth  own  oth  own  oth
     "router create":              (Y, Y, F, F, F, F, F, F),
+    "router create with id":      (Y, Y, F, F, F, F, F, F),
     "router list":                (Y, Y, Y, H, Y, H, Y, Y),
     "router show":                (Y, Y, Y, H, Y, H, Y, Y),
     "router kernel state":        (Y, Y, Y, H, Y, H, Y, Y),
     "router update":              (Y, Y, Y, H, F, H, F, F),
     "router delete":              (Y, Y, F, H, F, H, F, F),
+    "router resync":              (Y, Y, Y, H, F, H, F, F),
     "binding create":             (Y, Y, Y, H, F, H, F, F),
     "binding list":               (Y, Y, Y, H, Y, H, Y, Y),
     "binding show":               (Y, Y, Y, H, Y, H, Y, Y),
@@ -74,6 +77,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "host status write":          (Y, Y, F, F, F, F, Y, Y),
     "host tombstone clear":       (Y, Y, F, F, F, F, Y, Y),
     "watch":                      (Y, Y, F, F, F, F, Y, Y),
+    "metrics":                    (Y, Y, F, F, F, F, F, F),
 }  # fmt: skip
 
 
@@ -164,6 +168,7 @@ def actions(t: Targets) -> dict[str, Action]:
     create, update = "create_router_conntrack_helper", "update_router_conntrack_helper"
     risky = policy.HIGH_RISK_SUFFIX
     get_binding, delete_binding = "get_router_conntrack_helper", "delete_router_conntrack_helper"
+    new_id = str(uuid.uuid4())  # a router id the caller chooses (adoption from Neutron)
 
     def status_written(b: State, a: State, r: httpx.Response) -> bool:
         router = _find(a.routers, rid)
@@ -198,6 +203,14 @@ def actions(t: Targets) -> dict[str, Action]:
             201,
             lambda b, a, r: _find(a.routers, r.json()["router"]["id"]) is not None,
         ),
+        "router create with id": Action(
+            ("create_router", "create_router:id"),
+            "POST",
+            "/v2.0/routers",
+            {"router": {"id": new_id, "name": "new", "project_id": t.project}},
+            201,
+            lambda b, a, r: _find(a.routers, new_id) is not None,
+        ),
         "router list": Action(
             ("get_router",), "GET", "/v2.0/routers", None, 200, _read_only, "routers", rid
         ),
@@ -220,6 +233,15 @@ def actions(t: Targets) -> dict[str, Action]:
         ),
         "router delete": Action(
             ("delete_router",), "DELETE", router_url, None, 204, _gone("router", rid)
+        ),
+        # Nothing desired changes (no revision): the answer names the router.
+        "router resync": Action(
+            ("resync_router",),
+            "POST",
+            f"{router_url}/resync",
+            {},
+            202,
+            lambda b, a, r: b == a and r.json()["resync"]["router_id"] == rid,
         ),
         "binding create": Action(
             (create,),
@@ -327,6 +349,7 @@ def actions(t: Targets) -> dict[str, Action]:
         "agent list": Action(
             ("get_agent",), "GET", "/v2.0/agents", None, 200, _read_only, "agents", AGENT_ID
         ),
+        "metrics": Action(("get_metrics",), "GET", "/metrics", None, 200, _read_only),
         "agent show": Action(
             ("get_agent",), "GET", f"/v2.0/agents/{AGENT_ID}", None, 200, _shows("agent", AGENT_ID)
         ),

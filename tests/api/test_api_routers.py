@@ -116,7 +116,7 @@ def test_namespace_in_use_is_409_naming_the_router(api: Api) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("id", str(uuid.uuid4())),
+        # Not "id": an admin may give one (test_api_router_id.py).
         ("status", "ACTIVE"),
         ("status_reason", "x"),
         ("revision_number", 7),

@@ -11,6 +11,7 @@ tests/hosts/.
 from __future__ import annotations
 
 import functools
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,7 +57,9 @@ def test_serve_no_agent_serves_the_api_alone(api: ServerProcess, admin: Cthm) ->
     time.sleep(1.0)  # an agent would have applied it by now
     shown = admin("--json", "router", "show", router["id"]).json()["router"]
     assert (shown["status"], shown["hosts"]) == ("PENDING", [])
-    status = admin("--json", "status", router["id"]).json()
+    checked = admin("--json", "status", router["id"])
+    assert checked.returncode == 1, checked  # not in sync: a monitoring check fails
+    status = json.loads(checked.stdout)
     assert status["router"]["status"] == "PENDING"
     assert status["kernel_error"] == f"namespace {namespace} not found on this host"
     assert not (status["agent"] or {}).get("hosts")
@@ -180,7 +183,9 @@ def test_status_prints_one_block_per_host(api: ServerProcess, admin: Cthm) -> No
     failure = "cannot apply: helper ftp is not loaded"
     b.report(router, binding, status="ERROR", reason=failure, missing=(FTP,), last_error=failure)
 
-    report = admin("--json", "status", name).json()
+    checked = admin("--json", "status", name)
+    assert checked.returncode == 1, checked  # host b is in ERROR
+    report = json.loads(checked.stdout)
     assert report["source"] == "agent"
     assert report["in_sync"] is False
     hosts = {h["host"]: h for h in report["agent"]["hosts"]}
@@ -195,7 +200,7 @@ def test_status_prints_one_block_per_host(api: ServerProcess, admin: Cthm) -> No
     assert f"host {b.host}: {failure}" in report["router"]["status_reason"]
 
     text = admin("status", name)
-    assert text.returncode == 0, text
+    assert text.returncode == 1, text
     lines = [line.strip() for line in text.stdout.splitlines()]
     block_a = next(i for i, line in enumerate(lines) if line.startswith(f"host {a.host}:"))
     block_b = next(i for i, line in enumerate(lines) if line.startswith(f"host {b.host}:"))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Callable
 
-from cthm_cli_harness import Result, assert_error
+import pytest
+from cthm_cli_harness import Result, ServerProcess, assert_error, run
+
+from cthm.testing import NamespaceFactory
 
 Cthm = Callable[..., Result]
 
@@ -146,3 +150,58 @@ def test_usage_errors_exit_2_in_one_line(cthm: Cthm) -> None:
     assert_error(cthm("router", "update", "r"), 2, "--name")
     assert_error(cthm("router", "frobnicate"), 2, "frobnicate")
     assert_error(cthm("router", "list", "--bogus"), 2, "--bogus")
+
+
+def test_router_create_with_id(cthm: Cthm, project: str, server: ServerProcess) -> None:
+    """Adoption from Neutron: an admin registers a router under Neutron's id, so its default
+    namespace is the L3 agent's qrouter-<id>."""
+    router_id = str(uuid.uuid4())
+    router = _create(cthm, f"adopted-{project}", project, "--id", router_id)
+    assert (router["id"], router["namespace"]) == (router_id, f"qrouter-{router_id}")
+    assert cthm("router", "show", router_id, "--json").json()["router"]["id"] == router_id
+
+    again = cthm("router", "create", "x", "--project", project, "--id", router_id)
+    assert_error(again, 1, f"Router {router_id} already exists")
+    assert_error(
+        cthm("router", "create", "x", "--project", project, "--id", "not-a-uuid"),
+        1,
+        "not a valid UUID",
+    )
+    member = cthm("token", "create", "--project", project, "--role", "member", "--json").json()
+    as_member = run(
+        "router", "create", "x", "--project", project, "--id", str(uuid.uuid4()),
+        url=server.url, token=member["auth_token"]["token"],
+    )  # fmt: skip
+    assert_error(as_member, 1, "only an admin may choose a router's id")
+    listed = cthm("router", "list", "--project", project, "--json").json()["routers"]
+    assert [r["id"] for r in listed] == [router_id]
+
+
+@pytest.mark.kernel
+def test_router_created_with_id_is_applied_in_that_qrouter_namespace(
+    cthm: Cthm, netns: NamespaceFactory, project: str
+) -> None:
+    """The point of --id: Neutron's L3 agent made qrouter-<id>; registered under that id, the
+    router's default namespace is that one, and the agent programs it. (`netns`: skipped where
+    namespaces cannot be made.)"""
+    router_id = str(uuid.uuid4())
+    # Named as Neutron names it: not the suite's prefix, but unique (a fresh uuid) and deleted
+    # by exactly that name.
+    neutron = NamespaceFactory(prefix="qrouter-")
+    try:
+        namespace = neutron.create(router_id)
+        _create(cthm, f"adopted-{project}", project, "--id", router_id)
+        created = cthm(
+            "helper", "create", router_id, "--protocol", "tcp", "--port", "21", "--helper", "ftp",
+            "--wait", "--json",
+        )  # fmt: skip
+        assert created.json()["conntrack_helper"]["status"] == "ACTIVE", created
+        table = subprocess.run(
+            ["ip", "netns", "exec", namespace, "nft", "list", "table", "inet", "cthm"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        assert "ct helper ftp-tcp" in table, table  # the helper object, whatever the layout
+        assert "21" in table, table
+        assert cthm("router", "delete", router_id).returncode == 0
+    finally:
+        assert neutron.cleanup() == []

@@ -17,13 +17,20 @@ from cthm.testing import NamespaceFactory
 pytestmark = pytest.mark.kernel
 
 
+def status_json(result: Result) -> dict[str, Any]:
+    """`cthm --json status`'s report; its exit status is 0 only when all is in sync (1 else)."""
+    assert result.returncode in (0, 1), result
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
 def wait_report(
     cthm: Callable[..., Result], router: str, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     report: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        report = cthm("--json", "status", router).json()
+        report = status_json(cthm("--json", "status", router))
         if done(report):
             return report
         time.sleep(0.05)
@@ -86,10 +93,14 @@ def test_status_shows_desired_beside_kernel_and_reveals_drift(
         check=True,
         timeout=10,
     )
-    drifted = json.loads(cthm("--json", "status", "st-router").stdout)
+    result = cthm("--json", "status", "st-router")
+    assert result.returncode == 1, result  # a monitoring check: out of sync fails
+    drifted = json.loads(result.stdout)
     assert drifted["in_sync"] is False
     assert all(r["kernel"] is None for r in drifted["bindings"])
-    assert "DIFFERS" in cthm("status", "st-router").stdout
+    table = cthm("status", "st-router")
+    assert "DIFFERS" in table.stdout
+    assert table.returncode == 1
 
 
 def test_status_of_a_router_whose_namespace_is_missing(
@@ -99,7 +110,9 @@ def test_status_of_a_router_whose_namespace_is_missing(
         "router", "create", "ghost", "--project", project, "--namespace", "cthm-nowhere-x1"
     )
     assert created.returncode == 0, created
-    report = cthm("--json", "status", "ghost").json()
+    result = cthm("--json", "status", "ghost")
+    assert result.returncode == 1, result
+    report = json.loads(result.stdout)
     assert report["in_sync"] is False
     assert report["kernel_error"] == "namespace cthm-nowhere-x1 not found on this host"
 
@@ -150,7 +163,7 @@ def test_status_keys_bindings_by_direction(
         check=True,
         timeout=10,
     )
-    drifted = cthm("--json", "status", name).json()
+    drifted = status_json(cthm("--json", "status", name))
     assert drifted["in_sync"] is False
     by_direction = {r["direction"]: r for r in drifted["bindings"]}
     assert by_direction["output"]["kernel"] is None

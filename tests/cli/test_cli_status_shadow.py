@@ -4,6 +4,7 @@ precedence (tests/traffic/test_helper_precedence.py pins it with traffic)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -59,16 +60,25 @@ def router_with_ftp(cthm: Callable[..., Result], namespace: str, project: str) -
     deadline = time.monotonic() + 10
     report: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        report = cthm("--json", "status", name).json()
+        report = status_json(cthm("--json", "status", name))
         if report["agent"] and report["agent"]["in_sync"]:
             return name
         time.sleep(0.05)
     raise AssertionError(f"the agent never applied the binding: {report}")
 
 
+def status_json(result: Result) -> dict[str, Any]:
+    """`cthm --json status`'s report; its exit status is 0 only when all is in sync (1 else)."""
+    assert result.returncode in (0, 1), result
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
 def warnings(result: Result) -> list[str]:
-    assert result.returncode == 0, result
-    return [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    """The warning lines; a shadowed binding makes the check fail (exit status 1)."""
+    found = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert result.returncode == (1 if found else 0), result
+    return found
 
 
 def test_no_warning_without_a_foreign_rule(
@@ -76,7 +86,7 @@ def test_no_warning_without_a_foreign_rule(
 ) -> None:
     name = router_with_ftp(cthm, netns.create("sh"), project)
     assert warnings(cthm("status", name)) == []
-    assert cthm("--json", "status", name).json()["shadowed"] == []
+    assert status_json(cthm("--json", "status", name))["shadowed"] == []
 
 
 def test_a_neutron_helper_rule_for_the_port_is_warned_about(
@@ -91,7 +101,7 @@ def test_a_neutron_helper_rule_for_the_port_is_warned_about(
         f"warning: tcp/21 (ingress): rule `{rule}` in raw PREROUTING runs first: "
         "the kernel gives these connections helper irc, not ftp"
     ]
-    (shadow,) = cthm("--json", "status", name).json()["shadowed"]
+    (shadow,) = status_json(cthm("--json", "status", name))["shadowed"]
     assert {k: shadow[k] for k in ("protocol", "port", "direction", "helper", "rule")} == {
         "protocol": "tcp",
         "port": 21,
@@ -127,7 +137,7 @@ def test_status_reads_the_kernel_here_on_either_backend(
     """The read made now finds cthm's rules whichever backend wrote them, and sees them go."""
     namespace = netns.create("rd")
     name = router_with_ftp(cthm, namespace, project)
-    report = cthm("--json", "status", name).json()
+    report = status_json(cthm("--json", "status", name))
     assert report["source"] == "local"
     assert report["in_sync"] is True, report
     (row,) = report["bindings"]
@@ -137,6 +147,6 @@ def test_status_reads_the_kernel_here_on_either_backend(
     else:
         drift = ["nft", "flush", "table", "inet", "cthm"]
     run_in_namespace(namespace, drift)
-    drifted = cthm("--json", "status", name).json()
+    drifted = status_json(cthm("--json", "status", name))
     assert drifted["in_sync"] is False, drifted
     assert drifted["bindings"][0]["kernel"] is None

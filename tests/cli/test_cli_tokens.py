@@ -86,8 +86,12 @@ def test_revoke_stops_a_token_at_once(cthm: Cthm, server: ServerProcess, project
 
 def test_a_missing_or_wrong_token_is_one_clear_line(server: ServerProcess, tmp_path: Path) -> None:
     nowhere = {"CTHM_DATA_DIR": str(tmp_path)}  # no admin.token to fall back on
+    # No token at all: said before any request, naming where the CLI looked (a usage error).
+    missing = assert_error(run("router", "list", url=server.url, env=nowhere), 2)
+    assert missing == (
+        f"Error: {tmp_path}/admin.token not found; set CTHM_DATA_DIR, --data-dir or --token"
+    )
     for args, token in (
-        (("router", "list"), None),
         (("catalog",), "cthm_" + "x" * 43),
         (("token", "list"), "not-even-a-cthm-token"),
     ):

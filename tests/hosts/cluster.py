@@ -462,9 +462,10 @@ def head_revision(cluster: Cluster, host: str = HOST_A) -> int:
 
 
 class TableWrites:
-    """Counts the kernel's rewrites of cthm's table in a real namespace, as `nft monitor`
-    announces them: every apply replaces the table whole (add, delete, add: one `delete
-    table`), so the count is the number of applies, read from the kernel, not the agent."""
+    """Counts the kernel's transactions that change cthm's table in a real namespace, as `nft
+    monitor` announces them: a full apply (the table replaced whole) or a partial one (set
+    elements added or deleted); each ends with a `# new generation` line. The count is the
+    number of applies, read from the kernel, not the agent."""
 
     PROBE = "cthm_hosts_probe"
 
@@ -474,7 +475,7 @@ class TableWrites:
         log_dir.mkdir(parents=True, exist_ok=True)
         with self.path.open("wb") as out:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", real, "nft", "monitor", "tables"],
+                ["ip", "netns", "exec", real, "nft", "monitor"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -497,9 +498,15 @@ class TableWrites:
         return self.path.read_text(errors="replace")
 
     def count(self) -> int:
-        return sum(
-            1 for line in self._text().splitlines() if line.strip() == "delete table inet cthm"
-        )
+        count = 0
+        ours = False  # the transaction being read changed cthm's table
+        for line in self._text().splitlines():
+            if line.startswith("# new generation"):
+                count += ours
+                ours = False
+            elif " inet cthm " in f"{line.strip()} ":
+                ours = True
+        return count
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -16,7 +16,7 @@ CLI_TIMEOUT = 60.0
 
 
 def clouds_yaml(url: str, token: str) -> str:
-    """The clouds.yaml entry the README documents."""
+    """The clouds.yaml entry docs/api.md documents (OpenStack clients)."""
     return (
         "clouds:\n"
         f"  {CLOUD}:\n"

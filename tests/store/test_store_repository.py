@@ -17,6 +17,7 @@ from cthm.domain import (
     NamespaceInUse,
     Protocol,
     Router,
+    RouterExists,
     RouterNotFound,
     Status,
     new_router,
@@ -145,6 +146,24 @@ def test_duplicate_router_id_is_a_conflict(store: Store, make_router: MakeRouter
     with pytest.raises(Conflict), store.unit_of_work() as repo:
         repo.add_router(duplicate)
     assert reload_router(store, first.id) == first
+
+
+@pytest.mark.parametrize("namespace", ["ns-b", None], ids=["other-namespace", "same-namespace"])
+def test_duplicate_router_id_is_router_exists(
+    store: Store,
+    make_router: MakeRouter,
+    snapshot: Callable[[], Snapshot],
+    namespace: str | None,
+) -> None:
+    """A router id given (adoption from Neutron) that is taken: said as such, even when the
+    default namespace qrouter-<id> is taken too."""
+    first = make_router()
+    duplicate = new_router(name="r", project_id="p", namespace=namespace, router_id=first.id)
+    before = snapshot()
+    with pytest.raises(RouterExists) as info, store.unit_of_work() as repo:
+        repo.add_router(duplicate)
+    assert str(info.value) == f"Router {first.id} already exists"
+    assert snapshot() == before
 
 
 # --- bindings ----------------------------------------------------------------------------

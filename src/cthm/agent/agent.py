@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cthm import metrics
 from cthm.agent.capabilities import HelperCapabilities
 from cthm.agent.claims import NamespaceClaims, kernel_namespace
 from cthm.agent.kernel_state import KernelStateBook
@@ -65,6 +66,7 @@ class Agent:
         self._backend = backend
         self.capabilities = HelperCapabilities(backend)
         self.book = KernelStateBook()
+        self.telemetry = metrics.AgentTelemetry(_label(backend))  # Prometheus, and /readyz
         self.reconciler = Reconciler(
             source,
             backend,
@@ -96,28 +98,39 @@ class Agent:
         self.counts: Counter[str] = Counter()
         self._unclaimed: dict[str, str | None] = {}  # the sweep's finds it did not delete
         self._unavailable_logged_at: float | None = None
+        # Set during start(): (announce sequence, every router's desired state) read once.
+        self._at_start: tuple[int, dict[str, DesiredRouter | InvalidDesiredState]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
         if self._threads:
             raise RuntimeError("agent already started")
-        if self._sweep_orphans:
-            # Before any worker runs: no apply can race with the deletions.
-            try:
-                self.remove_orphans()
-            except Exception:  # cleanup must never keep the agent from starting
-                log.exception("could not remove orphaned tables")
-        self._note_namespaces()
-        self._started_at = datetime.now(UTC)
-        self._loops = [
-            self._spawn(self._work_loop, f"cthm-agent-worker-{index}")
-            for index in range(self._workers)
-        ]
-        self._loops.append(self._spawn(self._timer_loop, "cthm-agent-timer"))
-        if self._probe_at_start:
-            self._spawn(self._probe_catalog, "cthm-agent-probe")
-        self.resync()
+        # The start-up passes and the first resync share one read of every router.
+        sequence = self.reconciler.sequence()
+        try:
+            self._at_start = (sequence, self._source.load_all())
+        except Unavailable:  # each pass reads (and reports) for itself
+            self._at_start = None
+        try:
+            if self._sweep_orphans:
+                # Before any worker runs: no apply can race with the deletions.
+                try:
+                    self.remove_orphans()
+                except Exception:  # cleanup must never keep the agent from starting
+                    log.exception("could not remove orphaned tables")
+            self._note_namespaces()
+            self._started_at = datetime.now(UTC)
+            self._loops = [
+                self._spawn(self._work_loop, f"cthm-agent-worker-{index}")
+                for index in range(self._workers)
+            ]
+            self._loops.append(self._spawn(self._timer_loop, "cthm-agent-timer"))
+            if self._probe_at_start:
+                self._spawn(self._probe_catalog, "cthm-agent-probe")
+            self.resync()
+        finally:
+            self._at_start = None
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stops taking work and lets in-flight reconciles finish; True if all threads ended."""
@@ -136,22 +149,53 @@ class Agent:
     # --- work ----------------------------------------------------------------------------
 
     def enqueue(self, router_ids: Iterable[str]) -> None:
+        """These routers changed (or must be looked at again): reconciled soon."""
+        ids = list(router_ids)
+        self.reconciler.announce(ids)  # desired state a resync preloaded is stale for them
+        self._queue(ids)
+
+    def _queue(self, router_ids: Iterable[str]) -> None:
         for router_id in router_ids:
+            self.telemetry.queued(router_id)
             self.queue.add(router_id)
 
-    def resync(self) -> None:
-        """Every router and every tombstone goes through reconcile (catches missed events),
-        reading its namespace's raw tables again for shadowing rules."""
-        ids = set(self._source.router_ids()) | set(self._source.tombstones())
+    def resync_routers(self, router_ids: Iterable[str]) -> None:
+        """These routers go through a full reconcile soon (`cthm router resync`): the whole
+        table read and compared, the raw tables read again for shadowing rules."""
+        ids = list(router_ids)
+        self.reconciler.book.need_full(ids)
         self.reconciler.check_shadows(ids)
-        self.enqueue(sorted(ids))
+        self._queue(ids)
+
+    def resync_router(self, router_id: str) -> None:
+        """resync_routers for one router (domain.ResyncRequester, for the API)."""
+        self.resync_routers([router_id])
+
+    def resync(self) -> None:
+        """Every router and every tombstone goes through a full reconcile (catches missed
+        events and drift), reading its namespace's raw tables again for shadowing rules; the
+        desired state of all routers is read at once."""
+        self._queue(self._full_sync_due())
         with self._lock:
             self._resynced = (datetime.now(UTC), time.monotonic())
 
     def sync_all(self) -> list[ReconcileResult]:
-        """Reconciles every router now, in this thread (used by tests, benchmarks and tools)."""
-        ids = sorted(set(self._source.router_ids()) | set(self._source.tombstones()))
-        return [self._reconcile(router_id) for router_id in ids]
+        """A full reconcile of every router now, in this thread (used by tests, benchmarks and
+        tools); the desired state of all routers read at once."""
+        return [self._reconcile(router_id) for router_id in self._full_sync_due()]
+
+    def _full_sync_due(self) -> list[str]:
+        """Marks every router and tombstone full-due, with its desired state preloaded."""
+        if self._at_start is not None:
+            sequence, states = self._at_start
+        else:
+            sequence = self.reconciler.sequence()
+            states = self._source.load_all()
+        ids = sorted(set(states) | set(self._source.tombstones()))
+        self.reconciler.book.need_full(ids)
+        self.reconciler.check_shadows(ids)
+        self.reconciler.preload(states, sequence)
+        return ids
 
     def wait_settled(self, timeout: float = 10.0) -> bool:
         """True once nothing is ready or in flight (delayed retries may remain)."""
@@ -180,6 +224,7 @@ class Agent:
             resync_interval=self._resync_interval,
             deployment_id=self._backend.owner,
             unclaimed=self.unclaimed,
+            oldest_queued_seconds=self.telemetry.oldest_pending(),
         )
 
     def kernel_state(self, router_id: str) -> RouterKernelState | None:
@@ -289,21 +334,12 @@ class Agent:
 
     def _desired_states(self) -> Iterator[DesiredRouter | InvalidDesiredState | None]:
         """Every router's desired state (the refusal, for a router that cannot be read), for
-        the start-up passes: in one read where the source has one (a remote API's list, not
-        a request per router), else router by router."""
-        every: Callable[[], list[DesiredRouter | InvalidDesiredState]] | None = getattr(
-            self._source, "desired_routers", None
-        )
-        if every is not None:
-            yield from every()
-            return
-        for router_id in self._source.router_ids():
-            try:
-                yield self._source.load(router_id)
-            except InvalidDesiredState as exc:
-                yield exc
+        the start-up passes: in one read (load_all), start()'s own."""
+        states = self._at_start[1] if self._at_start is not None else self._source.load_all()
+        yield from states.values()
 
     def _reconcile(self, router_id: str) -> ReconcileResult:
+        started = time.monotonic()
         try:
             result = self.reconciler.reconcile(router_id)
         except Unavailable as exc:  # the database, not the router: retried with backoff
@@ -311,7 +347,9 @@ class Agent:
             result = ReconcileResult(router_id, Action.FAILED, exc.message, retry=True)
         except Exception as exc:  # one bad router must never stop the worker
             log.exception("router %s: reconcile failed", router_id)
+            self.reconciler.book.need_full([router_id])  # what it left in the kernel is unknown
             result = ReconcileResult(router_id, Action.FAILED, f"internal error: {exc}", retry=True)
+        self.telemetry.synced(result, started)
         if result.requeue:
             self.enqueue(result.requeue)
         with self._lock:

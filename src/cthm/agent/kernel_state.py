@@ -4,12 +4,17 @@ Kept here and not in the database on purpose: a no-op resync must write nothing 
 `verified_at` moves on every successful read-back. The record also carries what drift detection
 needs: the desired state (router revision and expected table) this agent last verified. The
 records are the domain's RouterKernelState values, which the API presents.
+
+It also decides which sync a router's next reconcile may do: a partial one (element changes to
+the table last verified, agent/reconciler.py) only while that verified table is trusted; the
+first look at a router in this process, any failure, drift, a namespace change and the periodic
+resync (`need_full`) make the next one full.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +30,16 @@ class _Verified:
     namespace: str
     revision_number: int
     want: object  # the backend's desired form, compared with ==
+    table: KernelState | None = None  # what the kernel was read to hold (== want)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedTable:
+    """The table last verified in a router's namespace, trusted for a partial sync."""
+
+    namespace: str
+    revision_number: int
+    table: KernelState
 
 
 class KernelStateBook:
@@ -36,6 +51,7 @@ class KernelStateBook:
         self._states: dict[str, RouterKernelState] = {}
         self._verified: dict[str, _Verified] = {}
         self._drifting: set[str] = set()  # drift seen, not yet repaired
+        self._full_due: set[str] = set()  # the next reconcile must read the whole table
 
     def get(self, router_id: str) -> RouterKernelState | None:
         with self._lock:
@@ -50,10 +66,12 @@ class KernelStateBook:
         have: KernelState | None,
         *,
         matches: bool | None = None,
+        full: bool = True,
     ) -> bool:
         """Records a read of the kernel. True when it matches the desired state (verified).
         A mismatch forgets the last verification, so drift is counted once per occurrence.
-        `matches`: `have == want` when the caller already compared them."""
+        `matches`: `have == want` when the caller already compared them. full: the whole table
+        was read (a match ends a pending need_full); False: a partial sync's read-back."""
         now = self._clock()
         if matches is None:
             matches = have == want
@@ -76,10 +94,41 @@ class KernelStateBook:
                 state = replace(state, drift_repairs=state.drift_repairs + 1)
             self._states[router_id] = state
             if matches:
-                self._verified[router_id] = _Verified(namespace, revision_number, want)
+                self._verified[router_id] = _Verified(namespace, revision_number, want, have)
+                if full:
+                    self._full_due.discard(router_id)
             else:
                 self._verified.pop(router_id, None)
+                self._full_due.add(router_id)
         return matches
+
+    def verified_table(self, router_id: str, namespace: str) -> VerifiedTable | None:
+        """The table last verified in `namespace` for the router, if a partial sync may start
+        from it: None when the next reconcile must be full (see the module doc)."""
+        with self._lock:
+            if router_id in self._full_due:
+                return None
+            last = self._verified.get(router_id)
+        if last is None or last.namespace != namespace or last.table is None:
+            return None
+        return VerifiedTable(last.namespace, last.revision_number, last.table)
+
+    def unchanged(self, router_id: str, revision_number: int) -> None:
+        """A new revision whose table is the one last verified (nothing written or read): the
+        verification stands for it, so its drift is still told from a change."""
+        with self._lock:
+            last = self._verified.get(router_id)
+            if last is not None:
+                self._verified[router_id] = replace(last, revision_number=revision_number)
+            state = self._states.get(router_id)
+            if state is not None:
+                self._states[router_id] = replace(state, revision_number=revision_number)
+
+    def need_full(self, router_ids: Iterable[str]) -> None:
+        """The next reconcile of each router reads and compares the whole table (resync,
+        drift suspected, an error the reconciler did not see)."""
+        with self._lock:
+            self._full_due.update(router_ids)
 
     def is_drift(
         self, router_id: str, namespace: str, revision_number: int, want: KernelState | None
@@ -88,7 +137,11 @@ class KernelStateBook:
         behind cthm's back, not by a user's change)."""
         with self._lock:
             last = self._verified.get(router_id)
-        return last == _Verified(namespace, revision_number, want)
+        return (
+            last is not None
+            and (last.namespace, last.revision_number) == (namespace, revision_number)
+            and last.want == want
+        )
 
     def drift_detected(self, router_id: str) -> None:
         """Counted as repaired (`drift_repairs`) at the next successful verification."""
@@ -108,6 +161,7 @@ class KernelStateBook:
         namespace_missing: the kernel holds nothing for the router (in_sync False)."""
         now = self._clock()
         with self._lock:
+            self._full_due.add(router_id)
             state = self._state(router_id)
             changes: dict[str, object] = {"last_error": reason, "last_error_at": now}
             if namespace is not None:
@@ -153,6 +207,7 @@ class KernelStateBook:
             self._states.pop(router_id, None)
             self._verified.pop(router_id, None)
             self._drifting.discard(router_id)
+            self._full_due.discard(router_id)
 
     def _state(self, router_id: str) -> RouterKernelState:
         return self._states.get(router_id) or RouterKernelState(router_id)

@@ -141,7 +141,13 @@ class NodeAgent:
                 self.agent.start()
             except Unavailable as exc:  # threads run; the watch's first list queues everything
                 log.warning("first resync failed: %s; the watch lists again", exc.message)
-            self.watcher = ChangeWatcher(self._client, self.host, self.agent.enqueue, self._relist)
+            self.watcher = ChangeWatcher(
+                self._client,
+                self.host,
+                self.agent.enqueue,
+                self._relist,
+                on_resync=self.agent.resync_routers,
+            )
             self.watcher.start()
             self._heartbeat = threading.Thread(
                 target=self._heartbeat_loop, name="cthm-agent-heartbeat", daemon=True

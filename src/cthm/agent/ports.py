@@ -41,6 +41,15 @@ class KernelBackend(TypingProtocol):
 
     def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None: ...
 
+    def update(
+        self, namespace: str, verified: KernelState, assignments: Sequence[Assignment]
+    ) -> KernelState | None:
+        """Partial sync: changes the table last verified (`verified`, as read() or update()
+        returned it) to hold `assignments` without rewriting it, then reads back only what it
+        touched; returns `verified` with that part replaced (compare it with desired()). None:
+        the change needs a full apply (nothing written)."""
+        ...
+
     def delete(self, namespace: str) -> bool: ...
 
     def available_helpers(
@@ -88,6 +97,17 @@ class RouterReport:
 
 class DesiredStateSource(TypingProtocol):
     def load(self, router_id: str) -> DesiredRouter | None: ...
+
+    def reload(self, router_id: str, last: DesiredRouter) -> DesiredRouter | None:
+        """load(), where the source may reuse what `last` (a load() of the same router) holds
+        of rows its store says have not changed since (a router of a thousand bindings is not
+        read again for one change). Rows changed behind the store's back are seen by load()."""
+        ...
+
+    def load_all(self) -> dict[str, DesiredRouter | InvalidDesiredState]:
+        """Every router's desired state (its refusal, for one that fails validation), read at
+        once: the cold sync and the periodic resync, not a load() per router."""
+        ...
 
     def router_ids(self) -> list[str]: ...
 

@@ -250,6 +250,19 @@ class RemoteSource:
             return None
         return desired_router(body, router_id)
 
+    def reload(self, router_id: str, last: DesiredRouter) -> DesiredRouter | None:
+        """A fresh load(): the API sends a router's desired state whole."""
+        return self.load(router_id)
+
+    def load_all(self) -> dict[str, DesiredRouter | InvalidDesiredState]:
+        found: dict[str, DesiredRouter | InvalidDesiredState] = {}
+        for desired in self.desired_routers():
+            if isinstance(desired, InvalidDesiredState):
+                found[desired.router_id] = desired
+            else:
+                found[desired.router.id] = desired
+        return found
+
     def router_ids(self) -> list[str]:
         return self._list()[0]
 

@@ -4,7 +4,9 @@ As client-go's Reflector does: the list gives a revision R (read in the same tra
 routers), on_relist() then queues every router again (its reads come after R, so they see at
 least R), and the long poll `GET /v2.0/watch?since=R&host=H` returns the changes after R, which
 on_changes() queues by router id. Each answer's revision (the last event's, or the head's as a
-bookmark) is the next `since`: a cut connection resumes where it was, missing nothing.
+bookmark) is the next `since`: a cut connection resumes where it was, missing nothing. An event
+of kind RESYNC (`cthm router resync`: nothing desired changed) goes to on_resync() instead, which
+makes the router's next reconcile a full one; any other kind is a change to reconcile.
 
 Any doubt means listing again: a 410 (R left the retained history, or the server's history is
 not the one R came from: a restored database), or any failed request, after a capped
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cthm.agent.remote import ApiClient, ApiRefused, Backoff
-from cthm.domain import Unavailable
+from cthm.domain import CHANGE_RESYNC, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,13 @@ class ChangeWatcher:
         *,
         poll_timeout: float = POLL_TIMEOUT,
         backoff: Backoff | None = None,
+        on_resync: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self._client = client
         self._host = host
         self._on_changes = on_changes
         self._on_relist = on_relist
+        self._on_resync = on_resync or on_changes
         self._poll_timeout = poll_timeout
         self._backoff = backoff or Backoff()
         self._stop = threading.Event()
@@ -137,10 +141,14 @@ class ChangeWatcher:
         answer = self._client.watch(since, self._host, self._poll_timeout)
         try:
             revision = int(answer["revision"])
-            router_ids = {str(event["router_id"]) for event in answer["events"]}
+            events = [(str(event["router_id"]), event.get("type")) for event in answer["events"]]
             count = len(answer["events"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise Unavailable(f"unexpected watch answer from the API: {exc!r:.200}") from exc
+        resyncs = {router_id for router_id, kind in events if kind == CHANGE_RESYNC}
+        router_ids = {router_id for router_id, kind in events if kind != CHANGE_RESYNC}
+        if resyncs:
+            self._on_resync(sorted(resyncs))
         if router_ids:
             self._on_changes(sorted(router_ids))
         with self._lock:

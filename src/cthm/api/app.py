@@ -26,7 +26,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cthm import metrics
 from cthm.api import audit
+from cthm.api.access_log import AccessLogMiddleware
 from cthm.api.auth import CHALLENGE, AuthenticationMiddleware, Authenticator, openapi_security
 from cthm.api.auth_audit import FailedAuthentications
 from cthm.api.deps import ApiContext, HelperAvailability, require_json_body
@@ -41,6 +43,7 @@ from cthm.api.errors import (
     http_kind,
     validation_message,
 )
+from cthm.api.request_metrics import RequestMetricsMiddleware
 from cthm.api.routes import agents as agents_routes
 from cthm.api.routes import (
     audit_events,
@@ -49,10 +52,13 @@ from cthm.api.routes import (
     conntrack_helpers,
     health,
     routers,
+    ui,
     versions,
 )
 from cthm.api.routes import hosts as hosts_routes
 from cthm.api.routes import kernel_state as kernel_state_routes
+from cthm.api.routes import metrics as metrics_routes
+from cthm.api.routes import resync as resync_routes
 from cthm.api.routes import status as router_status
 from cthm.api.routes import watch as watch_routes
 from cthm.api.schemas import ErrorResponse
@@ -62,6 +68,7 @@ from cthm.domain import (
     HelperCatalog,
     KernelStateProvider,
     NamespaceCheck,
+    ResyncRequester,
 )
 from cthm.settings import Settings
 from cthm.store import AuditContext, Store
@@ -94,6 +101,7 @@ def create_app(
     agents: AgentsProvider | None = None,
     namespace_check: NamespaceCheck | None = None,
     local_agent_host: str | None = None,
+    resync: ResyncRequester | None = None,
 ) -> FastAPI:
     """The cthm REST API over `store`. helper_availability: which (kernel helper, protocol)
     pairs this host's kernel has; None: unknown (the catalog shows kernel_available null).
@@ -104,7 +112,9 @@ def create_app(
     (given only where that agent runs); None: the namespace is checked by the agent alone.
     local_agent_host: the host of the in-process agent (embedded mode: it manages every
     router, and node agents' reports are refused); None: no in-process agent, routers are
-    placed on the hosts whose node agents report their namespaces."""
+    placed on the hosts whose node agents report their namespaces.
+    resync: asks the in-process agent for a full reconcile of a router; None: no agent (node
+    agents hear of a resync through the change feed)."""
     app = FastAPI(
         title="cthm",
         summary="Conntrack helper manager: Neutron-compatible conntrack helper API",
@@ -135,6 +145,7 @@ def create_app(
     app.state.agents = agents
     app.state.namespace_check = namespace_check
     app.state.local_agent_host = local_agent_host
+    app.state.resync = resync
     app.state.watch_hub = watch_routes.WatchHub()
     # Called in the committing thread; it only schedules wake-ups on the waiting watches' loops.
     store.subscribe(app.state.watch_hub.notify)
@@ -147,6 +158,8 @@ def create_app(
         extra_headers=security_headers(tls=settings.tls_enabled),
         agent_body_bytes=AGENT_MAX_BODY_BYTES,
     )
+    app.add_middleware(AccessLogMiddleware)  # every answer, a 401 before routing included
+    app.add_middleware(RequestMetricsMiddleware)  # outermost: every answer is counted
     app.add_exception_handler(CthmError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -156,6 +169,7 @@ def create_app(
         conntrack_helpers,
         router_status,
         kernel_state_routes,
+        resync_routes,
         catalog,
         health,
         audit_events,
@@ -163,8 +177,10 @@ def create_app(
         agents_routes,
         hosts_routes,
         watch_routes,
+        metrics_routes,
     ):
         app.include_router(module.router)
+    app.mount(ui.PATH, ui.application(app))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -188,10 +204,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks.start_soon(_flush_periodically, failures)
         if app.state.local_agent_host is None:
             tasks.start_soon(_refresh_liveness_periodically, context)
+        listener = metrics_routes.start_listener(app)  # --metrics-listen; None: not asked for
         try:
             yield
         finally:
             tasks.cancel_scope.cancel()
+            if listener is not None:
+                listener.stop()
     await anyio.to_thread.run_sync(failures.flush)
 
 
@@ -283,6 +302,7 @@ async def _count_failed_authentication(request: Request, exc: Unauthenticated) -
     """One audit event per client per window, with a count (see auth_audit); a write, when
     one is due, happens before the 401 is sent."""
     failures: FailedAuthentications = request.app.state.failed_authentications
+    metrics.AUTH_FAILURES.inc()
     state = request.scope.get("state") or {}
     context = audit.context_of(state)
     context = AuditContext(context.request_id, exc.token_id, None)
@@ -370,6 +390,9 @@ class RequestContextMiddleware:
                 headers = MutableHeaders(scope=message)
                 headers.append(REQUEST_ID_HEADER, request_id)
                 for name, value in self.extra_headers:
+                    # The status page (/ui) sets its own policy: a stylesheet and its forms.
+                    if name == "Content-Security-Policy" and name in headers:
+                        continue
                     headers[name] = value
             await send(message)
 

@@ -26,13 +26,14 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastapi import Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cthm.api.errors import Unauthenticated, domain_error_response
 from cthm.api.principal import Principal
 from cthm.domain import AuthToken, CthmError
-from cthm.store import Store
+from cthm.store import Repository, Store
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,20 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 # What a secret looks like (cthm.store.tokens.new_secret); anything else is refused unread.
 SECRET_FORMAT = re.compile(r"cthm_[A-Za-z0-9_-]{43}")
 _BEARER = re.compile(r"bearer[ \t]+(\S+)[ \t]*", re.IGNORECASE)
-# Version discovery (openstacksdk asks before it has a token) and the health check.
+# Version discovery (openstacksdk asks before it has a token), the health and readiness checks.
 EXEMPT: frozenset[tuple[str, str]] = frozenset(
-    (method, path) for method in ("GET", "HEAD") for path in ("/", "/v2.0", "/v2.0/", "/healthz")
+    (method, path)
+    for method in ("GET", "HEAD")
+    for path in ("/", "/v2.0", "/v2.0/", "/healthz", "/readyz")
 )
 CLIENT_KEY_MAX = 64
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Where a write request's unit of work waits in the request's ASGI state (see HeldUnit).
+HELD_UNIT = "cthm_unit_of_work"
+# Threads that may wait at once for a write unit to begin (SQLite: for the write lock), apart
+# from the thread pool that runs the routes: waiting writers must never take every thread
+# while the writer they wait for needs one to finish.
+BEGIN_THREADS = 40
 
 
 class AuthFailure(Exception):
@@ -58,8 +68,12 @@ class AuthFailure(Exception):
         self.failures_in_a_row = 1
 
 
+# The status page checks the token of its session cookie itself (cthm.api.routes.ui).
+UI_PATH = "/ui"
+
+
 def is_exempt(method: str, path: str) -> bool:
-    return (method, path) in EXEMPT
+    return (method, path) in EXEMPT or path == UI_PATH or path.startswith(UI_PATH + "/")
 
 
 def secret_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> str:
@@ -181,6 +195,51 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class HeldUnit:
+    """A write request's one transaction: begun by the authentication middleware, which looks
+    the token up in it, then handed to the route's repository (deps.get_repository), which
+    commits or rolls it back before the response is sent. Whatever the route does not claim
+    (no route, a body refused before the route ran) the middleware rolls back.
+
+    Its steps run in worker threads, one after the other, never at once."""
+
+    def __init__(self, store: Store) -> None:
+        self._unit = store.unit_of_work(write=True)
+        self.repository: Repository | None = None
+        self._claimed = False
+        self.ended = False
+
+    def begin(self) -> Repository:
+        self.repository = self._unit.__enter__()
+        return self.repository
+
+    def claim(self) -> Repository | None:
+        """The repository, to its one user; None once claimed or ended."""
+        if self.repository is None or self._claimed or self.ended:
+            return None
+        self._claimed = True
+        return self.repository
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Commits (no error) or rolls back; raises what the unit of work raises (a commit that
+        failed: Unavailable, Conflict). Idempotent."""
+        if self.repository is None or self.ended:
+            return
+        self.ended = True
+        if error is None:
+            self._unit.__exit__(None, None, None)
+        else:
+            self._unit.__exit__(type(error), error, error.__traceback__)
+
+    async def end_in_thread(self, error: BaseException | None = None) -> None:
+        """end() in a worker thread of its own, shielded from cancellation (a client gone must
+        not leave the transaction, and SQLite's write lock, held)."""
+        if self.repository is None or self.ended:
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.end, error, limiter=anyio.CapacityLimiter(1))
+
+
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -203,13 +262,24 @@ class Authenticator:
         self.sleep = sleep
 
     async def authenticate(
-        self, store: Store, headers: Iterable[tuple[bytes, bytes]], client: str
+        self,
+        store: Store,
+        headers: Iterable[tuple[bytes, bytes]],
+        client: str,
+        held: HeldUnit | None = None,
+        limiter: anyio.CapacityLimiter | None = None,
     ) -> Principal:
         """The principal of a valid token. Raises AuthFailure (after waiting as the throttle
-        decides), or CthmError when the store cannot answer (Unavailable: 503)."""
+        decides), or CthmError when the store cannot answer (Unavailable: 503).
+        held: a write request's unit of work, begun here and the token read in it (it stays
+        open on success, and is rolled back on failure before any wait); None: the token is
+        read in a transaction of its own. limiter: the threads the lookup may use."""
         try:
             secret = secret_from_headers(headers)
-            token = await anyio.to_thread.run_sync(_lookup, store, secret)
+            if held is None:
+                token = await anyio.to_thread.run_sync(_lookup, store, secret, limiter=limiter)
+            else:
+                token = await anyio.to_thread.run_sync(_lookup_held, held, secret, limiter=limiter)
             if token is None:
                 raise AuthFailure("an unknown token")
             if token.revoked_at is not None:
@@ -217,6 +287,8 @@ class Authenticator:
             if not token.usable_at(self.clock()):
                 raise AuthFailure("an expired token", token.id)
         except AuthFailure as failure:
+            if held is not None:
+                await held.end_in_thread(failure)  # never hold the transaction while waiting
             await self._fail(failure, client)
             raise
         return Principal(
@@ -250,6 +322,41 @@ def _lookup(store: Store, secret: str) -> AuthToken | None:
         return repo.tokens.lookup(secret)
 
 
+def _lookup_held(held: HeldUnit, secret: str) -> AuthToken | None:
+    return held.begin().tokens.lookup(secret)
+
+
+async def _buffered(receive: Receive) -> Receive:
+    """The request's body read whole before a write transaction begins (a slow client must not
+    hold it, nor SQLite's write lock), then given to the application as it came. A body over
+    the size limit (HTTPException 413 from the request-context middleware) is raised again
+    when the application reads it, so an unauthenticated request still gets its 401 first."""
+    messages: list[Message] = []
+    refused: HTTPException | None = None
+    while True:
+        try:
+            message = await receive()
+        except HTTPException as exc:
+            refused = exc
+            break
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+
+    async def replay() -> Message:
+        if messages:
+            return messages.pop(0)
+        if refused is not None:
+            raise refused
+        return await receive()
+
+    return replay
+
+
+class _NotClaimed(Exception):
+    """Rolls back a write request's transaction that no route used."""
+
+
 class AuthenticationMiddleware:
     """Authenticates every HTTP request except the exempt ones, before routing, and puts the
     principal in the request state (`request.state.principal`) for routes and error handlers.
@@ -262,6 +369,7 @@ class AuthenticationMiddleware:
         self.app = app
         self.authenticator = authenticator
         self.store = store
+        self._begin_threads: anyio.CapacityLimiter | None = None  # made in the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_exempt(scope["method"], scope["path"]):
@@ -269,9 +377,18 @@ class AuthenticationMiddleware:
             return
         client = scope.get("client")
         key = client_key(client[0] if client else None)
+        # A write request is one transaction: the token is read in the one its change is made
+        # in (one BEGIN and COMMIT, one fsync, one thread hop fewer).
+        held, limiter = None, None
+        if scope["method"] not in READ_METHODS:
+            receive = await _buffered(receive)
+            held = HeldUnit(self.store)
+            if self._begin_threads is None:
+                self._begin_threads = anyio.CapacityLimiter(BEGIN_THREADS)
+            limiter = self._begin_threads
         try:
             principal = await self.authenticator.authenticate(
-                self.store, scope.get("headers") or (), key
+                self.store, scope.get("headers") or (), key, held, limiter
             )
         except AuthFailure as failure:
             denied = Unauthenticated(
@@ -284,10 +401,29 @@ class AuthenticationMiddleware:
             await response(scope, receive, send)
             return
         except CthmError as exc:  # the store cannot answer (503): neither yes nor no
+            if held is not None:
+                await held.end_in_thread(exc)
             await (await _handled(scope, receive, exc))(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        except BaseException as exc:
+            if held is not None:
+                await held.end_in_thread(exc)
+            raise
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        if held is None:
+            await self.app(scope, receive, send)
+            return
+        state[HELD_UNIT] = held
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # Not claimed by a route (none matched, or the request was refused before it ran):
+            # nothing was changed in it; rolled back.
+            try:
+                await held.end_in_thread(_NotClaimed())
+            except CthmError as exc:
+                log.warning("rolling back an unused transaction failed: %s", exc.message)
 
 
 async def _handled(scope: Scope, receive: Receive, error: CthmError) -> Response:

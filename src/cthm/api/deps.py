@@ -6,13 +6,17 @@ The principal comes from authentication (cthm.api.auth): `PrincipalDep` is who i
 from __future__ import annotations
 
 import email.message
-from collections.abc import Callable, Iterator, Mapping
+import functools
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, cast
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Header, Request
 
-from cthm.api.auth import get_principal
+from cthm.api.auth import HELD_UNIT, HeldUnit, get_principal
 from cthm.api.principal import Principal
 from cthm.api.query import Params, reject_query
 from cthm.domain import HelperCatalog, InvalidInput, Protocol
@@ -20,6 +24,11 @@ from cthm.settings import Settings
 from cthm.store import AuditContext, Repository, Store
 
 HelperAvailability = Callable[[], Mapping[tuple[str, Protocol], bool]]
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+# The small dependencies below are `async def` although they never wait: FastAPI runs a plain
+# `def` dependency in its thread pool, and a thread hop each (8 on a create) cost more than
+# the whole database transaction.
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -35,7 +44,7 @@ class ApiContext:
     helper_availability: HelperAvailability | None
 
 
-def get_context(request: Request) -> ApiContext:
+async def get_context(request: Request) -> ApiContext:
     context = request.app.state.cthm
     assert isinstance(context, ApiContext)
     return context
@@ -44,15 +53,15 @@ def get_context(request: Request) -> ApiContext:
 ContextDep = Annotated[ApiContext, Depends(get_context)]
 
 
-def get_settings(context: ContextDep) -> Settings:
+async def get_settings(context: ContextDep) -> Settings:
     return context.settings
 
 
-def get_store(context: ContextDep) -> Store:
+async def get_store(context: ContextDep) -> Store:
     return context.store
 
 
-def get_catalog(context: ContextDep) -> HelperCatalog:
+async def get_catalog(context: ContextDep) -> HelperCatalog:
     return context.catalog
 
 
@@ -61,22 +70,75 @@ StoreDep = Annotated[Store, Depends(get_store)]
 CatalogDep = Annotated[HelperCatalog, Depends(get_catalog)]
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+async def get_caller(request: Request) -> Principal:
+    return get_principal(request)
 
 
-def get_repository(
+PrincipalDep = Annotated[Principal, Depends(get_caller)]
+
+
+async def get_repository(
     request: Request, store: StoreDep, principal: PrincipalDep
-) -> Iterator[Repository]:
+) -> AsyncIterator[Repository]:
     """One unit of work per request: committed before the response is sent, rolled back if the
     request fails, so a failed request leaves the database as it was. Changes made through it
-    are audited in the same transaction, under the caller's identity."""
+    are audited in the same transaction, under the caller's identity.
+
+    A write request's unit was begun by the authentication middleware, which read the token in
+    it (auth.HeldUnit): one transaction per write. A read request's is begun here."""
     audit = AuditContext(
         request_id=getattr(request.state, "request_id", ""),
         token_id=principal.token_id,
         project_id=principal.project_id,
     )
-    with store.unit_of_work(write=request.method not in _READ_METHODS, audit=audit) as repository:
+    held = request.scope.get("state", {}).get(HELD_UNIT)
+    repository = held.claim() if isinstance(held, HeldUnit) else None
+    if held is not None and repository is not None:
+        repository.audit.context = audit
+        _ending.set(held)  # for a route that commits in its own thread (ends_transaction)
+        try:
+            yield repository
+        except BaseException as exc:
+            await held.end_in_thread(exc)
+            raise
+        finally:
+            _ending.set(None)
+        await held.end_in_thread()  # nothing left to do if the route committed it
+        return
+    unit = store.unit_of_work(write=request.method not in _READ_METHODS, audit=audit)
+    repository = await anyio.to_thread.run_sync(unit.__enter__)
+    try:
         yield repository
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                unit.__exit__, type(exc), exc, exc.__traceback__, limiter=anyio.CapacityLimiter(1)
+            )
+        raise
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(
+            unit.__exit__, None, None, None, limiter=anyio.CapacityLimiter(1)
+        )
+
+
+_ending: ContextVar[HeldUnit | None] = ContextVar("cthm_ending", default=None)
+
+
+def ends_transaction(endpoint: _Endpoint) -> _Endpoint:
+    """For a write route (a plain `def`, run in a worker thread): its request's transaction is
+    committed in that thread as the route returns, not in one more thread hop after it. The
+    transaction is SQLite's write lock: a hop (and the event loop's turn) fewer while holding
+    it. A commit that fails is raised by the route, so it is still the response."""
+
+    @functools.wraps(endpoint)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        result = endpoint(*args, **kwargs)
+        held = _ending.get()
+        if held is not None:
+            held.end()
+        return result
+
+    return cast(_Endpoint, run)
 
 
 # scope="function": the transaction ends (commit or rollback) before the response goes out, so
@@ -84,19 +146,19 @@ def get_repository(
 RepoDep = Annotated[Repository, Depends(get_repository, scope="function")]
 
 
-def get_query_params(request: Request) -> Params:
+async def get_query_params(request: Request) -> Params:
     return request.query_params.multi_items()
 
 
 QueryDep = Annotated[Params, Depends(get_query_params)]
 
 
-def no_query(params: QueryDep) -> None:
+async def no_query(params: QueryDep) -> None:
     """For requests that take no query parameters: any is refused."""
     reject_query(params)
 
 
-def require_json_body(request: Request) -> None:
+async def require_json_body(request: Request) -> None:
     """Requests with a body must say it is JSON (Content-Type: application/json)."""
     if request.method not in _BODY_METHODS:
         return
@@ -112,7 +174,7 @@ def require_json_body(request: Request) -> None:
         raise InvalidInput("Content-Type must be application/json")
 
 
-def get_if_match_revision(
+async def get_if_match_revision(
     if_match: Annotated[
         str | None,
         Header(

@@ -41,10 +41,14 @@ POLICY: Mapping[str, Rule] = {
     "get_conntrack_helper_catalog": Rule.ANYONE,
     # A router stands for a namespace on a host: only an admin may register or remove one.
     "create_router": Rule.ADMIN,
+    # In addition, when the create names the router's id (adoption of a Neutron router).
+    "create_router:id": Rule.ADMIN,
     "get_router": Rule.READER,
     "get_router_kernel_state": Rule.READER,  # the same rule as get_router
     "update_router": Rule.ADMIN_OR_PROJECT_MEMBER,  # its name only
     "delete_router": Rule.ADMIN,
+    # A full reconcile now (reads the kernel again); changes nothing desired.
+    "resync_router": Rule.ADMIN_OR_PROJECT_MEMBER,
     "create_router_conntrack_helper": Rule.ADMIN_OR_PROJECT_MEMBER,
     "get_router_conntrack_helper": Rule.READER,
     "update_router_conntrack_helper": Rule.ADMIN_OR_PROJECT_MEMBER,
@@ -70,6 +74,8 @@ POLICY: Mapping[str, Rule] = {
     # API tokens: whoever holds one of these can make a token of any project and role.
     "create_auth_token": Rule.ADMIN,
     "get_auth_token": Rule.ADMIN,
+    # Prometheus metrics: host-wide counts over every project (or --metrics-listen, no token).
+    "get_metrics": Rule.ADMIN,
     "delete_auth_token": Rule.ADMIN,
 }
 

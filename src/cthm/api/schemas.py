@@ -102,8 +102,15 @@ _ROUTER_SERVER_SET = frozenset(
 
 
 class RouterCreate(StrictModel):
-    READ_ONLY = _ROUTER_SERVER_SET
+    READ_ONLY = _ROUTER_SERVER_SET - {"id"}
 
+    id: str | None = Field(
+        default=None,
+        description="admin only: register the router under this UUID (e.g. Neutron's own "
+        "router id, so that the default namespace is the L3 agent's qrouter-<id>); "
+        "default: a new one",
+        json_schema_extra={"format": "uuid"},
+    )
     name: str = ""
     project_id: str | None = Field(default=None, description="default: the caller's project")
     tenant_id: str | None = Field(default=None, description="Neutron's older name of project_id")

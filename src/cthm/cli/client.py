@@ -123,11 +123,19 @@ class CthmClient:
         return self._member(self._request("GET", _path("routers", router_id)), "router")
 
     def create_router(
-        self, *, name: str, project_id: str, namespace: str | None = None
+        self,
+        *,
+        name: str,
+        project_id: str,
+        namespace: str | None = None,
+        router_id: str | None = None,
     ) -> JSONObject:
+        """router_id: register the router under this id (admin only; e.g. Neutron's own)."""
         router: JSONObject = {"name": name, "project_id": project_id}
         if namespace is not None:
             router["namespace"] = namespace
+        if router_id is not None:
+            router["id"] = router_id
         response = self._request("POST", "/v2.0/routers", body={"router": router})
         return self._member(response, "router")
 
@@ -142,6 +150,12 @@ class CthmClient:
         """The router's desired state beside what the server's agent last read from the kernel."""
         path = _path("routers", router_id, "kernel_state")
         return self._member(self._request("GET", path), "kernel_state")
+
+    def resync_router(self, router_id: str) -> JSONObject:
+        """Asks for a full reconcile of the router now (202: accepted, not done yet)."""
+        path = _path("routers", router_id, "resync")
+        # An empty JSON object: every POST says its body is JSON (the API requires it).
+        return self._member(self._request("POST", path, body={}), "resync")
 
     # conntrack helpers (bindings)
 

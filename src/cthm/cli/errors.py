@@ -1,7 +1,8 @@
 """Errors the command line reports, each with the exit status it ends with.
 
-Exit statuses: 0 success, 1 the request or the service failed, 2 usage or settings error (or a
-data directory another `cthm serve` holds), 3 the server cannot be reached.
+Exit statuses: 0 success, 1 the request or the service failed (or the binding `--wait` waited
+for is in ERROR), 2 bad input found before any request: usage, settings, no token (or a data
+directory another `cthm serve` holds), 3 the server cannot be reached, 4 `--wait` timed out.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import click
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_TIMEOUT = 4
 
 
 class ServiceError(Exception):
@@ -43,3 +45,9 @@ class SettingsFailure(Failure):
 
 class UnreachableFailure(Failure):
     exit_code = EXIT_UNREACHABLE
+
+
+class TimedOutFailure(Failure):
+    """`--wait` gave up: the request was done, its effect not seen in time."""
+
+    exit_code = EXIT_TIMEOUT

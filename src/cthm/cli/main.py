@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,6 +24,7 @@ from cthm.cli.commands.audit import audit_group
 from cthm.cli.commands.catalog import catalog
 from cthm.cli.commands.db import db_group
 from cthm.cli.commands.helpers import helper_group
+from cthm.cli.commands.import_neutron import import_group
 from cthm.cli.commands.routers import router_group
 from cthm.cli.commands.serve import serve
 from cthm.cli.commands.status import status
@@ -41,7 +44,23 @@ class CthmGroup(click.Group):
         except AuthenticationFailed:
             raise Failure("authentication failed (check --token / CTHM_TOKEN)") from None
         except ClientError as exc:
-            raise Failure(exc.message) from None
+            raise Failure(_with_role(exc)) from None
+
+
+_POLICY_MESSAGE = re.compile(r"rule:([a-z_:]+) is disallowed by policy")
+
+
+def _with_role(exc: ClientError) -> str:
+    """A 403's message with the role the action needs, when the API names only the rule (its
+    message is Neutron's, kept as is for Neutron's clients)."""
+    found = _POLICY_MESSAGE.fullmatch(exc.message) if exc.status == 403 else None
+    if found is None:
+        return exc.message
+    # Imported only here: the API's modules cost client commands a noticeable start-up time.
+    from cthm.api.policy import POLICY
+
+    rule = POLICY.get(found.group(1))
+    return exc.message if rule is None else f"{exc.message} (needs: {rule.value})"
 
 
 @click.group(cls=CthmGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,17 +88,41 @@ class CthmGroup(click.Group):
     help="API token. [env CTHM_TOKEN; for a loopback URL, default: admin.token in the data "
     "directory (CTHM_DATA_DIR)]",
 )
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The server's data directory: where a local server's admin.token is read, and the "
+    "default of every command's --data-dir. [env CTHM_DATA_DIR]",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print JSON bodies (for scripts).")
 @click.version_option(package_name="cthm", prog_name="cthm")
 @click.pass_context
-def cli(ctx: click.Context, url: str, timeout: float, token: str | None, json_output: bool) -> None:
+def cli(
+    ctx: click.Context,
+    url: str,
+    timeout: float,
+    token: str | None,
+    data_dir: Path | None,
+    json_output: bool,
+) -> None:
     """cthm assigns Linux conntrack helpers to virtual routers (network namespaces).
 
-    Exit status: 0 ok, 1 the request failed, 2 usage error, 3 the server cannot be reached.
+    Exit status: 0 ok, 1 the request failed (or, with --wait, the binding is in ERROR), 2 bad
+    input found before any request (usage, settings, no token), 3 the server cannot be
+    reached, 4 --wait timed out.
+
+    Shell completion (commands, options, router names): eval "$(_CTHM_COMPLETE=bash_source
+    cthm)" in ~/.bashrc (zsh_source, fish_source for the other shells).
     """
     state = ctx.ensure_object(CliState)
     state.url, state.timeout, state.json = url, timeout, json_output
     state.token = token
+    if data_dir is not None:
+        state.data_dir = data_dir
+        # The same directory for the server-side commands (serve, db, token recover), which
+        # read CTHM_DATA_DIR when their own --data-dir is not given.
+        os.environ["CTHM_DATA_DIR"] = str(data_dir)
 
 
 cli.add_command(serve)
@@ -91,6 +134,7 @@ cli.add_command(token_group)
 cli.add_command(audit_group)
 cli.add_command(agent_group)
 cli.add_command(db_group)
+cli.add_command(import_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

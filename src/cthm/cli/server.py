@@ -133,6 +133,10 @@ class GuardedServer(uvicorn.Server):
         self._on_shutdown = on_shutdown
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info(
+            "shutting down: no new connections; open requests get %gs to finish",
+            GRACEFUL_SHUTDOWN_SECONDS,
+        )
         # Before uvicorn waits for open requests: waiting long polls answer now instead of
         # holding the shutdown up until they are cut off.
         if self._on_shutdown is not None:
@@ -180,6 +184,9 @@ def run_server(
         loop="asyncio",
         backlog=backlog,
         log_level=level,
+        # uvicorn's records go through cthm's handler (cli/logs.py: UTC times, text or JSON),
+        # not handlers of its own.
+        log_config=None,
         access_log=level <= logging.DEBUG,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,

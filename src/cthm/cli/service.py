@@ -249,6 +249,7 @@ class Service:
             namespace_check=check_namespace if agent is not None else None,
             # Embedded mode: this host places every router, and node agents are refused.
             local_agent_host=socket.gethostname() if agent is not None else None,
+            resync=agent.resync_router if agent is not None else None,
         )
 
     def _agent_reports(self) -> Callable[[], list[AgentReport]] | None:
@@ -306,6 +307,43 @@ class Service:
                 limits=Limits.of(self.settings),
                 on_shutdown=functools.partial(begin_shutdown, app),
             )
+        finally:
+            sock.close()
+
+    def serve_workers(
+        self,
+        count: int,
+        on_listening: Callable[[str], None] | None = None,
+        sock: socket.socket | None = None,
+    ) -> int:
+        """Serves the API from `count` worker processes on one socket (cthm.cli.workers) until
+        SIGTERM or SIGINT (0), or until a worker ends on its own (1). Needs the agent off. The
+        database was migrated and the first token made by start(), here, once; this process's
+        connections are closed before the fork, and each worker opens its own store."""
+        if self.agent is not None:
+            raise ServiceSettingError("API workers need the agent off (--no-agent)")
+        from cthm.cli.workers import run_workers
+
+        tls = tls_files(self.settings)
+        if sock is None:
+            sock = listen(self.settings)
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+        def work(_index: int) -> int:  # pragma: no cover (runs in the forked worker)
+            url = self.settings.effective_database_url
+            self._store = Store(url, change_history=self.settings.watch_history)
+            try:
+                self.serve(sock=sock)
+            finally:
+                self._store.close()
+            return 0
+
+        try:
+            if on_listening is not None:
+                on_listening(listener_url(sock, tls=tls is not None))
+            return run_workers(count, work)
         finally:
             sock.close()
 

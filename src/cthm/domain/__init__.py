@@ -31,6 +31,7 @@ from cthm.domain.errors import (
     NamespaceRefused,
     NotFound,
     PreconditionFailed,
+    RouterExists,
     RouterNotFound,
     Unavailable,
 )
@@ -50,6 +51,7 @@ from cthm.domain.models import (
 from cthm.domain.placement import (
     CHANGE_DELETED,
     CHANGE_MODIFIED,
+    CHANGE_RESYNC,
     AgentNotFound,
     AgentRecord,
     AgentReportResult,
@@ -62,7 +64,12 @@ from cthm.domain.placement import (
     node_agent_id,
     validate_host,
 )
-from cthm.domain.ports import AgentsProvider, KernelStateProvider, NamespaceCheck
+from cthm.domain.ports import (
+    AgentsProvider,
+    KernelStateProvider,
+    NamespaceCheck,
+    ResyncRequester,
+)
 from cthm.domain.query import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, ListQuery, SortDir
 from cthm.domain.quota import UNLIMITED, BindingQuota, OverQuota
 from cthm.domain.types import Direction, Protocol, Status
@@ -80,6 +87,7 @@ __all__ = [
     "ALIASES",
     "CHANGE_DELETED",
     "CHANGE_MODIFIED",
+    "CHANGE_RESYNC",
     "DEFAULT_PAGE_LIMIT",
     "KERNEL_HELPERS",
     "MAX_PAGE_LIMIT",
@@ -119,8 +127,10 @@ __all__ = [
     "OverQuota",
     "PreconditionFailed",
     "Protocol",
+    "ResyncRequester",
     "Role",
     "Router",
+    "RouterExists",
     "RouterKernelState",
     "RouterNotFound",
     "ShadowedBinding",

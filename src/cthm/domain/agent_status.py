@@ -48,6 +48,9 @@ class AgentSnapshot:
     resync_interval: float
     deployment_id: str | None = None
     unclaimed: Mapping[str, str | None] = field(default_factory=dict)
+    # Seconds the longest-waiting queued router has waited for its sync (None: none waits);
+    # /readyz is 503 past settings.ready_queue_timeout.
+    oldest_queued_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

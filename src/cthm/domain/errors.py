@@ -9,6 +9,7 @@ CthmError
 ├── Conflict            the request clashes with stored state (409)
 │   ├── OverQuota       a binding quota would be exceeded (cthm.domain.quota)
 │   ├── BindingConflict
+│   ├── RouterExists
 │   ├── NamespaceInUse
 │   └── NamespaceRefused
 ├── PreconditionFailed  the caller's view is stale (412)
@@ -80,6 +81,17 @@ class BindingConflict(Conflict):
             f"{protocol}/{port}: a connection gets one helper"
         )
         self.existing_id = existing_id
+
+
+class RouterExists(Conflict):
+    """A create naming the id of a router that exists (an id given by an admin, e.g. Neutron's
+    own when adopting its routers)."""
+
+    kind = "RouterExists"
+
+    def __init__(self, router_id: str) -> None:
+        super().__init__(f"Router {router_id} already exists")
+        self.router_id = router_id
 
 
 class NamespaceInUse(Conflict):

@@ -27,6 +27,9 @@ HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 CHANGE_MODIFIED = "MODIFIED"
 CHANGE_DELETED = "DELETED"
+# Nothing desired changed: the agents placing the router reconcile it in full (`cthm router
+# resync`). Agents take any kind they do not know as "reconcile this router".
+CHANGE_RESYNC = "RESYNC"
 
 
 def validate_host(value: object, field: str = "host") -> str:
@@ -61,7 +64,7 @@ class Change:
     revision: int
     router_id: str
     namespace: str
-    kind: str  # CHANGE_MODIFIED | CHANGE_DELETED
+    kind: str  # CHANGE_MODIFIED | CHANGE_DELETED | CHANGE_RESYNC
 
 
 @dataclass(frozen=True, slots=True)

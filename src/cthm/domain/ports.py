@@ -19,6 +19,10 @@ AgentsProvider = Callable[[], Sequence[AgentReport]]
 # router id -> the agent's record, or None when the agent has not looked at the router yet.
 KernelStateProvider = Callable[[str], RouterKernelState | None]
 
+# router id -> None: the agent reconciles the router in full soon (reads the whole table and the
+# raw tables again), even though nothing desired changed.
+ResyncRequester = Callable[[str], None]
+
 # (namespace, the registered routers) -> None, or NamespaceRefused when the name leads to a
 # kernel namespace the agent would refuse: a symlink, the host's or cthm's own namespace, or
 # one another router has under another name. The routers are read only when needed (the

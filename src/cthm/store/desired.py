@@ -4,6 +4,8 @@ datetime parsing), shared by the local store source and the hosts' views."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from cthm.domain import Direction, HelperBinding, Protocol, Status, restore_binding
@@ -56,3 +58,14 @@ def restore_desired(
             )
         )
     return bindings, rejected
+
+
+def restore_all_desired(
+    rows: Iterable[Any],
+) -> dict[str, tuple[list[HelperBinding], list[tuple[str, int, str]]]]:
+    """rows: (router_id, then restore_desired's columns), ordered by router id first. Router id
+    -> restore_desired() of its rows (routers without bindings are absent)."""
+    return {
+        router_id: restore_desired(router_id, (row[1:] for row in group))
+        for router_id, group in groupby(rows, key=itemgetter(0))
+    }

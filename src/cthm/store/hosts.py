@@ -94,7 +94,7 @@ def _status(value: object) -> Status | None:
 
 def write_change_log(
     session: Session, changes: Mapping[str, tuple[str, str]], keep: int, now: datetime
-) -> None:
+) -> tuple[int, int] | None:
     """One row per changed router (router id -> (namespace, kind)) in one INSERT; prunes the
     log to about the newest `keep` rows when the head crosses a multiple of PRUNE_EVERY.
 
@@ -102,9 +102,10 @@ def write_change_log(
     visible in order: SQLite's writers are serialized already; on PostgreSQL a sequence value
     taken by a transaction that commits after one with a bigger value would be skipped, so
     change-log writers take a transaction lock first and hold it until their commit. The same
-    transaction NOTIFYs the new head (delivered at commit, to every replica's listener)."""
+    transaction NOTIFYs the new head (delivered at commit, to every replica's listener).
+    Returns the first and last revision written (None: none)."""
     if not changes:
-        return
+        return None
     connection = session.connection()
     postgresql = connection.dialect.name == "postgresql"
     if postgresql:
@@ -124,6 +125,7 @@ def write_change_log(
     every = max(1, min(PRUNE_EVERY, keep))
     if last // every != (first - 1) // every:
         connection.execute(delete(table).where(table.c.revision <= last - keep))
+    return first, last
 
 
 def _agent(row: AgentRow) -> AgentRecord:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, NoReturn, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, delete, event, func, insert, literal, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from cthm.domain import (
     CHANGE_DELETED,
     CHANGE_MODIFIED,
+    CHANGE_RESYNC,
     UNLIMITED,
     BindingConflict,
     BindingNotFound,
@@ -20,19 +24,22 @@ from cthm.domain import (
     Conflict,
     Direction,
     HelperBinding,
+    InvalidInput,
     ListQuery,
     NamespaceInUse,
     OverQuota,
     Protocol,
     Router,
+    RouterExists,
     RouterNotFound,
     Status,
     restore_binding,
     validate_status_reason,
 )
 from cthm.store.audit import AuditContext, AuditLog
+from cthm.store.census import bindings_by_status, routers_by_status
 from cthm.store.deployment import create_deployment_id, read_deployment_id
-from cthm.store.desired import restore_desired
+from cthm.store.desired import restore_all_desired, restore_desired
 from cthm.store.hosts import HostRepository, write_change_log
 from cthm.store.listing import apply_query, columns_of
 from cthm.store.tables import (
@@ -75,6 +82,43 @@ BINDING_FIELDS = (
 )
 
 
+_ROUTERS = cast(Table, RouterRow.__table__)
+_BINDINGS = cast(Table, BindingRow.__table__)
+
+
+# The binding write path's statements, built once (building one costs about as much as running
+# it); run on the session's connection, past the ORM's execute machinery.
+_ROUTER_HEAD = select(
+    _ROUTERS.c.id, _ROUTERS.c.project_id, _ROUTERS.c.namespace, _ROUTERS.c.revision_number
+).where(_ROUTERS.c.id == bindparam("b_router"))
+_ROUTER_HEAD_LOCKED = _ROUTER_HEAD.with_for_update()
+_ROUTER = select(*(_ROUTERS.c[name] for name in ROUTER_FIELDS)).where(
+    _ROUTERS.c.id == bindparam("b_router")
+)
+_TAKEN = select(_BINDINGS.c.id).where(
+    _BINDINGS.c.router_id == bindparam("b_router"),
+    _BINDINGS.c.protocol == bindparam("b_protocol"),
+    _BINDINGS.c.port == bindparam("b_port"),
+    _BINDINGS.c.direction == bindparam("b_direction"),
+)
+_TAKEN_BY_ANOTHER = _TAKEN.where(_BINDINGS.c.id != bindparam("b_exclude"))
+_INSERT_BINDING = insert(_BINDINGS)
+_BUMP_ROUTER = (
+    update(_ROUTERS)
+    .where(_ROUTERS.c.id == bindparam("b_router"))
+    .values(revision_number=bindparam("b_revision"), updated_at=bindparam("b_now"))
+)
+
+
+class _RouterHead(NamedTuple):
+    """A router's columns that a binding write reads (see Repository._router_head)."""
+
+    id: str
+    project_id: str
+    namespace: str
+    revision_number: int
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -103,7 +147,7 @@ def _binding_values(binding: HelperBinding) -> dict[str, Any]:
     }
 
 
-def _router(row: RouterRow) -> Router:
+def _router(row: RouterRow | Row[Any]) -> Router:
     return Router(
         id=row.id,
         name=row.name,
@@ -115,6 +159,20 @@ def _router(row: RouterRow) -> Router:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
+
+
+# A desired binding's columns, as store/desired.py's restore_desired takes them.
+DESIRED_COLUMNS = (
+    BindingRow.id,
+    BindingRow.project_id,
+    BindingRow.protocol,
+    BindingRow.port,
+    BindingRow.helper,
+    BindingRow.direction,
+    BindingRow.status,
+    BindingRow.status_reason,
+    BindingRow.revision_number,
+)
 
 
 def _binding(row: Any) -> HelperBinding:
@@ -165,15 +223,13 @@ class Repository:
         # Router id -> (namespace, kind) of this unit of work's kernel changes: one change-log
         # row each, written just before the commit (the last kind wins).
         self._changes: dict[str, tuple[str, str]] = {}
+        # The first and last change-log revision this unit wrote, once written (at the commit).
+        self.change_revisions: tuple[int, int] | None = None
 
     # --- routers -------------------------------------------------------------------------
 
     def add_router(self, router: Router) -> Router:
-        existing = self._session.scalar(
-            select(RouterRow.id).where(RouterRow.namespace == router.namespace)
-        )
-        if existing is not None:
-            raise NamespaceInUse(router.namespace, existing)
+        self._router_clash(router)
         now = _now()
         row = RouterRow(
             id=router.id,
@@ -199,7 +255,7 @@ class Repository:
         )
         self._session.execute(delete(RouterTombstoneRow).where(replaced))
         self._session.add(row)
-        self._flush_or_conflict(lambda: self._namespace_conflict(router.namespace))
+        self._flush_or_conflict(lambda: self._router_clash(router))
         self.changed_routers.add(router.id)
         self._note_change(router.id, router.namespace, CHANGE_MODIFIED)
         created = _router(row)
@@ -209,7 +265,14 @@ class Repository:
     def get_router(self, router_id: str, *, lock: bool = False) -> Router:
         """lock: for a check before a write (If-Match): the row is locked until the commit, so
         no concurrent writer changes it between the check and the write."""
-        return _router(self._router_row(router_id, lock=lock))
+        if lock:
+            return _router(self._router_row(router_id, lock=lock))
+        # A Core read (every request on a router does this one): no ORM object to build.
+        self._session.flush()  # as the ORM's autoflush would
+        row = self._session.connection().execute(_ROUTER, {"b_router": router_id}).one_or_none()
+        if row is None:
+            raise RouterNotFound(router_id)
+        return _router(row)
 
     def router_project(self, router_id: str) -> str | None:
         """The project of a router, None if there is no such router. One query that returns one
@@ -226,6 +289,20 @@ class Repository:
 
     def list_router_ids(self) -> list[str]:
         return list(self._session.scalars(select(RouterRow.id).order_by(RouterRow.id)))
+
+    def census(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """Routers by status, bindings by (status, helper): for the metrics (store/census.py)."""
+        return routers_by_status(self._session), bindings_by_status(self._session)
+
+    def request_resync(self, router_id: str) -> Router:
+        """Asks every agent placing the router for a full reconcile (`cthm router resync`): a
+        change-log entry of kind RESYNC (node agents see it in their watch), no new revision
+        (nothing desired changed), and its audit row."""
+        router = _router(self._router_row(router_id))
+        self.changed_routers.add(router.id)  # wakes waiting watches now
+        self._note_change(router.id, router.namespace, CHANGE_RESYNC)
+        self._audit_router("resync_router", 202, router, router)
+        return router
 
     def update_router(self, router_id: str, *, name: str) -> Router:
         row = self._router_row(router_id, lock=True)
@@ -312,34 +389,43 @@ class Repository:
         self, binding: HelperBinding, *, quota: BindingQuota | None = None
     ) -> HelperBinding:
         """quota: the limits of the router's project, checked in this transaction (None: none;
-        the API always gives one). OverQuota if the binding would exceed one."""
-        router_row = self._router_row(binding.router_id)
+        the API always gives one). OverQuota if the binding would exceed one.
+
+        Core statements, not ORM objects: this is the API's hottest write, and the ORM's flushes
+        cost more than the statements themselves."""
+        self._session.flush()  # what the ORM holds unwritten, before the Core statements below
+        head = self._router_head(binding.router_id)
         taken = (binding.router_id, binding.protocol, binding.port, binding.direction)
         self._raise_if_taken(*taken, exclude=None)
         if quota is not None and not quota.unlimited:
             # Locks the project's routers, this one among them, in id order, then counts.
-            self._check_binding_quota(router_row, quota)
-        # Afresh and locked (already, with a quota): the revision it bumps is the current one.
-        router_row = self._router_row(binding.router_id, lock=True)
+            self._check_binding_quota(head.id, head.project_id, quota)
+        if self._lock_rows:
+            # Afresh and locked (already, with a quota): the revision it bumps is the current one.
+            head = self._router_head(binding.router_id, lock=True)
         now = _now()
-        row = BindingRow(
+        created = restore_binding(
             id=binding.id,
             router_id=binding.router_id,
-            project_id=router_row.project_id,
-            protocol=binding.protocol.value,
+            project_id=head.project_id,
+            protocol=binding.protocol,
             port=binding.port,
             helper=binding.helper,
-            direction=binding.direction.value,
-            status=Status.PENDING.value,
+            direction=binding.direction,
+            status=Status.PENDING,
             status_reason="",
             revision_number=1,
             created_at=now,
             updated_at=now,
         )
-        self._session.add(row)
-        self._flush_or_conflict(lambda: self._raise_if_taken(*taken, exclude=None))
-        self._touch_router(router_row)
-        created = _binding(row)
+        values = {name: getattr(created, name) for name in BINDING_FIELDS}
+        values.update(protocol=binding.protocol.value, direction=binding.direction.value)
+        values["status"] = Status.PENDING.value
+        try:
+            self._session.connection().execute(_INSERT_BINDING, values)
+        except IntegrityError:
+            self._lost_race(lambda: self._raise_if_taken(*taken, exclude=None))
+        self._bump_router(head, now)
         self._audit_binding("create_router_conntrack_helper", 201, None, created)
         return created
 
@@ -360,29 +446,53 @@ class Repository:
         return [_binding(row) for row in self._session.execute(statement)]
 
     def desired_bindings(
-        self, router_id: str
+        self, router_id: str, ids: Collection[str] | None = None
     ) -> tuple[list[HelperBinding], list[tuple[str, int, str]]]:
         """A router's bindings as the agent needs them: no timestamps, in (protocol, port,
         direction) order, and the rows that fail the checks as (binding id, revision, reason).
+        ids: only these bindings (the ones a reload found changed).
 
         The agent's hot path: one narrow query (see store/desired.py).
         """
-        rows = self._session.execute(
-            select(
-                BindingRow.id,
-                BindingRow.project_id,
-                BindingRow.protocol,
-                BindingRow.port,
-                BindingRow.helper,
-                BindingRow.direction,
-                BindingRow.status,
-                BindingRow.status_reason,
-                BindingRow.revision_number,
-            )
-            .where(BindingRow.router_id == router_id)
-            .order_by(BindingRow.protocol, BindingRow.port, BindingRow.direction)
+        statement = select(*DESIRED_COLUMNS).where(BindingRow.router_id == router_id)
+        if ids is not None:
+            statement = statement.where(BindingRow.id.in_(list(ids)))
+        # Core, not the ORM's result processing: a thousand rows on every full sync.
+        rows = self._session.connection().execute(
+            statement.order_by(BindingRow.protocol, BindingRow.port, BindingRow.direction)
         )
         return restore_desired(router_id, rows)
+
+    def binding_revisions(self, router_id: str) -> dict[str, int]:
+        """Binding id -> revision of a router's bindings: what a reload compares with the
+        bindings it already holds (two narrow columns, nothing converted)."""
+        rows = self._session.connection().execute(
+            select(BindingRow.id, BindingRow.revision_number).where(
+                BindingRow.router_id == router_id
+            )
+        )
+        return {b_id: revision for b_id, revision in rows}
+
+    def desired_routers(self) -> list[tuple[str, int, Router | InvalidInput]]:
+        """Every router as (id, revision, the router or why its row fails validation)."""
+        found: list[tuple[str, int, Router | InvalidInput]] = []
+        for row in self._session.scalars(select(RouterRow).order_by(RouterRow.id)):
+            try:
+                found.append((row.id, row.revision_number, _router(row)))
+            except InvalidInput as exc:  # the row was edited behind the API's back
+                found.append((row.id, row.revision_number, exc))
+        return found
+
+    def all_desired_bindings(
+        self,
+    ) -> dict[str, tuple[list[HelperBinding], list[tuple[str, int, str]]]]:
+        """desired_bindings() of every router, from one query."""
+        rows = self._session.connection().execute(
+            select(BindingRow.router_id, *DESIRED_COLUMNS).order_by(
+                BindingRow.router_id, BindingRow.protocol, BindingRow.port, BindingRow.direction
+            )
+        )
+        return restore_all_desired(rows)
 
     def router_revision(self, router_id: str) -> int | None:
         """The stored revision without building (and so validating) the router."""
@@ -564,6 +674,38 @@ class Repository:
             raise BindingNotFound(binding_id, router_id)
         return row
 
+    def _router_head(self, router_id: str, *, lock: bool = False) -> _RouterHead:
+        """What a binding write needs of its router, by one Core SELECT (no ORM object).
+        lock: as _router_row's."""
+        statement = _ROUTER_HEAD_LOCKED if lock and self._lock_rows else _ROUTER_HEAD
+        row = self._session.connection().execute(statement, {"b_router": router_id}).one_or_none()
+        if row is None:
+            raise RouterNotFound(router_id)
+        return _RouterHead(row.id, row.project_id, row.namespace, row.revision_number)
+
+    def _bump_router(self, head: _RouterHead, now: datetime) -> None:
+        """_touch_router for a router read by _router_head: its revision + 1, by a Core UPDATE.
+        A RouterRow of it this session holds is given the new values, so that a later read in
+        this unit of work does not see the old revision."""
+        revision = head.revision_number + 1
+        self._session.connection().execute(
+            _BUMP_ROUTER, {"b_router": head.id, "b_revision": revision, "b_now": now}
+        )
+        cached = self._session.identity_map.get(identity_key(RouterRow, head.id))
+        if cached is not None:
+            set_committed_value(cached, "revision_number", revision)
+            set_committed_value(cached, "updated_at", now)
+        self.changed_routers.add(head.id)
+        self._note_change(head.id, head.namespace, CHANGE_MODIFIED)
+
+    def _lost_race(self, explain: Callable[[], None]) -> NoReturn:
+        """After a unique constraint refused a write: a concurrent writer won (see
+        _flush_or_conflict)."""
+        self._session.rollback()
+        self._changes.clear()  # rolled back with the rest
+        explain()  # raises the precise conflict when the winner is visible now
+        raise Conflict("a concurrent change conflicted with this one; retry") from None
+
     def _touch_router(self, row: RouterRow, *, kernel: bool = True) -> None:
         """kernel: the change reaches the kernel (a binding's), so the change feed tells it."""
         row.revision_number += 1
@@ -582,14 +724,13 @@ class Repository:
 
     def _write_changes(self, session: Session) -> None:
         changes, self._changes = self._changes, {}
-        write_change_log(session, changes, self.change_history, _now())
+        self.change_revisions = write_change_log(session, changes, self.change_history, _now())
 
-    def _check_binding_quota(self, router_row: RouterRow, quota: BindingQuota) -> None:
+    def _check_binding_quota(self, router_id: str, project_id: str, quota: BindingQuota) -> None:
         """Counts inside the create's own transaction, after serializing the creates that could
         race: SQLite's writers already queue (BEGIN IMMEDIATE, before the first read); elsewhere
         the project's router rows are locked first (SELECT ... FOR UPDATE, in id order so two
         creates cannot deadlock; SQLite has no FOR UPDATE and SQLAlchemy leaves it out)."""
-        project_id = router_row.project_id
         self._session.execute(
             select(RouterRow.id)
             .where(RouterRow.project_id == project_id)
@@ -598,10 +739,10 @@ class Repository:
         ).all()
         counted = select(func.count()).select_from(BindingRow)
         if quota.per_router != UNLIMITED:
-            on_router = self._session.scalar(counted.where(BindingRow.router_id == router_row.id))
+            on_router = self._session.scalar(counted.where(BindingRow.router_id == router_id))
             if (on_router or 0) >= quota.per_router:
                 raise OverQuota(
-                    "quota_bindings_per_router", quota.per_router, f"router {router_row.id}"
+                    "quota_bindings_per_router", quota.per_router, f"router {router_id}"
                 )
         if quota.per_project != UNLIMITED:
             in_project = self._session.scalar(counted.where(BindingRow.project_id == project_id))
@@ -619,31 +760,36 @@ class Repository:
         *,
         exclude: str | None,
     ) -> None:
-        statement = select(BindingRow.id).where(
-            BindingRow.router_id == router_id,
-            BindingRow.protocol == protocol.value,
-            BindingRow.port == port,
-            BindingRow.direction == direction.value,
-        )
+        params: dict[str, Any] = {
+            "b_router": router_id,
+            "b_protocol": protocol.value,
+            "b_port": port,
+            "b_direction": direction.value,
+        }
+        statement = _TAKEN
         if exclude is not None:
-            statement = statement.where(BindingRow.id != exclude)
-        existing = self._session.scalar(statement)
+            statement, params["b_exclude"] = _TAKEN_BY_ANOTHER, exclude
+        self._session.flush()  # as the ORM's autoflush would, before a Core read
+        existing = self._session.connection().execute(statement, params).scalar()
         if existing is not None:
             raise _conflict(router_id, protocol, port, direction, existing)
 
-    def _namespace_conflict(self, namespace: str) -> None:
-        existing = self._session.scalar(
-            select(RouterRow.id).where(RouterRow.namespace == namespace)
-        )
-        if existing is not None:
-            raise NamespaceInUse(namespace, existing)
+    def _router_clash(self, router: Router) -> None:
+        """RouterExists or NamespaceInUse if a stored router has this one's id or namespace
+        (one query for both; an id is given when adopting a Neutron router)."""
+        clashes = self._session.scalars(
+            select(RouterRow.id).where(
+                (RouterRow.id == router.id) | (RouterRow.namespace == router.namespace)
+            )
+        ).all()
+        if router.id in clashes:
+            raise RouterExists(router.id)
+        if clashes:
+            raise NamespaceInUse(router.namespace, clashes[0])
 
     def _flush_or_conflict(self, explain: Callable[[], None]) -> None:
         """Flush; a unique-constraint race lost to a concurrent writer becomes a Conflict."""
         try:
             self._session.flush()
         except IntegrityError:
-            self._session.rollback()
-            self._changes.clear()  # rolled back with the rest
-            explain()  # raises the precise conflict when the winner is visible now
-            raise Conflict("a concurrent change conflicted with this one; retry") from None
+            self._lost_race(explain)

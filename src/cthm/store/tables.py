@@ -175,7 +175,7 @@ class ChangeLogRow(Base):
     revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     router_id: Mapped[str] = mapped_column(String(36), nullable=False)
     namespace: Mapped[str] = mapped_column(String(64), nullable=False)
-    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # MODIFIED | DELETED
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # MODIFIED | DELETED | RESYNC
     time: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 

@@ -11,8 +11,10 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, func, literal, select, update
+from sqlalchemy import BigInteger, Table, bindparam, func, literal, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from cthm.domain import (
@@ -46,6 +48,13 @@ TOKEN_FIELDS = (
 )
 
 
+_TOKENS = cast(Table, TokenRow.__table__)
+# Every column but the hash: what _token() reads.
+_LOOKUP = select(*(c for c in _TOKENS.c if c.name != "secret_hash")).where(
+    _TOKENS.c.secret_hash == bindparam("b_hash")
+)
+
+
 def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
 
@@ -54,7 +63,7 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _token(row: TokenRow) -> AuthToken:
+def _token(row: TokenRow | Row[Any]) -> AuthToken:
     return AuthToken(
         id=row.id,
         project_id=row.project_id,
@@ -124,8 +133,11 @@ class TokenStore:
 
     def lookup(self, secret: str) -> AuthToken | None:
         """The token with this secret, whether usable or not (None: no such token)."""
-        row = self._session.scalar(
-            select(TokenRow).where(TokenRow.secret_hash == hash_secret(secret))
+        # A Core read: every authenticated request makes it.
+        row = (
+            self._session.connection()
+            .execute(_LOOKUP, {"b_hash": hash_secret(secret)})
+            .one_or_none()
         )
         return None if row is None else _token(row)
 

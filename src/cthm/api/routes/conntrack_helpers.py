@@ -17,6 +17,7 @@ from cthm.api.deps import (
     QueryDep,
     RepoDep,
     SettingsDep,
+    ends_transaction,
     no_query,
 )
 from cthm.api.principal import Principal
@@ -92,6 +93,7 @@ def _check_high_risk(
     dependencies=[Depends(no_query)],
     responses=FORBIDDEN,
 )
+@ends_transaction
 def create_conntrack_helper(
     router_id: str,
     body: ConntrackHelperCreateRequest,
@@ -166,6 +168,7 @@ def show_conntrack_helper(
     dependencies=[Depends(no_query)],
     responses=FORBIDDEN,
 )
+@ends_transaction
 def update_conntrack_helper(
     router_id: str,
     binding_id: str,
@@ -207,6 +210,7 @@ def update_conntrack_helper(
 @router.delete(
     "/{binding_id}", status_code=204, dependencies=[Depends(no_query)], responses=FORBIDDEN
 )
+@ends_transaction
 def delete_conntrack_helper(
     router_id: str,
     binding_id: str,

@@ -6,7 +6,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from cthm.api import policy
-from cthm.api.deps import IfMatchDep, PrincipalDep, QueryDep, RepoDep, no_query
+from cthm.api.deps import (
+    IfMatchDep,
+    PrincipalDep,
+    QueryDep,
+    RepoDep,
+    ends_transaction,
+    no_query,
+)
 from cthm.api.query import (
     openapi_parameters,
     parse_list_request,
@@ -39,6 +46,7 @@ from cthm.domain import (
     new_router,
     validate_name,
     validate_project_id,
+    validate_uuid,
 )
 from cthm.store import Repository
 
@@ -62,13 +70,27 @@ def _project_of(project_id: str | None, tenant_id: str | None, default: str) -> 
     dependencies=[Depends(no_query)],
     responses=FORBIDDEN,
 )
+@ends_transaction
 def create_router(
     body: RouterCreateRequest, request: Request, repo: RepoDep, principal: PrincipalDep
 ) -> Response:
     data = body.router
     project_id = _project_of(data.project_id, data.tenant_id, principal.project_id)
+    router_id = None
+    if data.id is not None:
+        # Checked first: a non-admin learns that the id is the refused part.
+        policy.enforce(
+            principal,
+            "create_router:id",
+            project_id,
+            target_type="router",
+            message="only an admin may choose a router's id (rule:create_router:id)",
+        )
+        router_id = validate_uuid(data.id, "id")
     policy.enforce(principal, "create_router", project_id, target_type="router")
-    wanted = new_router(name=data.name, project_id=project_id, namespace=data.namespace)
+    wanted = new_router(
+        name=data.name, project_id=project_id, namespace=data.namespace, router_id=router_id
+    )
     _refuse_unusable_namespace(request, repo, wanted)
     created = repo.add_router(wanted)
     hosts = placement(request, repo, [created.id])
@@ -128,6 +150,7 @@ def show_router(
     dependencies=[Depends(no_query)],
     responses=FORBIDDEN,
 )
+@ends_transaction
 def update_router(
     router_id: str,
     request: Request,
@@ -146,6 +169,7 @@ def update_router(
 @router.delete(
     "/{router_id}", status_code=204, dependencies=[Depends(no_query)], responses=FORBIDDEN
 )
+@ends_transaction
 def delete_router(
     router_id: str, repo: RepoDep, principal: PrincipalDep, if_match: IfMatchDep
 ) -> Response:

@@ -131,7 +131,9 @@ class WatchHub:
 
 class WatchEvent(BaseModel):
     revision: int
-    type: Literal["MODIFIED", "DELETED"]
+    type: Literal["MODIFIED", "DELETED", "RESYNC"] = Field(
+        description="RESYNC: nothing desired changed; reconcile the router in full"
+    )
     router_id: str
     namespace: str
 

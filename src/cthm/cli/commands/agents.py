@@ -175,6 +175,13 @@ def delete(state: CliState, agent_id: str, force: bool) -> None:
     show_default=True,
     help="cthm's log level.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    default="text",
+    show_default=True,
+    help="Log lines as text or as one JSON object each; times in UTC.",
+)
 @pass_state
 def run(
     state: CliState,
@@ -189,6 +196,7 @@ def run(
     resync_interval: float,
     workers: int,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run a node agent until SIGTERM or Ctrl-C (exit 0).
 
@@ -202,7 +210,7 @@ def run(
     url = state.url if api_url is None else api_url
     token = _read_token(token_file, state.token)
     host = _host(host_name)
-    configure_logging(log_level.upper())
+    configure_logging(log_level.upper(), log_format=log_format.lower())
     if not is_loopback_url(url) and url.startswith("http://"):
         log.warning("the API at %s is plain http: the token crosses the network in clear", url)
     settings = BackendSettings(backend, iptables_flavour, nft_backend)

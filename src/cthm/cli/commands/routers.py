@@ -6,7 +6,7 @@ import click
 
 from cthm.cli import render
 from cthm.cli.context import CliState, json_option, pass_state
-from cthm.cli.resolve import resolve_router
+from cthm.cli.resolve import complete_router, resolve_router
 
 
 @click.group("router")
@@ -18,12 +18,24 @@ def router_group() -> None:
 @click.argument("name")
 @click.option("--project", "project_id", required=True, help="Project (tenant) that owns it.")
 @click.option("--namespace", default=None, help="Network namespace [default: qrouter-<id>].")
+@click.option(
+    "--id",
+    "router_id",
+    default=None,
+    metavar="UUID",
+    help="Register it under this id (admin only): a Neutron router's own id, so that the "
+    "default namespace is the one Neutron's L3 agent made. [default: a new id]",
+)
 @json_option
 @pass_state
-def create(state: CliState, name: str, project_id: str, namespace: str | None) -> None:
+def create(
+    state: CliState, name: str, project_id: str, namespace: str | None, router_id: str | None
+) -> None:
     """Create a router called NAME."""
     with state.client() as client:
-        router = client.create_router(name=name, project_id=project_id, namespace=namespace)
+        router = client.create_router(
+            name=name, project_id=project_id, namespace=namespace, router_id=router_id
+        )
     render.emit(state, {"router": router}, render.print_router, router)
 
 
@@ -39,7 +51,7 @@ def list_(state: CliState, project_id: str | None) -> None:
 
 
 @router_group.command("show")
-@click.argument("router")
+@click.argument("router", shell_complete=complete_router)
 @json_option
 @pass_state
 def show(state: CliState, router: str) -> None:
@@ -50,7 +62,7 @@ def show(state: CliState, router: str) -> None:
 
 
 @router_group.command("update")
-@click.argument("router")
+@click.argument("router", shell_complete=complete_router)
 @click.option("--name", required=True, help="The new name.")
 @json_option
 @pass_state
@@ -63,7 +75,7 @@ def update(state: CliState, router: str, name: str) -> None:
 
 
 @router_group.command("delete")
-@click.argument("router")
+@click.argument("router", shell_complete=complete_router)
 @json_option
 @pass_state
 def delete(state: CliState, router: str) -> None:
@@ -73,3 +85,21 @@ def delete(state: CliState, router: str) -> None:
         client.delete_router(router_id)
     # --json prints nothing: scripts get the exit status, and a 204 has no body.
     render.emit(state, None, render.print_line, f"Deleted router {router_id}")
+
+
+@router_group.command("resync")
+@click.argument("router", shell_complete=complete_router)
+@json_option
+@pass_state
+def resync(state: CliState, router: str) -> None:
+    """Reconcile ROUTER (an id or a name) in full now: its agents read its kernel table again
+    and repair any difference. Returns once asked; `cthm status ROUTER` shows the result."""
+    with state.client() as client:
+        found = resolve_router(client, router)
+        answer = client.resync_router(found["id"])
+    render.emit(
+        state,
+        {"resync": answer},
+        render.print_line,
+        f"Resync of router {found.get('name') or found['id']} ({found['id']}) requested",
+    )

@@ -4,7 +4,6 @@ machine."""
 from __future__ import annotations
 
 import logging
-import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +24,10 @@ if TYPE_CHECKING:
 
     from cthm.settings import Settings
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("cthm.serve")
 
 
 def data_dir_option(help: str) -> Callable[[F], F]:
@@ -99,6 +99,13 @@ def config_option(help: str) -> Callable[[F], F]:
     "[env CTHM_AGENT_ENABLED=false]",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="API processes sharing the listening socket (more than 1 needs --no-agent).",
+)
+@click.option(
     "--agent-down-time",
     type=float,
     default=None,
@@ -141,7 +148,14 @@ def config_option(help: str) -> Callable[[F], F]:
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default=None,
-    help="cthm's log level; DEBUG adds the access log. [INFO; env CTHM_LOG_LEVEL]",
+    help="cthm's log level; INFO has the access log (cthm.access), DEBUG adds uvicorn's. "
+    "[INFO; env CTHM_LOG_LEVEL]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    default=None,
+    help="Log lines as text or as one JSON object each; times in UTC. [text; env CTHM_LOG_FORMAT]",
 )
 @click.option(
     "--header-timeout",
@@ -163,6 +177,13 @@ def config_option(help: str) -> Callable[[F], F]:
     help="Proxies (addresses or networks, comma-separated) whose X-Forwarded-For is believed. "
     "[none; env CTHM_FORWARDED_ALLOW_IPS]",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve GET /metrics WITHOUT a token on this address (a port alone: 127.0.0.1, "
+    "loopback; another address only when written out). [none; env CTHM_METRICS_LISTEN]",
+)
 def serve(
     data_dir: Path | None,
     host: str | None,
@@ -173,6 +194,7 @@ def serve(
     backend: str | None,
     iptables_flavour: str | None,
     no_agent: bool,
+    workers: int,
     agent_down_time: float | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -180,9 +202,11 @@ def serve(
     quota_bindings_per_router: int | None,
     allow_insecure_listen: bool | None,
     log_level: str | None,
+    log_format: str | None,
     header_timeout: float | None,
     max_connections: int | None,
     forwarded_allow_ips: str | None,
+    metrics_listen: str | None,
 ) -> None:
     """Run the cthm API server until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -203,11 +227,21 @@ def serve(
         quota_bindings_per_router=quota_bindings_per_router,
         allow_insecure_listen=allow_insecure_listen,
         log_level=log_level.upper() if log_level else None,
+        log_format=log_format.lower() if log_format else None,
         header_timeout=header_timeout,
         max_connections=max_connections,
         forwarded_allow_ips=forwarded_allow_ips,
+        metrics_listen=metrics_listen,
     )
-    configure_logging(settings.log_level)
+    if workers > 1 and settings.metrics_listen is not None:
+        # Each worker counts its own requests: one address cannot speak for all of them.
+        raise SettingsFailure(f"--metrics-listen needs --workers 1 (not {workers})")
+    if workers > 1 and settings.agent_enabled:
+        # The agent owns the kernel tables of this host: one process, never one per worker.
+        raise SettingsFailure(
+            f"--workers {workers} needs --no-agent (the in-process agent runs in one process)"
+        )
+    configure_logging(settings.log_level, with_pid=workers > 1, log_format=settings.log_format)
     # Imported here: the server stack costs half a second that client commands need not pay.
     from cthm.cli.service import Service, StartCancelled, listen, redact_url
 
@@ -232,7 +266,15 @@ def serve(
             def announce(url: str) -> None:
                 click.echo(f"cthm listening on {url} ({where})")
 
-            service.serve(on_listening=announce, sock=sock)
+            if workers > 1:
+                where += f"; {workers} worker processes"
+                code = service.serve_workers(workers, on_listening=announce, sock=sock)
+                if code != 0:
+                    raise Failure("an API worker ended on its own; the server stopped")
+            else:
+                service.serve(on_listening=announce, sock=sock)
+        # Service's exit stopped the agent (in-flight reconciles finished) and closed the store.
+        log.info("cthm serve stopped")
     except StartCancelled:  # stopped while waiting for the database: a normal stop, exit 0
         return
     except (ServiceSettingError, DataDirInUse) as exc:  # exit 2: nothing was started
@@ -243,15 +285,12 @@ def serve(
         sock.close()  # idempotent; serve() closes it too
 
 
-def configure_logging(level: str) -> None:
-    # cthm's own loggers at the configured level; libraries (alembic, sqlalchemy) only say
-    # something at WARNING and above unless we debug.
-    root_level = logging.DEBUG if level == "DEBUG" else logging.WARNING
-    logging.basicConfig(level=root_level, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("cthm").setLevel(level)
-    from cthm.cli import redaction
+def configure_logging(level: str, *, with_pid: bool = False, log_format: str = "text") -> None:
+    """with_pid: each line names its process (several API workers write to one stream).
+    log_format: text or json (cli/logs.py); UTC times either way."""
+    from cthm.cli import logs
 
-    redaction.install()  # no secret in any line, from the first one
+    logs.configure(level, log_format, with_pid=with_pid)
 
 
 def _settings(config_file: Path | None, **flags: object) -> Settings:

@@ -1,4 +1,10 @@
-"""`cthm status ROUTER`: desired state (from the API) beside kernel state.
+"""`cthm status [ROUTER]`: desired state (from the API) beside kernel state.
+
+The exit status makes it a monitoring check: 0 when everything shown is in sync (the router
+ACTIVE, its kernel as desired, no binding shadowed), 1 when anything is out of sync, unknown or
+in ERROR (and the usual 2 and 3 for bad usage and an unreachable server). Without ROUTER: one
+line per router (hosts, status, in sync, last verified, reason) from the server's view (its
+agents' last reads: GET .../kernel_state), narrowed by `--status`.
 
 Two views of the kernel, both shown: what the agents last read back (GET .../kernel_state:
 when they last verified the table, their last error, drift repairs; one line per host placing
@@ -22,8 +28,8 @@ from rich.text import Text
 from cthm.cli import render
 from cthm.cli.client import ClientError, CthmClient, JSONObject
 from cthm.cli.context import CliState, json_option, pass_state
-from cthm.cli.errors import Failure
-from cthm.cli.resolve import resolve_router
+from cthm.cli.errors import EXIT_FAILURE, Failure
+from cthm.cli.resolve import complete_router, resolve_router
 from cthm.domain import Assignment, Direction, HelperCatalog, InvalidInput, Protocol
 from cthm.netfilter import (
     KernelTable,
@@ -43,12 +49,28 @@ DEFAULT_DIRECTION = Direction.INGRESS.value
 NO_AGENT_PREFIX = "no agent in this process"
 
 
+STATUSES = ("ACTIVE", "PENDING", "ERROR")
+
+
 @click.command("status")
-@click.argument("router")
+@click.argument("router", required=False, shell_complete=complete_router)
+@click.option(
+    "--status",
+    "wanted",
+    type=click.Choice(STATUSES, case_sensitive=False),
+    default=None,
+    help="Without ROUTER: only the routers in this status.",
+)
 @json_option
 @pass_state
-def status(state: CliState, router: str) -> None:
-    """Show ROUTER's desired bindings beside what its namespace's kernel holds now."""
+def status(state: CliState, router: str | None, wanted: str | None) -> int:
+    """Show ROUTER's desired bindings beside what its namespace's kernel holds now; without
+    ROUTER, every router in one table. Exit status 0: all in sync; 1: something is out of
+    sync, unknown or in ERROR."""
+    if router is None:
+        return _status_of_all(state, wanted.upper() if wanted else None)
+    if wanted is not None:
+        raise click.UsageError("--status is for the list of every router (no ROUTER)")
     with state.client() as client:
         body = resolve_router(client, router)
         bindings = client.list_helpers(body["id"])
@@ -64,6 +86,88 @@ def status(state: CliState, router: str) -> None:
     report["router"] = {k: body.get(k) for k in ("id", "name", "namespace", "status")}
     report["router"]["status_reason"] = body.get("status_reason", "")
     render.emit(state, report, _print, report)
+    return 0 if healthy(report) else EXIT_FAILURE
+
+
+def healthy(report: dict[str, Any]) -> bool:
+    """One router's report as a check: ACTIVE, its kernel in sync, nothing shadowed."""
+    router = report.get("router") or {}
+    return (
+        router.get("status") == "ACTIVE"
+        and report.get("in_sync") is True
+        and not report.get("shadowed")
+    )
+
+
+# --- every router ------------------------------------------------------------------------------
+
+
+def _status_of_all(state: CliState, wanted: str | None) -> int:
+    """Every router (in `wanted` status), each with the server's view of its kernel."""
+    with state.client() as client:
+        routers = [r for r in client.list_routers() if wanted is None or r.get("status") == wanted]
+        rows = [_router_row(r, _agent_view(client, str(r["id"]))) for r in routers]
+    rows.sort(key=lambda row: (row["name"] or "", row["id"]))
+    report = {"in_sync": all(row["in_sync"] is True for row in rows), "routers": rows}
+    render.emit(state, report, _print_all, rows)
+    return 0 if all(_row_ok(row) for row in rows) else EXIT_FAILURE
+
+
+def _router_row(router: JSONObject, agent: JSONObject | None) -> dict[str, Any]:
+    """A router as one line: in_sync and last verified from its agents' view (None: no agent
+    has looked, or none serves it)."""
+    return {
+        "id": router.get("id"),
+        "name": router.get("name") or "",
+        "namespace": router.get("namespace"),
+        "hosts": list(router.get("hosts") or []),
+        "status": router.get("status"),
+        "in_sync": agent.get("in_sync") if agent is not None else None,
+        "verified_at": agent.get("verified_at") if agent is not None else None,
+        "reason": router.get("status_reason") or (agent or {}).get("last_error") or "",
+    }
+
+
+def _row_ok(row: dict[str, Any]) -> bool:
+    return row["status"] == "ACTIVE" and row["in_sync"] is True
+
+
+def _print_all(rows: list[dict[str, Any]]) -> None:
+    table = render.make_table(
+        None,
+        (
+            ("name", "Router"),
+            ("id", "ID"),
+            ("hosts", "Hosts"),
+            ("status", "Status"),
+            ("in_sync", "In sync"),
+            ("verified_at", "Last verified"),
+            ("reason", "Reason"),
+        ),
+    )
+    verdicts = {
+        True: Text("yes", style="green"),
+        False: Text("NO", style="bold red"),
+        None: Text("unknown", style="yellow"),
+    }
+    for row in rows:
+        status_style = {"ACTIVE": "green", "ERROR": "bold red"}.get(str(row["status"]), "")
+        table.add_row(
+            Text(row["name"] or "-"),
+            Text(str(row["id"])),
+            Text(", ".join(row["hosts"]) or "-"),
+            Text(str(row["status"]), style=status_style),
+            verdicts.get(row["in_sync"], verdicts[None]),
+            Text(row["verified_at"] or "never"),
+            Text(row["reason"] or ""),
+        )
+    render.console().print(table)
+    bad = sum(1 for row in rows if not _row_ok(row))
+    render.print_line(
+        f"{len(rows)} routers, all in sync"
+        if not bad
+        else f"{len(rows)} routers, {bad} not in sync"
+    )
 
 
 def _agent_view(client: CthmClient, router_id: str) -> JSONObject | None:

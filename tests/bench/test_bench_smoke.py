@@ -1,0 +1,59 @@
+"""`scripts/bench.py --json` still runs against the code as it is: one JSON object with every
+key of issue 14's table measured, and every namespace it made deleted. Tiny fleets and one
+repetition (seconds): the figures are not looked at (benchmarks are not timed tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cthm.netfilter import NETNS_DIR
+
+pytestmark = [pytest.mark.kernel, pytest.mark.server, pytest.mark.database]
+
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
+KEYS = {
+    "add_one_n1000_ms",
+    "delete_one_n1000_ms",
+    "api_to_kernel_n1000_p50_ms",
+    "api_to_kernel_n1000_p99_ms",
+    "api_to_kernel_n10_p50_ms",
+    "cold_100x10_ms",
+    "cold_100x1000_ms",
+    "cold_1000x10_ms",
+    "noop_resync_100_ms",
+    "post_ack_p50_ms",
+}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+def test_bench_json_has_every_key_measured_and_leaves_no_namespace() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTHM_")}
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH), "--tiny", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=110)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # it unwinds: namespaces deleted, servers stopped
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"bench did not finish in time: {stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    out = json.loads(stdout)  # the whole of stdout: one object
+    assert out["ok"] is True
+    assert out["tiny"] is True
+    missing = {k for k in KEYS if not isinstance(out.get(k), float | int) or out[k] <= 0}
+    assert not missing, f"not measured: {missing}; {stderr[-2000:]}"
+    # Its namespaces carry its pid; none may be left.
+    prefixes = tuple(f"{kind}{process.pid % 100000}-" for kind in ("cthmb", "cthmk"))
+    left = [p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefixes)]
+    assert not left
