@@ -11,7 +11,7 @@ import pytest
 
 from cthm.agent import Agent, LocalStoreSource
 from cthm.domain import HelperBinding, HelperCatalog, Router, new_binding, new_router
-from cthm.netfilter import NftablesBackend, make_runner
+from cthm.netfilter import FakeNftables, NftablesBackend, NftOther, make_runner
 from cthm.store import Store, deployment_id
 from cthm.testing import NamespaceFactory
 
@@ -30,6 +30,19 @@ table ip nat {
     }
 }
 """
+
+
+class RefusingFake(FakeNftables):
+    """The fake kernel, refusing real (non-dry-run) writes while `refuse` is set."""
+
+    refuse = False
+
+    def run(
+        self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
+    ) -> str:
+        if self.refuse and not json and not dry_run:
+            raise NftOther("Could not process rule: Cannot allocate memory", namespace=namespace)
+        return super().run(namespace, commands, json=json, dry_run=dry_run)
 
 
 class World:

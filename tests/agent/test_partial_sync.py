@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_support import RefusingFake
 from sqlalchemy import Engine, create_engine, event, update
 
 from cthm.agent import Action, Agent, InvalidDesiredState, LocalStoreSource
@@ -21,26 +22,13 @@ from cthm.domain import (
     new_binding,
     new_router,
 )
-from cthm.netfilter import FakeNftables, NftablesBackend, NftOther
+from cthm.netfilter import NftablesBackend
 from cthm.store import Store
 from cthm.store.tables import RouterRow
 
 NAMESPACE = "qrouter-partial"
 OTHER = "qrouter-partial2"
 LIST_TABLE = "list table"
-
-
-class RefusingFake(FakeNftables):
-    """The fake kernel, refusing real (non-dry-run) writes while `refuse` is set."""
-
-    refuse = False
-
-    def run(
-        self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
-    ) -> str:
-        if self.refuse and not json and not dry_run:
-            raise NftOther("Could not process rule: Cannot allocate memory", namespace=namespace)
-        return super().run(namespace, commands, json=json, dry_run=dry_run)
 
 
 class Setup:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agent_support import RefusingFake
 
 from cthm.agent import Action, Agent, LocalStoreSource
 from cthm.domain import (
@@ -19,23 +20,10 @@ from cthm.domain import (
     new_binding,
     new_router,
 )
-from cthm.netfilter import FakeNftables, NftablesBackend, NftOther
+from cthm.netfilter import NftablesBackend
 from cthm.store import Store
 
 NAMESPACE = "qrouter-fake"
-
-
-class RefusingFake(FakeNftables):
-    """The fake kernel, refusing real (non-dry-run) writes while `refuse` is set."""
-
-    refuse = False
-
-    def run(
-        self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
-    ) -> str:
-        if self.refuse and not json and not dry_run:
-            raise NftOther("Could not process rule: Cannot allocate memory", namespace=namespace)
-        return super().run(namespace, commands, json=json, dry_run=dry_run)
 
 
 class Setup:

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from cthm.api.routes.agents import AGENT_TYPE, is_alive
-from cthm.cli.service import Service
 from cthm.domain import AgentSnapshot, derive_agent_id
-from cthm.settings import load_settings
 from cthm.testing import NamespaceFactory
 
 from .hosts_support import AGENT_KEYS, CONFIGURATION_KEYS
-from .support import JSON, Api, TestClient, error_of, issue_token
+from .served import Served as BaseServed
+from .served import services
+from .support import JSON, error_of
 
 # As a node agent's body: the same keys (hosts_support).
 KEYS = AGENT_KEYS
@@ -29,14 +29,8 @@ COUNT_KEYS = {"applied", "noop", "failed", "removed", "drift"}
 SETTLE_TIMEOUT = 15.0
 
 
-class Served:
+class Served(BaseServed):
     """A started Service and an Api over its app, as its admin."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.client = TestClient(service.app())
-        token = issue_token(service.store, "admin", ["admin"])
-        self.api = Api(client=self.client, store=service.store, token=token, admin_token=token)
 
     def agents(self, **params: Any) -> list[JSON]:
         response = self.api.get("/v2.0/agents", params=params)
@@ -57,24 +51,7 @@ ServeFactory = Callable[..., Served]
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[ServeFactory]:
-    """Starts Services (each on its own data directory unless given one); all stop at the end."""
-    started: list[Served] = []
-
-    def start(data_dir: Path | None = None, **settings: Any) -> Served:
-        directory = data_dir or tmp_path / f"data{len(started)}"
-        service = Service(
-            load_settings(data_dir=directory, sweep_orphans=False, **settings),
-            say=lambda _: None,
-        )
-        service.start()
-        served = Served(service)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.client.close()
-        served.service.stop()
+    yield from services(tmp_path, Served)
 
 
 def iso(value: str) -> datetime:

@@ -10,20 +10,18 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cthm import metrics
-from cthm.cli.service import Service
-from cthm.settings import load_settings
 from cthm.testing import NamespaceFactory
 from cthm.testing.service import free_port
 from support.databases import kind_of
 
-from .support import JSON, Api, ApiFactory, TestClient, issue_token
+from .served import Served, services
+from .support import JSON, Api, ApiFactory
 
 SETTLE_TIMEOUT = 15.0
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "cthm.json"
@@ -148,33 +146,9 @@ def test_readyz_is_503_while_the_database_cannot_take_writes(
 # --- the app of a real Service (an agent on the kernel) ----------------------------------------
 
 
-class Served:
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.client = TestClient(service.app())
-        token = issue_token(service.store, "admin", ["admin"])
-        self.api = Api(client=self.client, store=service.store, token=token, admin_token=token)
-
-
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
-    started: list[Served] = []
-
-    def start(**settings: Any) -> Served:
-        directory = tmp_path / f"data{len(started)}"
-        service = Service(
-            load_settings(data_dir=directory, sweep_orphans=False, **settings),
-            say=lambda _: None,
-        )
-        service.start()
-        served = Served(service)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.client.close()
-        served.service.stop()
+    yield from services(tmp_path, Served)
 
 
 def wait_status(api: Api, path: str, key: str, wanted: str) -> JSON:

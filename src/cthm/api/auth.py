@@ -406,8 +406,15 @@ class AuthenticationMiddleware:
             await (await _handled(scope, receive, exc))(scope, receive, send)
             return
         except BaseException as exc:
-            if held is not None:
+            if held is None:
+                raise
+            try:
                 await held.end_in_thread(exc)
+            except CthmError as named:
+                # The driver's error (the database is down) as the unit of work names it on its
+                # way out (Unavailable: 503), never a 500.
+                await (await _handled(scope, receive, named))(scope, receive, send)
+                return
             raise
         state = scope.setdefault("state", {})
         state["principal"] = principal

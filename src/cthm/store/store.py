@@ -64,6 +64,7 @@ class Store:
         # and the newest revision the subscribers were told of through it.
         self._listener: ChangeListener | None = None
         self._told_revision: int | None = None
+        self._committing: set[tuple[int, int]] = set()  # this process's, being committed
         # Denied attempts are committed in the background (see audit_writer: a denial must not
         # cost its request more than an unknown id does).
         self.denied_writer = DeniedEventWriter(self.record_denied_batch)
@@ -146,7 +147,12 @@ class Store:
                         yield repository
                         if write:
                             self._check_file()  # never acknowledge a write into a vanished file
-                        session.commit()
+                        own = self._own_pending(repository.change_revisions)
+                        try:
+                            session.commit()
+                        except BaseException:
+                            self._own_done(own)
+                            raise
                     except BaseException:
                         session.rollback()
                         raise
@@ -166,12 +172,27 @@ class Store:
         if repository.change_revisions is not None and self._listener is not None:
             self._told_own(*repository.change_revisions)
 
+    def _own_pending(self, revisions: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Revisions this process is committing: their NOTIFY may reach the listener before
+        the commit's own telling is done (_told_own), and must not be read and told again."""
+        if revisions is None or self._listener is None:
+            return None
+        with self._lock:
+            self._committing.add(revisions)
+        return revisions
+
+    def _own_done(self, revisions: tuple[int, int] | None) -> None:
+        if revisions is not None:
+            with self._lock:
+                self._committing.discard(revisions)
+
     def _told_own(self, first: int, last: int) -> None:
         """This process's subscribers were just told of its own commit (revisions first..last):
         when every revision before it was told already, its NOTIFY needs no read (on
         PostgreSQL that read was a fifth of a create's cost). After a gap (another process's
         commit not yet told, a rolled-back revision) the listener reads as before."""
         with self._lock:
+            self._committing.discard((first, last))
             if self._told_revision is not None and self._told_revision == first - 1:
                 self._told_revision = last
 
@@ -327,9 +348,13 @@ class Store:
         after a (re)connect. A notification carries only a revision: the routers changed since
         the last revision told are read from the change log, and the subscribers told of them
         (a read that fails still wakes them: the watches read again by revision themselves)."""
-        told = self._told_revision
-        if revision is not None and told is not None and revision <= told:
-            return  # an earlier read covered it (or this process's own commit: _told_own)
+        with self._lock:
+            told = self._told_revision
+            own = revision is not None and any(
+                first <= revision <= last for first, last in self._committing
+            )
+        if own or (revision is not None and told is not None and revision <= told):
+            return  # an earlier read covered it, or this process's own commit tells it
         changed: frozenset[str] = frozenset()
         try:
             with self.unit_of_work(write=False) as repo:
