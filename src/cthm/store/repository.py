@@ -225,6 +225,9 @@ class Repository:
         self._changes: dict[str, tuple[str, str]] = {}
         # The first and last change-log revision this unit wrote, once written (at the commit).
         self.change_revisions: tuple[int, int] | None = None
+        # Told the revisions of the change log just written, before the COMMIT (Store: its
+        # listener must not tell them again when their NOTIFY comes back).
+        self.committing: Callable[[tuple[int, int]], None] | None = None
 
     # --- routers -------------------------------------------------------------------------
 
@@ -725,6 +728,8 @@ class Repository:
     def _write_changes(self, session: Session) -> None:
         changes, self._changes = self._changes, {}
         self.change_revisions = write_change_log(session, changes, self.change_history, _now())
+        if self.change_revisions is not None and self.committing is not None:
+            self.committing(self.change_revisions)
 
     def _check_binding_quota(self, router_id: str, project_id: str, quota: BindingQuota) -> None:
         """Counts inside the create's own transaction, after serializing the creates that could

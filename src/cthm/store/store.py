@@ -143,15 +143,15 @@ class Store:
             try:
                 with Session(engine, expire_on_commit=False) as session:
                     repository = Repository(session, audit, change_history=self.change_history)
+                    repository.committing = self._own_pending
                     try:
                         yield repository
                         if write:
                             self._check_file()  # never acknowledge a write into a vanished file
-                        own = self._own_pending(repository.change_revisions)
                         try:
-                            session.commit()
+                            session.commit()  # writes the change log first (before_commit)
                         except BaseException:
-                            self._own_done(own)
+                            self._own_done(repository.change_revisions)
                             raise
                     except BaseException:
                         session.rollback()
@@ -172,14 +172,13 @@ class Store:
         if repository.change_revisions is not None and self._listener is not None:
             self._told_own(*repository.change_revisions)
 
-    def _own_pending(self, revisions: tuple[int, int] | None) -> tuple[int, int] | None:
-        """Revisions this process is committing: their NOTIFY may reach the listener before
-        the commit's own telling is done (_told_own), and must not be read and told again."""
-        if revisions is None or self._listener is None:
-            return None
-        with self._lock:
-            self._committing.add(revisions)
-        return revisions
+    def _own_pending(self, revisions: tuple[int, int]) -> None:
+        """Revisions this process is committing (the change log was just written, the COMMIT
+        comes next): their NOTIFY may reach the listener before the commit's own telling is
+        done (_told_own), and must not be read and told again."""
+        if self._listener is not None:
+            with self._lock:
+                self._committing.add(revisions)
 
     def _own_done(self, revisions: tuple[int, int] | None) -> None:
         if revisions is not None:
