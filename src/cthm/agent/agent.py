@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from cthm import metrics
 from cthm.agent.capabilities import HelperCapabilities
@@ -32,12 +33,32 @@ from cthm.agent.ports import (
 )
 from cthm.agent.queue import ShutDown, WorkQueue
 from cthm.agent.reconciler import Action, RawTableReader, Reconciler, ReconcileResult
-from cthm.domain import AgentSnapshot, HelperCatalog, RouterKernelState, Unavailable
-from cthm.netfilter import NETNS_DIR, NftError, UnsafeValue, scratch_namespace
+from cthm.domain import (
+    AgentSnapshot,
+    HelperCatalog,
+    HelperUsageCounts,
+    RouterKernelState,
+    Unavailable,
+)
+from cthm.netfilter import NETNS_DIR, NftError, UnsafeValue, read_usage, scratch_namespace
 
 log = logging.getLogger(__name__)
 
 COUNTED = ("applied", "noop", "failed", "removed", "drift")
+
+
+@runtime_checkable
+class HoldsReports(Protocol):
+    """A source whose reports can wait and be written together (LocalStoreSource); the
+    agent never imports the store."""
+
+    def hold_reports(self) -> None: ...
+
+    def flush_reports(self) -> dict[str, Exception]: ...
+
+
+# Routers a worker reconciles in a row before their status reports are committed together.
+REPORT_RUN = 64
 UNAVAILABLE_LOG_INTERVAL = 60.0  # seconds between warnings while the database is unavailable
 
 
@@ -231,6 +252,14 @@ class Agent:
         """What this agent last saw in the router's kernel table; None if it has not looked."""
         return self.book.get(router_id)
 
+    def helper_usage(self, namespace: str) -> tuple[HelperUsageCounts | None, str | None]:
+        """The helpers' live connections and expectations in `namespace`, read now (bounded
+        by conntrack_usage's timeout); (None, why) when the kernel cannot be read."""
+        try:
+            return read_usage(namespace, netns_dir=self._netns_dir).of, None
+        except NftError as exc:
+            return None, str(exc)[:1000]
+
     def remove_orphans(self) -> list[str]:
         """Deletes cthm's table (or chains: nothing else) in every namespace under the netns
         directory that no router or pending tombstone claims and that carries THIS deployment's
@@ -372,6 +401,9 @@ class Agent:
                 return
             if router_id is None:
                 continue
+            if isinstance(self._source, HoldsReports):
+                self._work_run(router_id, self._source)
+                continue
             try:
                 result = self._reconcile(router_id)
                 if result.retry:
@@ -380,6 +412,46 @@ class Agent:
                     self.queue.forget(router_id)
             finally:
                 self.queue.done(router_id)
+
+    def _work_run(self, first: str, source: HoldsReports) -> None:
+        """`first` and the routers ready after it (up to REPORT_RUN), their status reports
+        written in one transaction (a cold sync paid one fsynced commit per router). None is
+        done before that commit: wait_settled still means the statuses are in the database,
+        and a router's next reconcile comes after its report."""
+        results: dict[str, ReconcileResult] = {}
+        source.hold_reports()
+        try:
+            router_id: str | None = first
+            while router_id is not None:
+                results[router_id] = self._reconcile(router_id)
+                if len(results) >= REPORT_RUN:
+                    break
+                try:
+                    router_id = self.queue.get(timeout=0)
+                except ShutDown:
+                    break
+        finally:
+            failed = source.flush_reports()
+            for router_id, result in results.items():
+                try:
+                    error = failed.get(router_id)
+                    if error is not None:
+                        self._report_failed(router_id, error)
+                    if result.retry or error is not None:
+                        self.queue.retry(router_id)
+                    else:
+                        self.queue.forget(router_id)
+                finally:
+                    self.queue.done(router_id)
+
+    def _report_failed(self, router_id: str, error: Exception) -> None:
+        """As a reconcile whose report raised: retried, and reading its stored state afresh (the
+        statuses it believes written are not)."""
+        if isinstance(error, Unavailable):
+            self._log_unavailable(error)
+        else:
+            log.error("router %s: status report failed: %s", router_id, error)
+        self.reconciler.book.need_full([router_id])
 
     def _timer_loop(self) -> None:
         next_resync = time.monotonic() + self._resync_interval

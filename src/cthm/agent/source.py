@@ -10,11 +10,19 @@ and convert them all). Rows edited behind the store's back are seen by the next 
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from collections.abc import Sequence
 
 from cthm.agent.ports import BindingReport, DesiredRouter, InvalidDesiredState, RouterReport
-from cthm.domain import HelperBinding, InvalidInput, Router, RouterNotFound, Status
+from cthm.domain import (
+    HelperBinding,
+    InvalidInput,
+    Router,
+    RouterNotFound,
+    Status,
+    Unavailable,
+)
 from cthm.store import Repository, Store
 
 # A reload that finds more changed bindings than this share reads them all (one query).
@@ -24,6 +32,8 @@ RELOAD_ALL_SHARE = 0.25
 class LocalStoreSource:
     def __init__(self, store: Store) -> None:
         self._store = store
+        # Per thread: the reports held since hold_reports() (None: written at once).
+        self._held = threading.local()
 
     def load(self, router_id: str) -> DesiredRouter | None:
         with self._store.unit_of_work(write=False) as repo:
@@ -79,17 +89,52 @@ class LocalStoreSource:
             repo.clear_tombstone(router_id)
 
     def report(self, report: RouterReport) -> None:
+        held = getattr(self._held, "reports", None)
+        if held is not None:  # hold_reports(): written by this thread's flush_reports()
+            held.append(report)
+            return
+        self.report_many([report])
+
+    def report_many(self, reports: Sequence[RouterReport]) -> None:
+        """All in one transaction, in order."""
         # Guarded by revision numbers: a report on an older revision never overwrites newer state.
         with self._store.unit_of_work() as repo:
-            repo.set_router_status(
-                report.router_id,
-                report.status,
-                report.reason,
-                revision_number=report.revision_number,
-            )
-            repo.set_binding_statuses(
-                (b.binding_id, b.revision_number, b.status, b.reason) for b in report.bindings
-            )
+            for report in reports:
+                repo.set_router_status(
+                    report.router_id,
+                    report.status,
+                    report.reason,
+                    revision_number=report.revision_number,
+                )
+                repo.set_binding_statuses(
+                    (b.binding_id, b.revision_number, b.status, b.reason) for b in report.bindings
+                )
+
+    def hold_reports(self) -> None:
+        """This thread's next reports wait for its flush_reports() (a worker's run of routers
+        written in one fsynced transaction, not one per router)."""
+        self._held.reports = []
+
+    def flush_reports(self) -> dict[str, Exception]:
+        """Writes what this thread held; the routers whose report could not be written, with
+        why (each then retried alone, so one bad report fails no other)."""
+        held: list[RouterReport] = self._held.reports or []
+        self._held.reports = None
+        try:
+            self.report_many(held)
+            return {}
+        except Unavailable as exc:  # the database: no single report is to blame
+            return {report.router_id: exc for report in held}
+        except Exception as exc:  # noqa: BLE001 - handed to the router's retry
+            if len(held) == 1:
+                return {held[0].router_id: exc}
+        failed: dict[str, Exception] = {}
+        for report in held:
+            try:
+                self.report_many([report])
+            except Exception as exc:  # noqa: BLE001 - handed to the router's retry
+                failed[report.router_id] = exc
+        return failed
 
 
 def _desired(

@@ -66,6 +66,7 @@ from cthm.domain import (
     AgentsProvider,
     CthmError,
     HelperCatalog,
+    HelperUsageProvider,
     KernelStateProvider,
     NamespaceCheck,
     ResyncRequester,
@@ -98,6 +99,7 @@ def create_app(
     helper_availability: HelperAvailability | None = None,
     authenticator: Authenticator | None = None,
     kernel_state: KernelStateProvider | None = None,
+    helper_usage: HelperUsageProvider | None = None,
     agents: AgentsProvider | None = None,
     namespace_check: NamespaceCheck | None = None,
     local_agent_host: str | None = None,
@@ -107,6 +109,8 @@ def create_app(
     pairs this host's kernel has; None: unknown (the catalog shows kernel_available null).
     authenticator: how tokens are checked and failures slowed down (default: the defaults).
     kernel_state: the in-process agent's view of a router's kernel table; None: no agent.
+    helper_usage: the in-process agent's live read of a namespace's helper usage (conntrack
+    entries and expectations, in kernel_state); None: no agent, usage not shown.
     agents: reports on the agents serving this API (GET /v2.0/agents); None: no agent.
     namespace_check: refuses at registration a namespace the agent of this host would refuse
     (given only where that agent runs); None: the namespace is checked by the agent alone.
@@ -142,6 +146,7 @@ def create_app(
     )
     app.state.authenticator = authenticator if authenticator is not None else Authenticator()
     app.state.kernel_state = kernel_state
+    app.state.helper_usage = helper_usage
     app.state.agents = agents
     app.state.namespace_check = namespace_check
     app.state.local_agent_host = local_agent_host

@@ -244,6 +244,7 @@ class Service:
             self.store,
             helper_availability=availability,
             kernel_state=kernel_state,
+            helper_usage=agent.helper_usage if agent is not None else None,
             agents=self._agent_reports(),
             # The check looks at this host's namespaces: only where the agent is on this host.
             namespace_check=check_namespace if agent is not None else None,

@@ -66,6 +66,8 @@ from cthm.domain.placement import (
 )
 from cthm.domain.ports import (
     AgentsProvider,
+    HelperUsageCounts,
+    HelperUsageProvider,
     KernelStateProvider,
     NamespaceCheck,
     ResyncRequester,
@@ -112,6 +114,8 @@ __all__ = [
     "HelperBinding",
     "HelperCatalog",
     "HelperSpec",
+    "HelperUsageCounts",
+    "HelperUsageProvider",
     "HostRouterState",
     "HostStatus",
     "HostView",

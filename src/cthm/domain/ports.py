@@ -19,6 +19,11 @@ AgentsProvider = Callable[[], Sequence[AgentReport]]
 # router id -> the agent's record, or None when the agent has not looked at the router yet.
 KernelStateProvider = Callable[[str], RouterKernelState | None]
 
+# How many connections and expectations a (kernel helper, protocol, port) has right now.
+HelperUsageCounts = Callable[[str, str, int], dict[str, int]]
+# namespace -> (counts, None) read now from the kernel, or (None, why they could not be read).
+HelperUsageProvider = Callable[[str], tuple[HelperUsageCounts | None, str | None]]
+
 # router id -> None: the agent reconciles the router in full soon (reads the whole table and the
 # raw tables again), even though nothing desired changed.
 ResyncRequester = Callable[[str], None]

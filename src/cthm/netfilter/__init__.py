@@ -33,6 +33,7 @@ Decisions (each checked against nft 1.0.6 on this kernel by tests/netfilter):
 """
 
 from cthm.netfilter.backend import NftablesBackend
+from cthm.netfilter.conntrack_usage import HelperUsage, read_usage
 from cthm.netfilter.detect import BackendChoice, BackendUnavailable, Observation, decide
 from cthm.netfilter.errors import (
     NamespaceNotFound,
@@ -85,6 +86,7 @@ __all__ = [
     "FakeUnsupported",
     "ForeignRule",
     "HelperObject",
+    "HelperUsage",
     "IptablesBackend",
     "KernelTable",
     "LegacyGuard",
@@ -123,6 +125,7 @@ __all__ = [
     "read_cthm",
     "read_iptables",
     "read_raw_tables",
+    "read_usage",
     "render",
     "render_delete",
     "render_probe",

@@ -40,6 +40,7 @@ from cthm.domain import (
     Direction,
     HelperBinding,
     HelperCatalog,
+    HelperUsageProvider,
     HostRouterState,
     InvalidInput,
     KernelStateProvider,
@@ -59,6 +60,11 @@ NOT_PLACED = (
 router = APIRouter(prefix="/v2.0/routers/{router_id}", tags=["kernel state"])
 
 
+class HelperUsagePublic(BaseModel):
+    connections: int = Field(description="conntrack entries of this protocol/port with the helper")
+    expectations: int = Field(description="expectations the helper made for those connections")
+
+
 class KernelAssignment(BaseModel):
     protocol: str
     port: int
@@ -66,6 +72,11 @@ class KernelAssignment(BaseModel):
     helper: str = Field(description="the helper as bound (an alias such as h323 included)")
     kernel_helper: str | None = Field(
         description="the kernel's helper; null when the bound helper is no longer allowed"
+    )
+    usage: HelperUsagePublic | None = Field(
+        default=None,
+        description="desired rows, embedded agent only: live use of the binding's helper in the "
+        "namespace, read now; null when unknown (usage_error says why)",
     )
 
 
@@ -129,6 +140,9 @@ class KernelStatePublic(BaseModel):
     )
     shadow_checked_at: str | None = Field(description="last read of the raw tables")
     hosts: list[HostKernelState] = Field(description="one entry per host placing the router")
+    usage_error: str | None = Field(
+        default=None, description="why the desired rows' usage is null (embedded agent only)"
+    )
 
 
 class KernelStateResponse(BaseModel):
@@ -178,6 +192,9 @@ def show_kernel_state(
     body["hosts"] = (
         [_local_entry(request, settings, local, found, body, view)] if provider is not None else []
     )
+    usage: HelperUsageProvider | None = getattr(request.app.state, "helper_usage", None)
+    if usage is not None:
+        _add_usage(usage, found.namespace, desired, body)
     return respond(200, {"kernel_state": body})
 
 
@@ -317,6 +334,18 @@ def _order(row: Mapping[str, object]) -> tuple[str, int, str, str]:
         str(row["direction"]),
         str(row["kernel_helper"] or ""),
     )
+
+
+def _add_usage(usage: HelperUsageProvider, namespace: str, desired: list[Row], body: Row) -> None:
+    """Each desired row's live usage, read now; never fails the answer (usage_error instead)."""
+    # No binding, nothing to count: the kernel is not read.
+    counts, reason = usage(namespace) if desired else (None, None)
+    for row in desired:
+        helper, port = row["kernel_helper"], row["port"]
+        row["usage"] = None
+        if counts is not None and isinstance(helper, str) and isinstance(port, int):
+            row["usage"] = counts(helper, str(row["protocol"]), port)
+    body["usage_error"] = reason
 
 
 def _desired_row(catalog: HelperCatalog, binding: HelperBinding) -> Row:
