@@ -27,7 +27,7 @@ from sqlalchemy import insert
 from cthm.domain import HelperBinding, HelperCatalog, Protocol, Router, new_binding, new_router
 from cthm.store import Store
 from cthm.store.tables import BindingRow
-from cthm.testing import NamespaceFactory, netns_exists
+from cthm.testing import NamespaceFactory, netns_exists, stop_process
 
 INTERRUPTED_EXIT = 130
 NETNS_BATCH = 200  # namespaces per `ip -batch` process
@@ -196,13 +196,7 @@ class NftMonitor:
                 return at
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
 
 def holds_port(port: int, line: str) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from cthm.testing import AgentProcess, FakeHost, NamespaceFactory, ServerProcess
+from cthm.testing import AgentProcess, FakeHost, NamespaceFactory, ServerProcess, stop_process
 from cthm.testing.service import free_port
 from support.faults import Api, kernel_table, nft, router_settled
 
@@ -509,13 +509,7 @@ class TableWrites:
         return count
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
 
 def dumps(value: object) -> str:

@@ -41,6 +41,7 @@ EXPECTED = {
     "ftp_active_list",
     "start_ftp_server",
     "start_tftp_server",
+    "stop_process",
     "tcp_probe",
     "tftp_download",
     "write_random_file",

@@ -4,7 +4,6 @@ pid, touching nothing outside its directory."""
 
 from __future__ import annotations
 
-import os
 import pwd
 import shutil
 import tempfile
@@ -17,24 +16,13 @@ import pytest
 from cthm.domain import ListQuery
 from cthm.store import Store
 from cthm.testing import PostgresCluster, PostgresClusterError
-from cthm.testing.postgres import DEFAULT_PORT, newest_binaries
-
-
-def _skip_without_postgres() -> None:
-    reason = None
-    if os.geteuid() != 0:
-        reason = "needs root"
-    elif newest_binaries() is None:
-        reason = "needs PostgreSQL (Debian: postgresql)"
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}")
-        pytest.skip(reason)
+from cthm.testing.postgres import DEFAULT_PORT
+from support.databases import require_cluster
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PostgresCluster]:
-    _skip_without_postgres()
+    require_cluster()
     base = Path(tempfile.mkdtemp(prefix="cthm-pg-test-"))
     cluster = PostgresCluster(base)
     try:
@@ -156,7 +144,7 @@ def test_a_killed_cluster_recovers_what_it_acknowledged(cluster: PostgresCluster
 
 
 def test_stop_leaves_no_process_and_nothing_outside_its_directory() -> None:
-    _skip_without_postgres()
+    require_cluster()
     base = Path(tempfile.mkdtemp(prefix="cthm-pg-test-"))
     cluster = PostgresCluster(base)
     try:
@@ -186,7 +174,7 @@ def test_stop_leaves_no_process_and_nothing_outside_its_directory() -> None:
 
 
 def test_a_directory_the_postgres_user_cannot_reach_is_refused_clearly(tmp_path: Path) -> None:
-    _skip_without_postgres()
+    require_cluster()
     # pytest's tmp_path is under a 0700 directory of root's.
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)

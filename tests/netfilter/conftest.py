@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cthm.netfilter import LibNftablesRunner, SubprocessRunner
+from cthm.netfilter import LibNftablesRunner, NftRunner, SubprocessRunner
 from cthm.testing import run_in_namespace
 
 
@@ -24,6 +24,35 @@ def sub_runner() -> Iterator[SubprocessRunner]:
     runner = SubprocessRunner(timeout=10)
     yield runner
     runner.close()
+
+
+class CountingRunner:
+    """Passes every call to a real runner and records it (a spy, not a stand-in)."""
+
+    def __init__(self, inner: NftRunner) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, str, bool, bool]] = []
+
+    def run(
+        self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
+    ) -> str:
+        self.calls.append((namespace, commands, json, dry_run))
+        return self.inner.run(namespace, commands, json=json, dry_run=dry_run)
+
+    @property
+    def commands(self) -> list[tuple[str, bool]]:
+        """(text, as JSON) of every call so far."""
+        return [(commands, json) for _, commands, json, _ in self.calls]
+
+    def close(self) -> None:
+        """The inner runner is shared by the module; its fixture closes it."""
+
+
+@pytest.fixture(params=["libnftables", "subprocess"])
+def runner(
+    request: pytest.FixtureRequest, lib_runner: LibNftablesRunner, sub_runner: SubprocessRunner
+) -> CountingRunner:
+    return CountingRunner(lib_runner if request.param == "libnftables" else sub_runner)
 
 
 def nft(namespace: str, *args: str, stdin: str | None = None) -> str:

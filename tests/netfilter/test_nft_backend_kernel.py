@@ -12,18 +12,15 @@ import pytest
 
 from cthm.domain import KERNEL_HELPERS, Assignment, Direction, Protocol
 from cthm.netfilter import (
-    LibNftablesRunner,
     NamespaceNotFound,
     NftablesBackend,
     NftNotFound,
-    NftRunner,
-    SubprocessRunner,
     UnsafeValue,
     desired_table,
 )
 from cthm.testing import NamespaceFactory
 
-from .conftest import FOREIGN_RULESET, nft, ruleset_outside_cthm
+from .conftest import FOREIGN_RULESET, CountingRunner, nft, ruleset_outside_cthm
 
 pytestmark = pytest.mark.kernel
 
@@ -31,30 +28,6 @@ TCP, UDP = Protocol.TCP, Protocol.UDP
 KINDS = [(spec.name, protocol) for spec in KERNEL_HELPERS for protocol in sorted(spec.protocols)]
 ALL = [Assignment(protocol, 10000 + i, name) for i, (name, protocol) in enumerate(KINDS)]
 FTP = [Assignment(TCP, 21, "ftp"), Assignment(UDP, 69, "tftp")]
-
-
-class CountingRunner:
-    """Passes every call to a real runner and records it (a spy, not a stand-in)."""
-
-    def __init__(self, inner: NftRunner) -> None:
-        self.inner = inner
-        self.calls: list[tuple[str, str, bool, bool]] = []
-
-    def run(
-        self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
-    ) -> str:
-        self.calls.append((namespace, commands, json, dry_run))
-        return self.inner.run(namespace, commands, json=json, dry_run=dry_run)
-
-    def close(self) -> None:
-        """The inner runner is shared by the module; its fixture closes it."""
-
-
-@pytest.fixture(params=["libnftables", "subprocess"])
-def runner(
-    request: pytest.FixtureRequest, lib_runner: LibNftablesRunner, sub_runner: SubprocessRunner
-) -> CountingRunner:
-    return CountingRunner(lib_runner if request.param == "libnftables" else sub_runner)
 
 
 @pytest.fixture

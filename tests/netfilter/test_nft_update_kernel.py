@@ -19,13 +19,11 @@ from cthm.netfilter import (
     LibNftablesRunner,
     NftablesBackend,
     NftNotFound,
-    NftRunner,
-    SubprocessRunner,
     Transaction,
 )
 from cthm.testing import NamespaceFactory
 
-from .conftest import FOREIGN_RULESET, nft
+from .conftest import FOREIGN_RULESET, CountingRunner, nft
 
 pytestmark = pytest.mark.kernel
 
@@ -34,28 +32,6 @@ OUT = Direction.OUTPUT
 OWNER = "6f1d2c3b-0000-4000-8000-00000000000a"
 FTP = [Assignment(TCP, 21, "ftp"), Assignment(TCP, 2121, "ftp"), Assignment(UDP, 69, "tftp")]
 MIXED = [*FTP, Assignment(TCP, 21, "irc", OUT), Assignment(TCP, 1720, "Q.931", OUT)]
-
-
-class CountingRunner:
-    def __init__(self, inner: NftRunner) -> None:
-        self.inner = inner
-        self.calls: list[tuple[str, bool]] = []
-
-    def run(
-        self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
-    ) -> str:
-        self.calls.append((commands, json))
-        return self.inner.run(namespace, commands, json=json, dry_run=dry_run)
-
-    def close(self) -> None:
-        """The inner runner is shared by the module; its fixture closes it."""
-
-
-@pytest.fixture(params=["libnftables", "subprocess"])
-def runner(
-    request: pytest.FixtureRequest, lib_runner: LibNftablesRunner, sub_runner: SubprocessRunner
-) -> CountingRunner:
-    return CountingRunner(lib_runner if request.param == "libnftables" else sub_runner)
 
 
 @pytest.fixture
@@ -84,7 +60,7 @@ def test_update_adds_and_deletes_elements_and_reads_back_only_those_sets(
     runner.calls.clear()
     result = backend.update(router, table, wanted)
     assert result == backend.desired(wanted)
-    assert runner.calls == [
+    assert runner.commands == [
         (
             "delete element inet cthm ingress-ftp-tcp { 2121 }\n"
             "add element inet cthm ingress-ftp-tcp { 990 }\n"
@@ -118,7 +94,7 @@ def test_update_declines_what_only_a_full_sync_can_do(
     before = nft(router, "list", "ruleset")
     runner.calls.clear()
     assert backend.update(router, table, wanted) is None
-    assert runner.calls == []
+    assert runner.commands == []
     assert nft(router, "list", "ruleset") == before
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cthm.testing.postgres import PostgresCluster, newest_binaries
+from cthm.testing.postgres import PostgresCluster
 from replicas.fleet import Replicas
+from support.databases import require_cluster
 
 _databases = itertools.count(1)
 
@@ -25,15 +26,7 @@ _databases = itertools.count(1)
 def own_cluster() -> Iterator[PostgresCluster]:
     """A cluster for this suite alone, started once per worker; tests that stop it start it
     again (see `cluster`)."""
-    reason = None
-    if os.geteuid() != 0:
-        reason = "needs root: the throwaway PostgreSQL runs as the postgres user"
-    elif newest_binaries() is None:
-        reason = "needs PostgreSQL (Debian: apt-get install postgresql)"
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"replica tests cannot run in CI: {reason}")
-        pytest.skip(reason)
+    require_cluster()
     base = Path(tempfile.mkdtemp(prefix="cthm-replicas-"))
     made = PostgresCluster(base)
     try:

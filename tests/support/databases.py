@@ -159,12 +159,18 @@ def start_server() -> PostgresServer:
     external = os.environ.get(EXTERNAL_URL_ENV)
     if external:
         return ExternalServer(external)
+    require_cluster()
+    return OwnCluster()
+
+
+def require_cluster() -> None:
+    """Skips the test when this machine cannot run a throwaway PostgreSQL (fails it in CI,
+    where it must)."""
     reason = _cannot_run_a_cluster()
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}")
         pytest.skip(reason)
-    return OwnCluster()
 
 
 def _cannot_run_a_cluster() -> str | None:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import cthm
 
@@ -82,7 +82,7 @@ class RunningServer:
 
     def stop(self, grace: float = 3.0) -> None:
         """Terminates the process by pid, kills it if it outlives `grace`; idempotent."""
-        _stop(self.process, grace)
+        stop_process(self.process, grace)
 
     def __enter__(self) -> RunningServer:
         return self
@@ -264,7 +264,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _stop(process: subprocess.Popen[bytes], grace: float) -> None:
+def stop_process(process: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Ends a process this kit started: SIGTERM, then SIGKILL after `grace` seconds."""
     if process.poll() is not None:
         return
     process.terminate()
