@@ -9,9 +9,9 @@ SYSTEM_STAMP := $(VENV)/.cthm-system-packages
 DEBIAN_PACKAGES := nftables iptables iproute2 conntrack libnftables1 sip-tester postgresql chromium
 
 # As `exclude` in pyproject.toml's [tool.mypy].
-MYPY_OWN_ROOT_DIRS := agent cli openstack traffic
+MYPY_OWN_ROOT_DIRS := agent cli neutron openstack traffic
 
-.PHONY: run test unit lint typecheck bench bench-hosts bench-api install system-packages clean
+.PHONY: run test unit lint typecheck bench bench-hosts bench-api bench-neutron install system-packages clean
 
 install: $(STAMP)
 
@@ -70,7 +70,9 @@ unit: install
 # for SQLite alone).
 # BENCH_ARGS=--quick: a few minutes (bench.py libnftables only with fewer rounds; the other
 # two at a small size unless BENCH_HOSTS_ARGS / BENCH_API_ARGS say otherwise).
-# BENCH_ARGS=--json: stdout is ONE JSON object, bench.py's (issue 14's keys); the commands are
+# bench.py also runs scripts/bench_neutron.py (issue 15: Neutron's L3 agent extension beside
+# cthm's; skipped without the `neutron` package or with BENCH_ARGS=--no-neutron).
+# BENCH_ARGS=--json: stdout is ONE JSON object, bench.py's (issue 14's and 15's keys); the commands are
 # not echoed and the other two scripts print to stderr (their own JSON summaries included).
 BENCH_QUICK = $(findstring --quick,$(BENCH_ARGS))
 BENCH_JSON = $(findstring --json,$(BENCH_ARGS))
@@ -87,6 +89,12 @@ bench-hosts: install
 
 bench-api: install
 	$(BIN)/python scripts/bench_api.py $(BENCH_API_ARGS)
+
+# Issue 15: Neutron's L3 agent extension and cthm's side by side through one harness (needs the
+# `neutron` package: the `test` extra). bench.py runs it too and merges its keys into --json.
+BENCH_NEUTRON_ARGS ?= $(if $(BENCH_QUICK),--quick)
+bench-neutron: install
+	$(BIN)/python scripts/bench_neutron.py $(BENCH_NEUTRON_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -17,6 +17,8 @@ its own fleet (database and namespaces; bindings loaded in bulk, not timed):
   every router was reconciled; nothing may be written.
 Through a real `cthm serve` (scripts/bench_api_kernel.py): POST -> kernel on routers holding
 1000 and 10 (`nft monitor` in the namespace), and POST acknowledged (SQLite, one client).
+Then Neutron's L3 agent extension beside cthm's (scripts/bench_neutron.py, issue 15; its keys
+merged into the JSON object) unless --no-neutron or the `neutron` package is missing.
 
 Prints medians beside the targets and Neutron's figures (issue 14); --json prints instead ONE
 JSON object on stdout (the progress lines go to stderr): the keys of issue 14, from the
@@ -26,6 +28,7 @@ libnftables runner (the agent's default), plus the other runners' figures under 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_api_kernel
+import bench_neutron
 from bench_support import (
     INTERRUPTED_EXIT,
     Interrupted,
@@ -369,8 +373,10 @@ def run(
     sizes: Sizes,
     api: bool,
     say: Callable[[str], None],
+    neutron: str | None = None,
 ) -> None:
-    """Every row into `out` (issue 14's keys, None until measured)."""
+    """Every row into `out` (issue 14's keys, None until measured); `neutron`: the size of
+    scripts/bench_neutron.py's run (issue 15's keys), None to skip it."""
     out["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     out["cpus"] = os.cpu_count()
     out["by_runner"] = {}
@@ -422,6 +428,11 @@ def run(
         timeouts = n1000["timeouts"] + n10["timeouts"]
         if timeouts:
             raise RuntimeError(f"API -> kernel: {timeouts} writes never reached the kernel")
+    if neutron is not None:
+        extensions: dict[str, Any] = {}
+        bench_neutron.run(stack, extensions, bench_neutron.SIZES[neutron], say)
+        out["neutron"] = extensions
+        out.update({key: extensions[key] for key in bench_neutron.KEYS})
     out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
 
@@ -454,6 +465,11 @@ def main() -> int:
     )
     parser.add_argument("--no-api", action="store_true", help="skip the `cthm serve` rows")
     parser.add_argument(
+        "--no-neutron",
+        action="store_true",
+        help="skip Neutron's and cthm's L3 agent extensions (scripts/bench_neutron.py)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON object (progress to stderr)"
     )
     args = parser.parse_args()
@@ -476,12 +492,17 @@ def main() -> int:
         say(f"--tiny: the rows name the full sizes; the fleets are {fleets}")
 
     out: dict[str, Any] = {key.name: None for key in KEYS}
+    out.update(dict.fromkeys(bench_neutron.KEYS))
+    neutron = "tiny" if args.tiny else "quick" if args.quick else "full"
+    if args.no_neutron or importlib.util.find_spec("neutron") is None:
+        say("the extensions' rows skipped (--no-neutron, or no `neutron` package)")
+        neutron = None
     code = 0
     with interruptible():
         try:
             with ExitStack() as stack:
                 try:
-                    run(stack, out, kinds, sizes, not args.no_api, say)
+                    run(stack, out, kinds, sizes, not args.no_api, say, neutron)
                 finally:
                     # Cleanup (the stack unwinding) must not be cut short by another signal.
                     signal.signal(signal.SIGINT, signal.SIG_IGN)

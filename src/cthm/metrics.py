@@ -25,10 +25,15 @@ Names follow kube-proxy's (`sync_proxy_rules_*`):
   the route is its template (`/v2.0/routers/{router_id}`), never the raw path, so the label set
   stays bounded; requests no route matches are "unmatched".
 - cthm_auth_failures_total: requests refused for want of a valid token.
+- cthm_binding_helper_connections / cthm_binding_helper_expectations{router,helper,protocol,
+  port}: a binding's live helper usage as the agent in this process LAST read it (at its
+  periodic resync, a bounded number of routers a pass: agent/usage.py); a scrape never runs
+  conntrack. helper is the kernel's name; an ingress and an output binding share a series.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -56,7 +61,10 @@ __all__ = [
     "AgentTelemetry",
     "Census",
     "exposition",
+    "forget_usage",
     "normal_method",
+    "publish_usage",
+    "usage_routers",
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -123,6 +131,53 @@ AUTH_FAILURES = Counter(
     "Requests refused because they carried no valid token.",
     registry=REGISTRY,
 )
+BINDING_CONNECTIONS = Gauge(
+    "cthm_binding_helper_connections",
+    "Conntrack entries using a binding's helper in the router's namespace, as last read.",
+    ["router", "helper", "protocol", "port"],
+    registry=REGISTRY,
+)
+BINDING_EXPECTATIONS = Gauge(
+    "cthm_binding_helper_expectations",
+    "Expectations a binding's helper holds in the router's namespace, as last read.",
+    ["router", "helper", "protocol", "port"],
+    registry=REGISTRY,
+)
+UsageKey = tuple[str, str, int]  # kernel helper, protocol, port
+_usage_lock = threading.Lock()
+_usage_shown: dict[str, set[UsageKey]] = {}  # router id -> its label sets in the gauges
+
+
+def publish_usage(router_id: str, usage: Mapping[UsageKey, tuple[int, int]]) -> None:
+    """The router's helper usage as last read, (connections, expectations) per binding key;
+    its label sets no longer read go, so a deleted binding leaves no series behind."""
+    with _usage_lock:
+        for key in _usage_shown.get(router_id, set()) - set(usage):
+            _remove_usage(router_id, key)
+        for (helper, protocol, port), (connections, expectations) in usage.items():
+            BINDING_CONNECTIONS.labels(router_id, helper, protocol, str(port)).set(connections)
+            BINDING_EXPECTATIONS.labels(router_id, helper, protocol, str(port)).set(expectations)
+        _usage_shown[router_id] = set(usage)
+
+
+def forget_usage(router_id: str) -> None:
+    """The router is gone, or its usage could not be read: no stale figures shown."""
+    with _usage_lock:
+        for key in _usage_shown.pop(router_id, set()):
+            _remove_usage(router_id, key)
+
+
+def usage_routers() -> set[str]:
+    with _usage_lock:
+        return set(_usage_shown)
+
+
+def _remove_usage(router_id: str, key: UsageKey) -> None:
+    helper, protocol, port = key
+    for gauge in (BINDING_CONNECTIONS, BINDING_EXPECTATIONS):
+        with contextlib.suppress(KeyError):  # never published: nothing to remove
+            gauge.remove(router_id, helper, protocol, str(port))
+
 
 # Methods as labels: anything else is "other", so a client cannot grow the label set.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

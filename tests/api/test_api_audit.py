@@ -156,7 +156,9 @@ def test_every_change_is_recorded_once_with_caller_and_values(api: Api, member: 
     assert len({e["request_id"] for e in everything}) == 7
 
 
-def test_failed_requests_leave_no_success_row(api: Api, member: Api, router: JSON) -> None:
+def test_failed_changes_leave_one_failed_event_and_no_success_row(
+    api: Api, member: Api, router: JSON
+) -> None:
     api.create_helper(router["id"], "tcp", 21, "ftp")
     before = events(api)
     snapshot = api.snapshot()
@@ -177,9 +179,32 @@ def test_failed_requests_leave_no_success_row(api: Api, member: Api, router: JSO
         api.post("/v2.0/routers", json={"router": {"name": "r", "bogus": 1}}),
     ]
     assert [r.status_code for r in failures] == [400, 409, 412, 400, 400]
-    for response in failures:
+    # Allowed, then failed: one `failed` event each, nothing before or after (rolled back).
+    # Refused before the policy looked (a body that does not parse): no event.
+    member_id = token_id_of(api, secret_of(member))
+    expected = [
+        ("create_router_conntrack_helper", "router", router["id"], 400),
+        ("create_router_conntrack_helper", "router", router["id"], 409),
+        ("update_router", "router", router["id"], 412),
+    ]
+    for response, (action, target_type, target_id, status) in zip(
+        failures[:3], expected, strict=True
+    ):
+        event = only_event_of(api, response)
+        assert (event["outcome"], event["action"], event["status_code"]) == (
+            "failed",
+            action,
+            status,
+        )
+        assert (event["target_type"], event["target_id"]) == (target_type, target_id)
+        assert (event["token_id"], event["target_project_id"]) == (member_id, "p1")
+        assert (event["before"], event["after"]) == (None, None)
+        assert error_of(response)["message"] in event["detail"]
+    for response in failures[3:]:
         assert events_of(api, response) == []
-    assert events(api) == before
+    assert [e for e in events(api) if e["outcome"] != "failed"] == before
+    failed = {e["id"] for r in failures[:3] for e in events_of(api, r)}
+    assert {e["id"] for e in events(api, outcome="failed")} == failed
     assert api.snapshot() == snapshot
 
 

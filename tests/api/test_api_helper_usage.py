@@ -14,10 +14,12 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cthm.agent import Agent, LocalStoreSource
+from cthm.agent.usage import UsageRefresher
 from cthm.api import create_app
-from cthm.netfilter import NftablesBackend, make_runner
+from cthm.netfilter import HelperUsage, NftablesBackend, make_runner, read_usage
 from cthm.testing import NamespaceFactory
 
 from .conftest import fast_authenticator
@@ -155,3 +157,87 @@ def test_a_router_without_bindings_reads_nothing(agent_api: tuple[Api, Agent]) -
     router = api.create_router(name="edge", project_id="p1", namespace="cthm-nowhere-usage")
     body = kernel_state(api, router["id"])
     assert (body["desired"], body["usage_error"]) == ([], None)
+
+
+def usage_series(text: str, router_id: str) -> dict[tuple[str, str, str, str], float]:
+    """(metric, helper, protocol, port) -> value of the router's usage gauges in a scrape."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in ("cthm_binding_helper_connections", "cthm_binding_helper_expectations"):
+            for sample in family.samples:
+                if sample.labels["router"] == router_id:
+                    labels = sample.labels
+                    key = (family.name, labels["helper"], labels["protocol"], labels["port"])
+                    found[key] = sample.value
+    return found
+
+
+@pytest.mark.kernel
+@pytest.mark.traffic
+def test_usage_metrics_show_the_last_read_and_drop_deleted_bindings(
+    agent_api: tuple[Api, Agent],
+    netns: NamespaceFactory,
+    ftp_control: list[subprocess.Popen[str]],
+) -> None:
+    api, agent = agent_api
+    namespace = netns.create("usagem")
+    router = api.create_router(name="edge", project_id="p1", namespace=namespace)
+    api.create_helper(router["id"], "tcp", 21, "ftp", direction="output")
+    tftp = api.create_helper(router["id"], "udp", 69, "tftp", direction="output")
+    agent.sync_all()
+    hold_ftp_control(namespace, ftp_control)
+
+    # Nothing read yet: a scrape runs no conntrack, so it shows nothing for the router.
+    assert usage_series(api.get("/metrics").text, router["id"]) == {}
+    assert agent.usage.refresh() == [router["id"]]
+    conn, expect = "cthm_binding_helper_connections", "cthm_binding_helper_expectations"
+    assert usage_series(api.get("/metrics").text, router["id"]) == {
+        (conn, "ftp", "tcp", "21"): 1.0,
+        (expect, "ftp", "tcp", "21"): 1.0,
+        (conn, "tftp", "udp", "69"): 0.0,
+        (expect, "tftp", "udp", "69"): 0.0,
+    }
+
+    deleted = api.delete(f"/v2.0/routers/{router['id']}/conntrack_helpers/{tftp['id']}")
+    assert deleted.status_code == 204, deleted.text
+    agent.sync_all()
+    agent.usage.refresh()
+    assert set(usage_series(api.get("/metrics").text, router["id"])) == {
+        (conn, "ftp", "tcp", "21"),
+        (expect, "ftp", "tcp", "21"),
+    }
+
+
+@pytest.mark.kernel
+def test_usage_refresh_is_bounded_round_robin_and_shows_no_stale_figures(
+    agent_api: tuple[Api, Agent], netns: NamespaceFactory
+) -> None:
+    api, agent = agent_api
+    routers = []
+    for name in ("rra", "rrb"):
+        router = api.create_router(name=name, project_id="p1", namespace=netns.create(name))
+        api.create_helper(router["id"], "tcp", 21, "ftp")
+        routers.append(router)
+    bare = api.create_router(name="bare", project_id="p1", namespace=netns.create("rrc"))
+    agent.sync_all()
+    read: list[str] = []
+
+    def counted(namespace: str) -> HelperUsage:
+        read.append(namespace)
+        return read_usage(namespace)
+
+    one_a_pass = UsageRefresher(agent.book, counted, per_pass=1)
+    passes = [one_a_pass.refresh() for _ in range(3)]
+    # One router a pass, every router with bindings in turn; one without is never read.
+    assert [len(p) for p in passes] == [1, 1, 1]
+    assert {p[0] for p in passes} == {r["id"] for r in routers}
+    assert passes[2] == passes[0]
+    assert bare["namespace"] not in read
+    text = api.get("/metrics").text
+    assert all(usage_series(text, r["id"]) for r in routers)
+
+    # A namespace that cannot be read any more: its router's figures go, not kept stale.
+    first = next(r for r in routers if r["id"] == passes[1][0])
+    netns.delete(first["namespace"])
+    assert one_a_pass.refresh() == [first["id"]]
+    assert usage_series(api.get("/metrics").text, first["id"]) == {}

@@ -75,7 +75,15 @@ def test_registration_places_the_routers_whose_namespace_the_host_reports(
 
     body = registered(agent, "node-a", [NS_A, "qrouter-not-registered"])
 
-    assert set(body) == {"agent", "deployment_id", "revision", "agent_down_time", "routers"}
+    assert set(body) == {
+        "agent",
+        "deployment_id",
+        "revision",
+        "agent_down_time",
+        "kernel_usage",
+        "routers",
+    }
+    assert body["kernel_usage"] is True
     assert body["routers"] == [{"id": r1["id"], "namespace": NS_A, "revision_number": 1}]
     assert body["agent_down_time"] == 75.0
     record = body["agent"]
@@ -542,8 +550,11 @@ def test_deleting_a_node_agent(short_lived: Api) -> None:
         assert error_of(gone)["type"] == "AgentNotFound"
     assert api.delete(f"/v2.0/agents/{node_a}?force=maybe").status_code == 400
     events = api.get("/v2.0/audit_events", params={"action": "delete_agent"}).json()
-    ok = [e for e in events["audit_events"] if e["outcome"] != "denied"]
+    ok = [e for e in events["audit_events"] if e["outcome"] == "success"]
     assert sorted(e["target_id"] for e in ok) == sorted([node_a, node_agent_id("node-b")])
+    # Refused while alive (allowed, then 409): a failed attempt; an unknown agent: nothing.
+    failed = [e for e in events["audit_events"] if e["outcome"] == "failed"]
+    assert [(e["target_id"], e["status_code"]) for e in failed] == [(node_a, 409)]
 
 
 # --- per-host kernel state ---------------------------------------------------------------------

@@ -106,6 +106,30 @@ def test_routers_and_bindings_by_status_and_requests_by_route_template(api: Api)
     assert total(after, "cthm_api_request_duration_seconds_count", route="/v2.0/routers") >= 1
 
 
+def test_status_page_requests_are_counted_under_their_own_path(api: Api) -> None:
+    before = scrape(api)
+    assert api.get("/ui", follow_redirects=False).status_code == 307
+    assert api.get("/ui/").status_code == 200  # the login page
+    assert api.post("/ui/login", data={"token": "cthm_" + "W" * 43}).status_code == 401
+    assert api.get("/ui/nowhere").status_code == 404
+    assert api.get("/").status_code == 200  # the API's version document
+    after = scrape(api)
+
+    def grew(code: str, method: str, route: str) -> float:
+        labels = {"code": code, "method": method, "route": route}
+        return value(after, "cthm_api_requests_total", **labels) - value(
+            before, "cthm_api_requests_total", **labels
+        )
+
+    assert grew("307", "GET", "/ui") == 1
+    assert grew("200", "GET", "/ui/") == 1
+    assert grew("401", "POST", "/ui/login") == 1
+    assert grew("404", "GET", "unmatched") == 1
+    # The page's own "/" and "/login" are never taken for the API's routes.
+    assert grew("200", "GET", "/") == 1
+    assert value(after, "cthm_api_requests_total", code="401", method="POST", route="/login") == 0
+
+
 def test_readyz_without_an_agent_checks_the_database_only(api: Api) -> None:
     response = api.as_token(None).get("/readyz")  # no token: a probe has none
     assert response.status_code == 200, response.text

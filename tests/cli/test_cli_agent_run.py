@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cthm_cli_harness import Result, ServerProcess, assert_error, free_port, run
+from prometheus_client.parser import text_string_to_metric_families
 
 from cthm.domain import node_agent_id
-from cthm.testing import AgentProcess, FakeHost
+from cthm.testing import AgentProcess, FakeHost, NamespaceFactory
 
 DOWN_TIME = 2.0
 WAIT = 20.0
@@ -280,3 +282,90 @@ def test_sigterm_while_the_api_cannot_be_reached_exits_0(
         assert agent.alive(), agent.log_tail()
         stop_cleanly(agent)
         assert "registered" not in agent.stdout_path.read_text()
+
+
+# --- the node agent's own metrics -------------------------------------------------------------
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value of a Prometheus text answer."""
+    response = httpx.get(url, timeout=5)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.kernel
+def test_metrics_listen_serves_the_node_agents_own_metrics(
+    api: ServerProcess, admin: Callable[..., Result], tmp_path: Path, netns: NamespaceFactory
+) -> None:
+    host = host_name()
+    token = token_file(admin, tmp_path, host=host)
+    namespace = netns.create("nodem")
+    router = admin(
+        "--json", "router", "create", "nodem", "--project", "p1", "--namespace", namespace
+    ).json()["router"]
+    created = admin("helper", "create", "nodem", "--protocol", "tcp", "--port", "21",
+                    "--helper", "ftp")  # fmt: skip
+    assert created.returncode == 0, created
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with FakeHost(host, tmp_path / "host") as node:
+        node.add_namespace(namespace, namespace)
+        agent = node.start_agent(
+            api.url,
+            token,
+            report_interval=0.5,
+            resync_interval=1.0,  # the usage is read after each resync
+            extra_args=("--metrics-listen", str(port)),
+        )
+        usage = (
+            "cthm_binding_helper_connections",
+            (("helper", "ftp"), ("port", "21"), ("protocol", "tcp"), ("router", router["id"])),
+        )
+
+        def scraped() -> dict[Any, float] | None:
+            try:
+                found = scrape(url)
+            except httpx.TransportError:  # not listening yet
+                return None
+            return found if usage in found else None
+
+        found = wait_for("the router's usage in the agent's metrics", scraped, agent=agent)
+        assert found[usage] == 0.0
+        full = ("cthm_agent_sync_duration_seconds_count", (("kind", "full"),))
+        assert found[full] >= 1
+        assert ("cthm_agent_queue_depth", ()) in found
+        assert ("cthm_agent_sync_failures_total", (("backend", "nftables"),)) not in found
+        assert ("cthm_agent_drift_repairs_total", ()) in found
+        # No database here: the API's census is not the node agent's to show.
+        assert not [name for name, _ in found if name == "cthm_routers"]
+        assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 404
+
+        # The same reading reaches the API in the agent's kernel summaries: kernel_state
+        # shows it for the node agent's router.
+        def reported() -> Any:
+            response = httpx.get(
+                f"{api.url}/v2.0/routers/{router['id']}/kernel_state",
+                headers={"X-Auth-Token": api.admin_token},
+                timeout=5,
+            )
+            desired = response.json()["kernel_state"]["desired"]
+            return desired if desired and desired[0].get("usage") is not None else None
+
+        (row,) = wait_for("the usage in kernel_state", reported, agent=agent)
+        assert row["usage"] == {"connections": 0, "expectations": 0}
+        stop_cleanly(agent)
+    with pytest.raises(httpx.TransportError):  # the listener ended with the agent
+        httpx.get(url, timeout=2)
+
+
+def test_metrics_listen_refuses_a_bad_address() -> None:
+    assert_error(
+        run("agent", "run", "--metrics-listen", "nowhere:9", token="cthm_x"),
+        2,
+        "--metrics-listen",
+    )

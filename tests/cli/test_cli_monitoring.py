@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+import select
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,6 +59,24 @@ def wait_all(server: Monitored, done: Callable[[dict[str, Any]], bool]) -> dict[
     return report
 
 
+BULK = "/v2.0/routers/kernel_states"
+SINGLE = "/v2.0/routers/{router_id}/kernel_state"
+
+
+def route_requests(server: Monitored) -> dict[str, float]:
+    """GET requests answered so far, by route template (from the server's own metrics)."""
+    text = httpx.get(server.metrics_url, timeout=5).text
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "cthm_api_requests":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels["method"] == "GET":
+                route = sample.labels["route"]
+                counts[route] = counts.get(route, 0) + sample.value
+    return counts
+
+
 def test_status_of_every_router_is_a_check(server: Monitored, netns: NamespaceFactory) -> None:
     cthm = server.cthm
     namespace = netns.create("mon")
@@ -73,8 +94,13 @@ def test_status_of_every_router_is_a_check(server: Monitored, netns: NamespaceFa
     assert row["in_sync"] is True
     assert row["verified_at"] is not None
     assert row["hosts"] == [socket.gethostname()]
+    before = route_requests(server)
     table = cthm("status")
     assert table.returncode == 0, table
+    after = route_requests(server)
+    # One request for the whole table, and no per-router kernel_state (no conntrack read).
+    assert after[BULK] == before.get(BULK, 0) + 1
+    assert after.get(SINGLE, 0) == before.get(SINGLE, 0)
     assert "mon-ok" in table.stdout
     assert "1 routers, all in sync" in table.stdout
 
@@ -142,3 +168,67 @@ def test_metrics_listen_is_refused_with_several_workers_and_when_bad(tmp_path: P
     assert_error(
         run("serve", "--data-dir", data, "--metrics-listen", "nowhere:9"), 2, "metrics_listen"
     )
+
+
+# Held open in the namespace: one TCP connection to port 21 (its conntrack entry gets the
+# helper of an output binding on tcp/21), until stdin closes.
+HOLD_TCP_21 = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", 21))
+server.listen()
+client = socket.create_connection(("127.0.0.1", 21), timeout=5)
+peer, _ = server.accept()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def held() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes the test starts, ended by their pid whatever happens."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_status_of_a_router_shows_live_usage_per_binding(
+    server: Monitored, netns: NamespaceFactory, held: list[subprocess.Popen[str]]
+) -> None:
+    cthm = server.cthm
+    namespace = netns.create("monuse")
+    assert cthm("router", "create", "mon-use", "--project", "p1", "--namespace", namespace)
+    for args in (("tcp", "21", "ftp"), ("udp", "69", "tftp")):
+        protocol, port, helper = args
+        created = cthm(
+            "helper", "create", "mon-use", "--protocol", protocol, "--port", port,
+            "--helper", helper, "--direction", "output", "--wait",
+        )  # fmt: skip
+        assert created.returncode == 0, created
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", HOLD_TCP_21],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    held.append(process)
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 15)
+    assert ready
+    assert process.stdout.readline().strip() == "ready"
+
+    result = cthm("--json", "status", "mon-use")
+    assert result.returncode == 0, result
+    report = json.loads(result.stdout)
+    assert report["usage_error"] is None
+    assert {row["port"]: row["usage"] for row in report["bindings"]} == {
+        21: {"connections": 1, "expectations": 0},
+        69: {"connections": 0, "expectations": 0},
+    }
+    table = cthm("status", "mon-use")
+    assert "In use" in table.stdout
+    assert "1/0" in table.stdout
+    assert "0/0" in table.stdout

@@ -27,7 +27,10 @@ UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "cthm-api.se
 SETPRIV = shutil.which("setpriv")
 START_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 15.0
-WHY = {"CAP_SYS_ADMIN": "not found", "CAP_NET_ADMIN": "Operation not permitted"}
+WHY = {
+    "CAP_SYS_ADMIN": "cthm needs CAP_SYS_ADMIN",
+    "CAP_NET_ADMIN": "Operation not permitted",
+}
 
 pytestmark = pytest.mark.skipif(
     SETPRIV is None or os.geteuid() != 0, reason="needs root and setpriv (util-linux)"
@@ -137,6 +140,7 @@ def test_each_capability_is_needed(netns: NamespaceFactory, tmp_path: Path, miss
     with serve_with(unit_capabilities() - {missing}, tmp_path) as client:
         router = settled_router(client, namespace)
     assert router["status"] == "ERROR", router
-    # Without CAP_SYS_ADMIN setns(2) fails (EPERM), which the agent reports as the namespace
-    # not found; without CAP_NET_ADMIN nftables says "Operation not permitted".
+    # Without CAP_SYS_ADMIN setns(2) fails (EPERM): the reason names the capability, never
+    # "not found"; without CAP_NET_ADMIN nftables says "Operation not permitted".
     assert WHY[missing] in router["status_reason"], router
+    assert "not found" not in router["status_reason"], router

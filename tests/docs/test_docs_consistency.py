@@ -67,6 +67,7 @@ def test_the_documents_exist() -> None:
         "docs/api.md",
         "docs/security.md",
         "docs/development.md",
+        "docs/neutron.md",
     } <= names
 
 
@@ -131,10 +132,9 @@ def api_routes() -> set[tuple[str, str]]:
     found = set()
     for module_info in pkgutil.iter_modules(cthm.api.routes.__path__):
         module = importlib.import_module(f"cthm.api.routes.{module_info.name}")
-        router = getattr(module, "router", None)
-        if not isinstance(router, APIRouter):
-            continue
-        for route in router.routes:
+        # Every router a module declares (kernel_state has a second one, included first).
+        routers = [value for value in vars(module).values() if isinstance(value, APIRouter)]
+        for route in (route for router in routers for route in router.routes):
             if isinstance(route, APIRoute) and route.include_in_schema:
                 for method in (route.methods or set()) - {"HEAD"}:
                     found.add((method, re.sub(r"\{[^}]*\}", "{}", route.path)))
@@ -172,3 +172,26 @@ def test_every_audit_outcome_is_described() -> None:
 
     security = (ROOT / "docs" / "security.md").read_text()
     assert all(f"`{outcome.value}`" in security for outcome in Outcome)
+
+
+def test_every_neutron_option_has_a_row_in_the_neutron_guide_and_no_other() -> None:
+    # The `[cthm]` options of the L3 agent extension (issue 15): only with the neutron extra.
+    pytest.importorskip("oslo_config")
+    from cthm.neutron.config import OPTS
+
+    text = (ROOT / "docs" / "neutron.md").read_text()
+    section = text.split("\n## The `[cthm]` options\n", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        line.split("|")[1].strip().strip("`")
+        for line in section.splitlines()
+        if line.startswith("| `")
+    }
+    assert rows == {opt.name for opt in OPTS}
+    defaults = {
+        opt.name: ",".join(opt.default) if isinstance(opt.default, list) else str(opt.default)
+        for opt in OPTS
+    }
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            name, default = (cell.strip().strip("`") for cell in line.split("|")[1:3])
+            assert default.lower() == defaults[name].lower(), f"{name}: documented {default}"

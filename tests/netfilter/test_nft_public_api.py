@@ -34,6 +34,7 @@ EXPECTED = {
     "LibraryUnavailable",
     "NamespaceId",
     "NamespaceNotFound",
+    "NamespaceNotPermitted",
     "NftBusy",
     "NftError",
     "NftExists",
@@ -69,6 +70,7 @@ EXPECTED = {
     "render",
     "render_delete",
     "render_probe",
+    "run_in_namespace",
     "scratch_namespace",
     "translate_error",
 }

@@ -33,6 +33,7 @@ from cthm.agent.ports import (
 )
 from cthm.agent.queue import ShutDown, WorkQueue
 from cthm.agent.reconciler import Action, RawTableReader, Reconciler, ReconcileResult
+from cthm.agent.usage import UsageRefresher
 from cthm.domain import (
     AgentSnapshot,
     HelperCatalog,
@@ -88,6 +89,11 @@ class Agent:
         self.capabilities = HelperCapabilities(backend)
         self.book = KernelStateBook()
         self.telemetry = metrics.AgentTelemetry(_label(backend))  # Prometheus, and /readyz
+        # The usage metrics' last read (agent/usage.py), refreshed after each periodic resync.
+        self.usage = UsageRefresher(
+            self.book, lambda namespace: read_usage(namespace, netns_dir=netns_dir)
+        )
+        self._usage_due = threading.Event()
         self.reconciler = Reconciler(
             source,
             backend,
@@ -147,6 +153,7 @@ class Agent:
                 for index in range(self._workers)
             ]
             self._loops.append(self._spawn(self._timer_loop, "cthm-agent-timer"))
+            self._spawn(self._usage_loop, "cthm-agent-usage")
             if self._probe_at_start:
                 self._spawn(self._probe_catalog, "cthm-agent-probe")
             self.resync()
@@ -156,6 +163,7 @@ class Agent:
     def stop(self, timeout: float = 10.0) -> bool:
         """Stops taking work and lets in-flight reconciles finish; True if all threads ended."""
         self._stop.set()
+        self._usage_due.set()  # wakes the usage thread to see the stop
         self.queue.shutdown()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -471,6 +479,29 @@ class Agent:
                     self._log_unavailable(exc)
                 except Exception:
                     log.exception("periodic resync failed")
+                # After it has queued its routers. Only the periodic resync reads the usage (not
+                # resync() called by a user or a benchmark): conntrack once per interval.
+                self._usage_due.set()
+
+    def _usage_loop(self) -> None:
+        """After each resync, once its reconciles have had time to run: the next routers'
+        helper usage, read for the metrics (never more than one pass at once)."""
+        while not self._stop.is_set():
+            self._usage_due.wait()
+            self._usage_due.clear()
+            if self._stop.is_set():  # stop() sets the event too
+                return
+            # The resync's reconciles first: the usage of a table just written is the one read.
+            self.queue.wait_until(
+                lambda: self._stop.is_set() or not self.queue.busy(),
+                min(30.0, max(1.0, self._resync_interval / 2)),
+            )
+            if self._stop.is_set():
+                return
+            try:
+                self.usage.refresh(self._stop)
+            except Exception:  # the metrics must never take the agent down
+                log.exception("reading helper usage failed")
 
     def _log_unavailable(self, exc: Unavailable) -> None:
         """One warning, then one a minute while it lasts: every router retries with backoff

@@ -51,6 +51,9 @@ class NamespaceClaims:
         self._netns_dir = netns_dir
         self._lock = threading.Lock()
         self._claims: dict[str, _Claim] = {}
+        # identity -> the routers recorded with it: a check looks at those, not at every
+        # router (a resync of a thousand routers was a million comparisons).
+        self._by_identity: dict[NamespaceId, set[str]] = {}
 
     def note(self, router: Router) -> NamespaceId | None:
         """Records the router and the kernel namespace its name resolves to now (None: not
@@ -61,8 +64,8 @@ class NamespaceClaims:
         finally:
             order = (_naive(router.created_at), router.id)
             with self._lock:
-                self._claims[router.id] = _Claim(
-                    router.namespace, router.project_id, order, identity
+                self._record(
+                    router.id, _Claim(router.namespace, router.project_id, order, identity)
                 )
         return identity
 
@@ -90,7 +93,21 @@ class NamespaceClaims:
 
     def forget(self, router_id: str) -> None:
         with self._lock:
-            self._claims.pop(router_id, None)
+            self._record(router_id, None)
+
+    def _record(self, router_id: str, claim: _Claim | None) -> None:
+        """Sets (None: removes) the router's claim, and the index by identity; under the lock."""
+        old = self._claims.pop(router_id, None)
+        if old is not None and old.identity is not None:
+            ids = self._by_identity.get(old.identity)
+            if ids is not None:
+                ids.discard(router_id)
+                if not ids:
+                    del self._by_identity[old.identity]
+        if claim is not None:
+            self._claims[router_id] = claim
+            if claim.identity is not None:
+                self._by_identity.setdefault(claim.identity, set()).add(router_id)
 
     def _claims_of(self, router_id: str) -> _Claim:
         with self._lock:
@@ -100,9 +117,9 @@ class NamespaceClaims:
         """Recorded routers with this identity, each re-resolved now (its name may have moved)."""
         with self._lock:
             candidates = [
-                (router_id, claim)
-                for router_id, claim in self._claims.items()
-                if claim.identity == identity and router_id != exclude
+                (router_id, self._claims[router_id])
+                for router_id in self._by_identity.get(identity, ())
+                if router_id != exclude
             ]
         found = []
         for router_id, claim in candidates:
@@ -112,8 +129,8 @@ class NamespaceClaims:
                 now = None
             with self._lock:
                 if self._claims.get(router_id) == claim:
-                    self._claims[router_id] = _Claim(
-                        claim.namespace, claim.project_id, claim.order, now
+                    self._record(
+                        router_id, _Claim(claim.namespace, claim.project_id, claim.order, now)
                     )
             if now == identity:
                 found.append((router_id, claim))

@@ -52,6 +52,10 @@ class KernelStateBook:
         self._verified: dict[str, _Verified] = {}
         self._drifting: set[str] = set()  # drift seen, not yet repaired
         self._full_due: set[str] = set()  # the next reconcile must read the whole table
+        self._usage: dict[str, tuple[datetime, list[dict[str, Any]]]] = {}  # last read
+        # Summaries carry the usage only for an API that takes it (node.py sets this from
+        # the API's answer): an older API refuses fields it does not know.
+        self.share_usage = False
 
     def get(self, router_id: str) -> RouterKernelState | None:
         with self._lock:
@@ -190,21 +194,54 @@ class KernelStateBook:
     def summary(self, router_id: str) -> dict[str, Any] | None:
         """The router's record as a node agent reports it to the API (the kernel summary of
         issue 12's contract: plain JSON, lists bounded); None when there is none, or the
-        router's namespace is unknown (its row was refused before any look)."""
+        router's namespace is unknown (its row was refused before any look). With
+        `share_usage`, its helper usage as last read too (`usage`, `usage_read_at`)."""
         with self._lock:
             state = self._states.get(router_id)
-        return _summary(state) if state is not None and state.namespace is not None else None
+            usage = self._usage.get(router_id) if self.share_usage else None
+        if state is None or state.namespace is None:
+            return None
+        return _with_usage(_summary(state), usage)
 
     def summaries(self) -> list[dict[str, Any]]:
         """summary() of every router with one, by router id."""
         with self._lock:
             states = sorted(self._states.items())
-        return [_summary(s) for _, s in states if s.namespace is not None]
+            usage = dict(self._usage) if self.share_usage else {}
+        return [
+            _with_usage(_summary(s), usage.get(rid)) for rid, s in states if s.namespace is not None
+        ]
+
+    def usage_read(self, router_id: str, rows: list[dict[str, Any]]) -> None:
+        """The router's helper usage as just read (agent/usage.py): rows of helper, protocol,
+        port, connections, expectations."""
+        with self._lock:
+            self._usage[router_id] = (self._clock(), rows[:SUMMARY_ASSIGNMENTS])
+
+    def usage_unknown(self, router_id: str) -> None:
+        """The usage could not be read (or the router has no binding left): none is shown."""
+        with self._lock:
+            self._usage.pop(router_id, None)
+
+    def with_bindings(self) -> dict[str, tuple[str, frozenset[tuple[str, str, int]]]]:
+        """Router id -> (namespace, its bindings' (kernel helper, protocol, port)) of every
+        router whose desired table is known and not empty (agent/usage.py reads these)."""
+        with self._lock:
+            states = list(self._states.values())
+        return {
+            s.router_id: (
+                s.namespace,
+                frozenset((a.helper, a.protocol.value, a.port) for a in s.desired),
+            )
+            for s in states
+            if s.namespace is not None and s.desired
+        }
 
     def forget(self, router_id: str) -> None:
         """The router is gone (its table removed): nothing left to show."""
         with self._lock:
             self._states.pop(router_id, None)
+            self._usage.pop(router_id, None)
             self._verified.pop(router_id, None)
             self._drifting.discard(router_id)
             self._full_due.discard(router_id)
@@ -238,6 +275,16 @@ def _summary(state: RouterKernelState) -> dict[str, Any]:
         "last_error_at": _timestamp(state.last_error_at),
         "drift_repairs": state.drift_repairs,
     }
+
+
+def _with_usage(
+    summary: dict[str, Any], usage: tuple[datetime, list[dict[str, Any]]] | None
+) -> dict[str, Any]:
+    if usage is not None:
+        read_at, rows = usage
+        summary["usage"] = rows
+        summary["usage_read_at"] = _timestamp(read_at)
+    return summary
 
 
 def _summary_row(assignment: Assignment) -> dict[str, Any]:

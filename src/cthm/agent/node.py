@@ -315,7 +315,10 @@ class NodeAgent:
 
     def _placement(self, answer: Mapping[str, Any]) -> None:
         """Queues the routers placed on this host anew, no longer placed, or at a revision
-        other than the one last verified here."""
+        other than the one last verified here. Also: whether the API takes the helper usage
+        in kernel summaries (an older one refuses the fields)."""
+        if self.agent is not None:
+            self.agent.book.share_usage = answer.get("kernel_usage") is True
         try:
             placed = {str(r["id"]): int(r["revision_number"]) for r in answer["routers"]}
         except (KeyError, TypeError, ValueError) as exc:

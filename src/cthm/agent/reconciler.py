@@ -70,6 +70,7 @@ from cthm.domain import (
 )
 from cthm.netfilter import (
     NamespaceNotFound,
+    NamespaceNotPermitted,
     NftError,
     RawTable,
     Shadow,
@@ -265,6 +266,14 @@ class Reconciler:
         except UnsafeNamespace as exc:  # the name was changed since the check above
             self._forget_desired(router_id)
             return self._refuse_namespace(desired, exc.message)
+        except NamespaceNotPermitted as exc:  # not the kernel's refusal: this process's
+            self._forget_desired(router_id)
+            reason = exc.message
+            self.book.failed(router_id, reason, namespace=namespace, kernel_unknown=True)
+            self._report(desired, Status.ERROR, reason, {b.id: reason for b in desired.bindings})
+            return ReconcileResult(
+                router_id, Action.FAILED, reason, retry=True, drift=drift, sync=sync
+            )
         except (NftError, VerificationFailed) as exc:
             self._forget_desired(router_id)
             self._capabilities.invalidate()  # a helper may have gone; probe again next time
@@ -396,8 +405,14 @@ class Reconciler:
         if reuse and last is not None and last.by_binding is not None:
             edited = _edited_assignments(self._catalog, last.assignments, last.by_binding, usable)
         by_binding: dict[str, tuple[int, Assignment]] | None
+        # The backend's desired table edited from the last one (checking only what was added)
+        # where it can (NftablesBackend.desired_after; ~0.4 ms less at 1000 assignments).
+        desired_after = getattr(self._backend, "desired_after", None)
         if edited is not None:
-            assignments, by_binding = edited
+            assignments, by_binding, added = edited
+            if last is not None and last.want is not None and callable(desired_after):
+                want = desired_after(last.want, assignments, added)
+                return _Derived(desired, refused, usable, assignments, want, by_binding)
         else:
             assignments = assignments_for(self._catalog, usable)
             by_binding = _by_binding(usable, assignments)
@@ -722,10 +737,11 @@ def _edited_assignments(
     last: Sequence[Assignment],
     last_by_binding: dict[str, tuple[int, Assignment]],
     usable: Sequence[HelperBinding],
-) -> tuple[list[Assignment], dict[str, tuple[int, Assignment]]] | None:
+) -> tuple[list[Assignment], dict[str, tuple[int, Assignment]], list[Assignment]] | None:
     """assignments_for(catalog, usable), made from the last assignments by removing those of
-    the bindings gone or changed and adding the new ones; None when that is not simple (many
-    changes, a merge, a helper the catalog refuses): the caller rebuilds them."""
+    the bindings gone or changed and adding the new ones (also returned, third); None when that
+    is not simple (many changes, a merge, a helper the catalog refuses): the caller rebuilds
+    them."""
     by_binding: dict[str, tuple[int, Assignment]] = {}
     added = []
     for b in usable:
@@ -744,6 +760,7 @@ def _edited_assignments(
         if index == len(result) or _assignment_key(result[index]) != key:
             return None
         del result[index]
+    new = []
     for b in added:
         try:
             name = catalog.resolve(b.helper, b.protocol).name
@@ -756,7 +773,8 @@ def _edited_assignments(
             return None  # two bindings on one key merge
         result.insert(index, assignment)
         by_binding[b.id] = (b.revision_number, assignment)
-    return result, by_binding
+        new.append(assignment)
+    return result, by_binding, new
 
 
 def _with_status(binding: HelperBinding, report: BindingReport) -> HelperBinding:

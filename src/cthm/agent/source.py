@@ -2,10 +2,12 @@
 
 reload() serves the agent's partial syncs: the router row is read (and validated) every time;
 its bindings are taken from the last desired state while the router's revision is unchanged
-(every binding change through the store moves it), else only the bindings whose revision
-differs are read again (a narrow id/revision query, ~1 ms for 1000 rows, against ~5 ms to read
-and convert them all). Rows edited behind the store's back are seen by the next load()
-(every full sync: start, failure, the periodic resync).
+(every binding change through the store moves it), else only the bindings changed are read
+again: the store's revision notes name them when every new revision was committed by this
+process (store/revisions.py: no scan at all), else a narrow id/revision query finds them
+(~2 ms for 1000 rows, against ~5 ms to read and convert them all). Rows edited behind the
+store's back are seen by the next load() (every full sync: start, failure, the periodic
+resync).
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ class LocalStoreSource:
                 ) from exc
             if router.revision_number == last.router.revision_number and not last.rejected:
                 return DesiredRouter(router, last.bindings)
+            noted = None
+            if not last.rejected:
+                noted = self._store.revision_notes.changed(
+                    router_id, last.router.revision_number, router.revision_number
+                )
+            if noted is not None:
+                return _noted(repo, router, last, noted)
             return _changed(repo, router, last)
 
     def load_all(self) -> dict[str, DesiredRouter | InvalidDesiredState]:
@@ -164,6 +173,19 @@ def _changed(repo: Repository, router: Router, last: DesiredRouter) -> DesiredRo
     # In the order desired_bindings() gives, (protocol, port, direction) as the database sorts
     # it: `last` is in it already, the few fresh ones are put in place.
     bindings = [b for b in last.bindings if b.id in revisions and b.id not in stale_ids]
+    for binding in fresh:
+        key = _order(binding)
+        bindings.insert(bisect_left(bindings, key, key=_order), binding)
+    return _desired(router, bindings, rejected)
+
+
+def _noted(
+    repo: Repository, router: Router, last: DesiredRouter, changed: frozenset[str]
+) -> DesiredRouter:
+    """The router's desired state: `last` with the bindings the revision notes name read
+    again (absent now: deleted)."""
+    fresh, rejected = repo.desired_bindings(router.id, changed) if changed else ([], [])
+    bindings = [b for b in last.bindings if b.id not in changed]
     for binding in fresh:
         key = _order(binding)
         bindings.insert(bisect_left(bindings, key, key=_order), binding)

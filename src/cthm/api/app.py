@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cthm import metrics
-from cthm.api import audit
+from cthm.api import audit, policy
 from cthm.api.access_log import AccessLogMiddleware
 from cthm.api.auth import CHALLENGE, AuthenticationMiddleware, Authenticator, openapi_security
 from cthm.api.auth_audit import FailedAuthentications
@@ -77,6 +77,8 @@ from cthm.store import AuditContext, Store
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Openstack-Request-Id"
+# Requests that change something: an audited change failing in one is recorded as `failed`.
+CHANGE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Every body this API takes is a few hundred bytes; refuse more long before parsing it.
 MAX_BODY_BYTES = 64 * 1024
 # But a node agent's report lists every namespace and kernel summary of its host, and a
@@ -168,6 +170,8 @@ def create_app(
     app.add_exception_handler(CthmError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    # Before the routers' routes: GET /v2.0/routers/{router_id} would take it.
+    app.include_router(kernel_state_routes.bulk)
     for module in (
         versions,
         routers,
@@ -297,6 +301,16 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
         response.background = BackgroundTask(
             _record_denial_after, request, exc, response.status_code
         )
+    elif (
+        request.method in CHANGE_METHODS
+        and response.status_code != 404  # nothing there to change: not a failed change
+        and not isinstance(exc, Unauthenticated)
+    ):
+        allowed: list[policy.Allowed] = (request.scope.get("state") or {}).get("allowed") or []
+        if allowed:  # an audited change was allowed, then failed: its event rolled back
+            response.background = BackgroundTask(
+                _record_failure_after, request, allowed[-1], exc, response.status_code
+            )
     if isinstance(exc, Unauthenticated):
         await _count_failed_authentication(request, exc)
         response.headers.update(CHALLENGE)
@@ -314,6 +328,15 @@ async def _count_failed_authentication(request: Request, exc: Unauthenticated) -
     due = failures.failed(exc.client or "unknown", context, f"{request.method} {request.url.path}")
     if due:
         await run_in_threadpool(failures.write, due)
+
+
+async def _record_failure_after(
+    request: Request, allowed: policy.Allowed, exc: CthmError, status_code: int
+) -> None:
+    store: Store = request.app.state.cthm.store
+    state = request.scope.get("state") or {}
+    detail = f"{request.method} {request.url.path}: {exc.message}"
+    audit.record_failure(store, state, allowed, status_code, detail)  # it only queues
 
 
 async def _record_denial_after(request: Request, exc: Denial, status_code: int) -> None:
@@ -386,6 +409,8 @@ class RequestContextMiddleware:
             return
         request_id = f"req-{uuid.uuid4()}"
         scope.setdefault("state", {})["request_id"] = request_id
+        # The audited changes the policy allows in this request (a failure after: `failed`).
+        scope["state"]["allowed"] = policy.track_allowed()
         started = False
 
         async def send_with_id(message: Message) -> None:

@@ -1,4 +1,6 @@
-"""The API's side of the audit trail: denied attempts.
+"""The API's side of the audit trail: denied attempts, and failed ones (an audited change the
+policy allowed that then did not take effect: its transaction, and the success event in it,
+rolled back; recorded here with outcome `failed`, the same way as a denial).
 
 A change is recorded by the store in the change's own transaction. A denied attempt changes
 nothing, and the request's transaction (if it had one) was rolled back, so it is recorded apart:
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cthm.api.errors import Denial
+from cthm.api.policy import Allowed
 from cthm.api.principal import Principal
 from cthm.store import AuditContext, Store
 
@@ -55,12 +58,35 @@ def record_denial(
     )
 
 
+def record_failure(
+    store: Store,
+    state: Mapping[str, Any],
+    allowed: Allowed,
+    status_code: int,
+    detail: str,
+) -> None:
+    """An audited change the policy allowed that then failed (its transaction rolled back):
+    outcome `failed`, with the status the caller got and the error's message."""
+    _record(
+        store,
+        context_of(state),
+        action=allowed.action,
+        target_type=allowed.target_type,
+        target_id=allowed.target_id,
+        target_project_id=allowed.target_project_id,
+        status_code=status_code,
+        detail=detail,
+        outcome="failed",
+    )
+
+
 def _record(store: Store, context: AuditContext, **fields: Any) -> None:
     try:
         store.submit_denied(context, **fields)
     except Exception:
         log.exception(
-            "could not record a denied %s in the audit trail (request %s)",
+            "could not record a %s %s in the audit trail (request %s)",
+            fields.get("outcome", "denied"),
             fields.get("action"),
             context.request_id,
         )

@@ -18,6 +18,8 @@ refuses it everything done for another host, so a compromised node cannot speak 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from enum import StrEnum
 
 from cthm.api.errors import Forbidden
@@ -133,6 +135,49 @@ def allowed(
     return _CHECKS[rule](principal, target_project_id, operator_allows)
 
 
+# The changes the audit trail records (their `success` events come from the store, in the
+# change's transaction). When one of them was allowed and the request then fails (a conflict,
+# a stale revision, bad input found after the check, the database unavailable), the API
+# records the attempt with outcome `failed` (api/app.py); reads and agents' reports never.
+AUDITED_CHANGES = frozenset(
+    {
+        "create_router",
+        "update_router",
+        "delete_router",
+        "resync_router",
+        "create_router_conntrack_helper",
+        "update_router_conntrack_helper",
+        "delete_router_conntrack_helper",
+        "create_auth_token",
+        "delete_auth_token",
+        "delete_agent",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """An audited change the policy allowed in this request, with its target."""
+
+    action: str
+    target_type: str
+    target_id: str | None
+    target_project_id: str | None
+
+
+# Per request (set by track_allowed); a list, so a route run in a worker thread (which gets a
+# copy of the context) still adds to the request's own.
+_allowed: ContextVar[list[Allowed] | None] = ContextVar("cthm_allowed", default=None)
+
+
+def track_allowed() -> list[Allowed]:
+    """Starts recording the audited changes allowed from here on (in this context and the
+    threads it hands work to); returns the list they are added to."""
+    found: list[Allowed] = []
+    _allowed.set(found)
+    return found
+
+
 def enforce(
     principal: Principal,
     action: str,
@@ -152,6 +197,9 @@ def enforce(
             target_id=target_id,
             target_project_id=target_project_id,
         )
+    found = _allowed.get()
+    if found is not None and action in AUDITED_CHANGES:
+        found.append(Allowed(action, target_type, target_id, target_project_id))
 
 
 def enforce_host(principal: Principal, action: str, host: str | None) -> None:

@@ -2,8 +2,10 @@
 is counted (a 401 before routing, a 413, a 500 included).
 
 The route label is the matched route's template (`/v2.0/routers/{router_id}`), never the raw
-path: ids would make one series per object. FastAPI puts the matched route in the scope; a
-request answered before routing (authentication) is matched here against the app's routes.
+path: ids would make one series per object. A route of a mounted app (the status page) is
+labelled with the mount's path before it (`/ui/`, `/ui/login`). FastAPI puts the matched
+route in the scope; a request answered before routing (authentication) is matched here against
+the app's routes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cthm import metrics
@@ -50,16 +52,33 @@ class RequestMetricsMiddleware:
 def route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
+    if isinstance(route, Mount):  # inside a mounted app (/ui), no route of its own: a 404
+        return UNMATCHED
     if isinstance(path, str):
-        return path
+        # A mounted app's route carries its path within the mount: /ui's "/login" is
+        # "/ui/login", never the API's own "/" or a clash with it.
+        return _mount_prefix(scope) + path
     partial: str | None = None  # the path exists, not with this method (a 405)
     for candidate in _leaves(getattr(getattr(scope.get("app"), "router", None), "routes", [])):
+        if isinstance(candidate, Mount):
+            if scope.get("path") == candidate.path:  # /ui: redirected to /ui/
+                return candidate.path
+            continue
         match, _ = candidate.matches(scope)
         if match is Match.FULL:
             return str(getattr(candidate, "path", UNMATCHED))
         if match is Match.PARTIAL and partial is None:
             partial = str(getattr(candidate, "path", UNMATCHED))
     return partial or UNMATCHED
+
+
+def _mount_prefix(scope: Scope) -> str:
+    """The path of the mount the matched route is in ("" outside any): Starlette's Mount
+    sets app_root_path (the root before it) and root_path (with the mount's path)."""
+    if "app_root_path" not in scope:
+        return ""
+    root, outer = str(scope.get("root_path") or ""), str(scope.get("app_root_path") or "")
+    return root[len(outer) :] if root.startswith(outer) else ""
 
 
 def _leaves(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:

@@ -245,6 +245,16 @@ class KernelAssignmentReport(StrictModel):
     kernel_helper: Short | None = None
 
 
+class UsageReport(StrictModel):
+    """A binding's helper usage in the namespace as the node agent last read it."""
+
+    helper: Short
+    protocol: Short
+    port: Annotated[int, Field(ge=0, le=65535)]
+    connections: Annotated[int, Field(ge=0, le=2**53)]
+    expectations: Annotated[int, Field(ge=0, le=2**53)]
+
+
 class KernelSummary(StrictModel):
     """One router's kernel as a node agent last read it (shown per host in kernel_state)."""
 
@@ -265,6 +275,8 @@ class KernelSummary(StrictModel):
     last_error: Annotated[str | None, AfterValidator(_bounded_error)] = None
     last_error_at: ReportedTime = None
     drift_repairs: Annotated[int, Field(ge=0, le=2**53)] = 0
+    usage: list[UsageReport] | None = Field(default=None, max_length=KERNEL_DIFF_MAX)
+    usage_read_at: ReportedTime = None
 
 
 class AgentState(StrictModel):

@@ -119,6 +119,12 @@ class CthmClient:
         params = {k: v for k, v in (("project_id", project_id), ("name", name)) if v is not None}
         return self._list_all("/v2.0/routers", "routers", params)
 
+    def kernel_states(self, *, status: str | None = None) -> list[JSONObject]:
+        """Every visible router's kernel_state with its name and status (one request a page;
+        the server reads no conntrack for it)."""
+        params = {"status": status} if status is not None else {}
+        return self._list_all("/v2.0/routers/kernel_states", "kernel_states", params, "router_id")
+
     def get_router(self, router_id: str) -> JSONObject:
         return self._member(self._request("GET", _path("routers", router_id)), "router")
 
@@ -286,7 +292,9 @@ class CthmClient:
 
     # plumbing
 
-    def _list_all(self, path: str, key: str, params: dict[str, Any]) -> list[JSONObject]:
+    def _list_all(
+        self, path: str, key: str, params: dict[str, Any], id_key: str = "id"
+    ) -> list[JSONObject]:
         items: list[JSONObject] = []
         marker: str | None = None
         for _ in range(MAX_PAGES):
@@ -300,7 +308,7 @@ class CthmClient:
             items.extend(page)
             if len(page) < PAGE_SIZE:
                 return items
-            marker = str(page[-1].get("id"))
+            marker = str(page[-1].get(id_key))
         raise _invalid(response, f"more than {MAX_PAGES} pages of {key}")
 
     def _request(

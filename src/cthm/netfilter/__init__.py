@@ -37,6 +37,7 @@ from cthm.netfilter.conntrack_usage import HelperUsage, read_usage
 from cthm.netfilter.detect import BackendChoice, BackendUnavailable, Observation, decide
 from cthm.netfilter.errors import (
     NamespaceNotFound,
+    NamespaceNotPermitted,
     NftBusy,
     NftError,
     NftExists,
@@ -70,7 +71,7 @@ from cthm.netfilter.parse import parse_table
 from cthm.netfilter.render import desired_table, render, render_delete, render_probe
 from cthm.netfilter.runner import NftRunner
 from cthm.netfilter.scratch import scratch_namespace
-from cthm.netfilter.subprocess_runner import SubprocessRunner
+from cthm.netfilter.subprocess_runner import SubprocessRunner, run_in_namespace
 from cthm.netfilter.transaction import Operation, Transaction
 
 __all__ = [
@@ -94,6 +95,7 @@ __all__ = [
     "LibraryUnavailable",
     "NamespaceId",
     "NamespaceNotFound",
+    "NamespaceNotPermitted",
     "NftBusy",
     "NftError",
     "NftExists",
@@ -129,6 +131,7 @@ __all__ = [
     "render",
     "render_delete",
     "render_probe",
+    "run_in_namespace",
     "scratch_namespace",
     "translate_error",
 ]

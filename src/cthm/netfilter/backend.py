@@ -1,9 +1,15 @@
 """The nftables backend the agent uses: read, apply (full sync), update (partial sync), delete
 cthm's table in a router namespace, and ask the kernel which helpers it has. Every write is one
-atomic transaction."""
+atomic transaction.
+
+With the libnftables runner, read() asks the namespace's ruleset generation first (issue 14,
+netfilter/libnftables.py): when no commit happened in the namespace since the last listing, the
+table is that listing's, and nft is not run (a no-op resync lists nothing); any commit, by
+anyone, makes the next read list again."""
 
 from __future__ import annotations
 
+import re
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -22,7 +28,7 @@ from cthm.netfilter.model import (
 )
 from cthm.netfilter.parse import parse_set, parse_table, table_comment
 from cthm.netfilter.render import desired_table, render, render_delete, render_probe
-from cthm.netfilter.runner import NftRunner
+from cthm.netfilter.runner import Generation, NftRunner, TrackedRunner
 from cthm.netfilter.transaction import Transaction
 
 LIST_COMMAND = f"list table {TABLE_FAMILY} {TABLE_NAME}"
@@ -30,6 +36,10 @@ LIST_SET_COMMAND = f"list set {TABLE_FAMILY} {TABLE_NAME} {{name}}"
 
 # A port set of the layout, by what it holds: (direction, helper type, protocol).
 SetKey = tuple[Direction, str, Protocol]
+# The handle of cthm's table in a JSON listing (nft writes family, name, handle in this order).
+_TABLE_HANDLE = re.compile(
+    rf'"table": {{"family": "{TABLE_FAMILY}", "name": "{TABLE_NAME}", "handle": (\d+)'
+)
 
 
 def _sort_key(a: Assignment) -> tuple[Protocol, int, Direction]:
@@ -88,48 +98,143 @@ class NftablesBackend:
         # The last table update() returned per namespace, with its assignments by set.
         self._sets: dict[str, tuple[KernelTable, dict[SetKey, set[int]]]] = {}
         self._parsed_lock = threading.Lock()
+        # With a runner that reads generations (libnftables): per namespace, the generation
+        # of the last listing (no commit since: the table is unchanged, not listed again), the
+        # generation our own apply() left when its commit was the only one, and the owner known
+        # for a table handle (a table's comment never changes; a handle names one table of
+        # one namespace instance, the generation's context).
+        self._tracked: TrackedRunner | None = (
+            runner if callable(getattr(runner, "run_tracked", None)) else None  # type: ignore[assignment]
+        )
+        self._listed: dict[str, Generation] = {}
+        self._committed: dict[str, Generation] = {}
+        self._owners: dict[str, tuple[int, int, str | None]] = {}
 
     def read(self, namespace: str) -> KernelTable | None:
         """cthm's table in the namespace; None when there is none."""
+        with self._parsed_lock:
+            last = self._parsed.get(namespace)
+            since = self._listed.get(namespace) if last is not None else None
+        generation: Generation | None = None
         try:
-            text = self.runner.run(namespace, LIST_COMMAND, json=True)
+            if self._tracked is not None:
+                before, after, listed = self._tracked.run_tracked(
+                    namespace, LIST_COMMAND, json=True, unless=since
+                )
+                if listed is None and last is not None:
+                    return last[1]  # no commit in the namespace since that listing
+                text = listed or ""
+                generation = before if before == after else None
+            else:
+                text = self.runner.run(namespace, LIST_COMMAND, json=True)
         except NftNotFound:
             self._forget(namespace)
             return None
-        with self._parsed_lock:
-            last = self._parsed.get(namespace)
         if last is not None and last[0] == text:
-            return last[1]
-        table = parse_table(text)
-        if table is not None and table.owner is None:
-            # nft 1.0.6 leaves the table's comment out of JSON: one text listing. Never changed
-            # in place (nft cannot alter a table's comment, and a new table has a new handle,
-            # so a new JSON text), the owner is cached with the listing like the rest.
-            try:
-                comment = table_comment(self.runner.run(namespace, LIST_COMMAND))
-            except NftNotFound:
-                self._forget(namespace)  # deleted between the two listings
-                return None
-            table = replace(table, owner=owner_from_comment(comment))
+            table: KernelTable | None = last[1]
+        else:
+            table = parse_table(text)
+            if table is not None and table.owner is None:
+                # nft 1.0.6 leaves the table's comment out of JSON: known for this table from
+                # before, or one text listing.
+                try:
+                    owner = self._owner(namespace, text, generation)
+                except NftNotFound:
+                    self._forget(namespace)  # deleted between the two listings
+                    return None
+                table = replace(table, owner=owner)
         with self._parsed_lock:
             self._parsed[namespace] = (text, table)
+            if generation is not None:
+                self._listed[namespace] = generation
+            else:
+                self._listed.pop(namespace, None)
         return table
+
+    def _owner(self, namespace: str, text: str, generation: Generation | None) -> str | None:
+        """The owner (comment) of the table the JSON listing `text` shows, read at `generation`
+        (None: unknown). Never changed in place (nft cannot alter a table's comment; a new
+        table has a new handle), it is known without a text listing when the table is the one
+        whose owner was read before, or the one our own apply() committed last."""
+        match = _TABLE_HANDLE.search(text) if generation is not None else None
+        if generation is not None and match is not None:
+            handle = int(match.group(1))
+            with self._parsed_lock:
+                known = self._owners.get(namespace)
+                committed = self._committed.get(namespace)
+            if known is not None and known[:2] == (generation.context, handle):
+                return known[2]
+            if committed == generation:
+                # No commit since ours: the table listed is the one apply() wrote.
+                self._remember_owner(namespace, generation, handle, self.owner)
+                return self.owner
+        if self._tracked is not None:
+            before, after, listed = self._tracked.run_tracked(namespace, LIST_COMMAND)
+            owner = owner_from_comment(table_comment(listed or ""))
+            # Both listings saw one state (the same generation throughout): the handle is
+            # this comment's.
+            if generation is not None and match is not None and before == after == generation:
+                self._remember_owner(namespace, generation, int(match.group(1)), owner)
+            return owner
+        return owner_from_comment(table_comment(self.runner.run(namespace, LIST_COMMAND)))
+
+    def _remember_owner(
+        self, namespace: str, generation: Generation, handle: int, owner: str | None
+    ) -> None:
+        with self._parsed_lock:
+            self._owners[namespace] = (generation.context, handle, owner)
 
     def _forget(self, namespace: str) -> None:
         with self._parsed_lock:
             self._parsed.pop(namespace, None)
             self._sets.pop(namespace, None)
+            self._listed.pop(namespace, None)
+            self._committed.pop(namespace, None)
+            self._owners.pop(namespace, None)
 
     def desired(self, assignments: Sequence[Assignment]) -> KernelTable:
         """What `read()` returns after `apply(assignments)`: `desired_table(assignments, owner)`."""
         return desired_table(assignments, self.owner)
+
+    def desired_after(
+        self, previous: object, assignments: Sequence[Assignment], added: Sequence[Assignment]
+    ) -> KernelTable:
+        """desired(assignments), given `previous`, a desired table of this backend, and that
+        `assignments` are its assignments with some removed and `added` inserted in order
+        (sorted, unique keys): only `added` is checked, the rest was when `previous` was made.
+        Anything else is rebuilt by desired()."""
+        if (
+            not isinstance(previous, KernelTable)
+            or previous.garbage
+            or previous.owner != self.owner
+        ):
+            return self.desired(assignments)
+        desired_table(added, self.owner)  # raises UnsafeValue for what render would refuse
+        kinds = {(a.helper, a.protocol) for a in assignments}
+        helpers = frozenset(h for h in previous.helpers if (h.type, h.protocol) in kinds)
+        if len(helpers) != len(kinds):  # a kind that was not there before: built as desired()
+            return self.desired(assignments)
+        return KernelTable(tuple(assignments), helpers, (), self.owner)
 
     def apply(self, namespace: str, assignments: Sequence[Assignment]) -> None:
         """Replaces cthm's table with exactly `assignments`, in one transaction; afterwards
         `read(namespace) == self.desired(assignments)`, marked with this backend's owner.
         Nothing else in the namespace changes."""
         text = str(render(assignments, self.owner))  # raises UnsafeValue before anything runs
-        self.runner.run(namespace, text)
+        if self._tracked is None:
+            self.runner.run(namespace, text)
+            return
+        with self._parsed_lock:
+            self._committed.pop(namespace, None)
+        before, after, _ = self._tracked.run_tracked(namespace, text)
+        if (
+            before is not None
+            and after is not None
+            and after.context == before.context
+            and after.id == (before.id + 1) & 0xFFFFFFFF
+        ):
+            with self._parsed_lock:  # our commit was the only one (see _owner)
+                self._committed[namespace] = after
 
     def update(
         self, namespace: str, verified: object, assignments: Sequence[Assignment]

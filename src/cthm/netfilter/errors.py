@@ -6,7 +6,10 @@ NftError                 nft (or the kernel) refused or could not run a transact
 ├── NftExists            something already exists (EEXIST), e.g. a duplicate map key
 ├── NftBusy              something is still in use (EBUSY), e.g. a helper object a rule references
 ├── NftOther             anything else: syntax, permissions, nft missing, timeout, odd output
-└── NamespaceNotFound    the router's network namespace does not exist (yet)
+├── NamespaceNotFound    the router's network namespace does not exist (yet)
+└── NamespaceNotPermitted  it exists, but this process may not open or enter it (setns(2)
+                         needs CAP_SYS_ADMIN): the namespace is not "gone", the process lacks
+                         a capability
 
 UnsafeValue (a ValueError, not an NftError) is a programming error: a value that must never
 reach nft's text or argv (a port out of range, a helper or namespace name outside the safe
@@ -18,6 +21,7 @@ Every foreign failure (nft's stderr, libnftables' error buffer) is turned into t
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -50,6 +54,23 @@ class NamespaceNotFound(NftError):
     def __init__(self, namespace: str, detail: str = "") -> None:
         text = f"namespace {namespace} not found"
         super().__init__(f"{text} ({detail})" if detail else text, namespace=namespace)
+
+
+class NamespaceNotPermitted(NftError):
+    """EPERM/EACCES opening or entering the namespace: a missing capability, not a missing
+    namespace (never taken as "gone": a tombstone is not cleared on it)."""
+
+    def __init__(self, namespace: str, detail: str) -> None:
+        super().__init__(
+            f"cannot enter namespace {namespace}: {detail} (cthm needs CAP_SYS_ADMIN, "
+            "besides CAP_NET_ADMIN, to enter network namespaces)",
+            namespace=namespace,
+        )
+
+
+def is_permission(code: int | None) -> bool:
+    """An errno that means "not allowed", not "not there"."""
+    return code in (errno.EPERM, errno.EACCES)
 
 
 class UnsafeValue(ValueError):

@@ -11,13 +11,32 @@ A cached context is keyed by (name, st_dev, st_ino) of /run/netns/NAME. Its sock
 namespace alive, so a context whose namespace file is gone or now has another inode (deleted
 and recreated) is freed and never used: otherwise we would write into a zombie namespace that
 no router uses any more.
+
+Generations (issue 14). Every commit of an nftables transaction in a namespace moves that
+namespace's ruleset generation (the id nft itself keeps its cache by). `run_tracked` reads it
+just before and just after a command (NFT_MSG_GETGEN, ~4 us), so the backend can skip listing a
+table no commit touched since it was last listed (without even entering the namespace), and can
+tell that a table it lists is exactly the one its own transaction just committed. A generation
+is `(context serial, id)`: the serial is new for every context made, and a cached context (its
+socket) pins its namespace, so an equal generation is the same namespace instance, never a new
+one that reuses the name or the inode.
+
+The netlink socket that asks is made with the context, in its namespace, and kept with it:
+closing a netfilter netlink socket after a commit waits for the kernel's deferred table
+destruction (an RCU grace period, ~10 ms, measured), so a socket per call would cost more than
+the listing it saves. It is kept at a descriptor above 1023, as libnftables select()s on its
+own sockets and glibc aborts the process on a descriptor past FD_SETSIZE; where the open-file
+limit leaves no room up there, generations are not read (every read lists, as before).
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import queue
+import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -26,15 +45,31 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cthm.netfilter.errors import NamespaceNotFound, NftOther, translate_error
+from cthm.netfilter.errors import (
+    NamespaceNotFound,
+    NamespaceNotPermitted,
+    NftOther,
+    is_permission,
+    translate_error,
+)
 from cthm.netfilter.model import check_namespace
 from cthm.netfilter.netns import NETNS_DIR, enter, open_namespace, setns_binding
+from cthm.netfilter.runner import Generation
 
 LIBRARY = "libnftables.so.1"
 _NFT_CTX_OUTPUT_JSON = 1 << 4
 
 T = TypeVar("T")
 ContextKey = tuple[str, int, int]  # (namespace name, st_dev, st_ino)
+
+# NFT_MSG_GETGEN of the nftables netlink subsystem, and its reply's NFTA_GEN_ID attribute.
+_NETLINK_NETFILTER = 12
+_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN
+_NEWGEN = (10 << 8) | 15
+_NLM_F_REQUEST = 1
+_NFTA_GEN_ID = 1
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_FD_SETSIZE = 1024  # generation sockets live at or above it (module doc)
 
 
 class LibraryUnavailable(OSError):
@@ -115,6 +150,11 @@ class LibNftablesRunner:
         # Worker thread only: contexts in LRU order, and the one key per namespace name.
         self._contexts: OrderedDict[ContextKey, int] = OrderedDict()
         self._keys: dict[str, ContextKey] = {}
+        # Worker thread only: each context's serial (generations are told apart by it) and
+        # its generation socket (None: generations unknown, never guessed).
+        self._serials: dict[ContextKey, int] = {}
+        self._gen_sockets: dict[ContextKey, socket.socket | None] = {}
+        self._next_serial = 0
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()
         )
@@ -142,6 +182,22 @@ class LibNftablesRunner:
     ) -> str:
         check_namespace(namespace)
         return self._call(lambda: self._run_in(namespace, commands, json, dry_run))
+
+    def run_tracked(
+        self,
+        namespace: str,
+        commands: str,
+        *,
+        json: bool = False,
+        unless: Generation | None = None,
+    ) -> tuple[Generation | None, Generation | None, str | None]:
+        """run(), with the namespace's generation read just before and just after, in the same
+        visit: (before, after, output). Nothing is run (output None, after == before) when
+        `unless` equals the generation before. A generation is None when it cannot be read.
+        Equal before and after: no commit happened around the command (a read saw one state);
+        after == before + 1 for a write: its own commit was the only one."""
+        check_namespace(namespace)
+        return self._call(lambda: self._tracked_in(namespace, commands, json, unless))
 
     def cached_contexts(self) -> list[ContextKey]:
         """The (name, st_dev, st_ino) of every cached context, least recently used first."""
@@ -191,6 +247,45 @@ class LibNftablesRunner:
             os.close(self._home_fd)
 
     def _run_in(self, namespace: str, commands: str, json: bool, dry_run: bool) -> str:
+        def run(ctx: int, key: ContextKey) -> tuple[int, str, str]:
+            return self._library.run(ctx, commands, json=json, dry_run=dry_run)
+
+        result = self._inside(namespace, run)
+        assert result is not None  # nothing skips it
+        return self._checked(namespace, *result)
+
+    def _tracked_in(
+        self, namespace: str, commands: str, json: bool, unless: Generation | None
+    ) -> tuple[Generation | None, Generation | None, str | None]:
+        outcome: list[Generation | None] = []
+
+        def unchanged(key: ContextKey) -> bool:
+            # Asked from outside: the socket belongs to the namespace for good.
+            if unless is None or key not in self._contexts:
+                return False
+            outcome.append(self._generation(key))
+            return outcome[0] == unless
+
+        def run(ctx: int, key: ContextKey) -> tuple[int, str, str]:
+            if not outcome:
+                outcome.append(self._generation(key))
+            result = self._library.run(ctx, commands, json=json, dry_run=False)
+            outcome.append(self._generation(key))
+            return result
+
+        result = self._inside(namespace, run, unchanged)
+        if result is None:
+            return outcome[0], outcome[0], None
+        return outcome[0], outcome[1], self._checked(namespace, *result)
+
+    def _inside(
+        self,
+        namespace: str,
+        work: Callable[[int, ContextKey], T],
+        skip: Callable[[ContextKey], bool] | None = None,
+    ) -> T | None:
+        """work(context, key) run inside the namespace, with its cached context; None, without
+        entering it, when skip(key) says so."""
         if self._broken is not None:
             raise NftOther(self._broken, namespace=namespace)
         if time.monotonic() - self._last_prune > self._prune_interval:
@@ -204,17 +299,23 @@ class LibNftablesRunner:
         try:
             key = (namespace, identity.dev, identity.ino)
             self._forget(namespace, keep=key)
+            if skip is not None and skip(key):
+                self._contexts.move_to_end(key)
+                return None
             try:
                 enter(fd)
             except OSError as exc:
+                if is_permission(exc.errno):  # setns(2) without CAP_SYS_ADMIN: EPERM
+                    raise NamespaceNotPermitted(namespace, f"setns: {exc.strerror}") from exc
                 raise NamespaceNotFound(namespace, f"cannot enter it: {exc.strerror}") from exc
             try:
-                ctx = self._context(key)
-                code, out, err = self._library.run(ctx, commands, json=json, dry_run=dry_run)
+                return work(self._context(key), key)
             finally:
                 self._go_home()
         finally:
             os.close(fd)
+
+    def _checked(self, namespace: str, code: int, out: str, err: str) -> str:
         if code != 0:
             original = _LibNftablesFailure(code, err)
             raise translate_error(err or f"libnftables returned {code}", namespace=namespace) from (
@@ -231,6 +332,9 @@ class LibNftablesRunner:
         ctx = self._library.new_context()
         self._contexts[key] = ctx
         self._keys[key[0]] = key
+        self._next_serial += 1
+        self._serials[key] = self._next_serial
+        self._gen_sockets[key] = _generation_socket()  # here, inside the namespace
         while len(self._contexts) > self._max_contexts:
             self._free(next(iter(self._contexts)))
         return ctx
@@ -252,6 +356,25 @@ class LibNftablesRunner:
     def _free(self, key: ContextKey) -> None:
         del self._keys[key[0]]
         self._library.free_context(self._contexts.pop(key))
+        self._serials.pop(key, None)
+        sock = self._gen_sockets.pop(key, None)
+        if sock is not None:
+            sock.close()
+
+    def _generation(self, key: ContextKey) -> Generation | None:
+        """The generation of the key's namespace; None if unknown."""
+        sock = self._gen_sockets.get(key)
+        if sock is None:
+            return None
+        try:
+            found = _read_generation(sock)
+        except OSError:
+            found = None
+        if found is None:  # not trusted again (a late answer could be taken for the next one)
+            self._gen_sockets[key] = None
+            sock.close()
+            return None
+        return Generation(self._serials[key], found)
 
     def _prune(self) -> list[ContextKey]:
         self._last_prune = time.monotonic()
@@ -266,3 +389,47 @@ class LibNftablesRunner:
                 self._free(key)
                 stale.append(key)
         return stale
+
+
+def _generation_socket() -> socket.socket | None:
+    """A netfilter netlink socket of the calling thread's network namespace, at a descriptor
+    of FD_SETSIZE or above (module doc); None when there is no room there, or no socket."""
+    try:
+        low = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER
+        )
+    except OSError:
+        return None
+    try:
+        # Closing the low duplicate releases nothing: the socket lives on at the high one.
+        high = fcntl.fcntl(low.fileno(), fcntl.F_DUPFD_CLOEXEC, _FD_SETSIZE)
+    except OSError:  # EINVAL/EMFILE: the open-file limit leaves no room above FD_SETSIZE
+        return None
+    finally:
+        low.close()
+    sock = socket.socket(fileno=high)
+    sock.settimeout(1.0)  # the kernel answers at once; never wait on it for long
+    return sock
+
+
+def _read_generation(sock: socket.socket) -> int | None:
+    """The namespace's nftables generation id (NFT_MSG_GETGEN); None on an unexpected answer."""
+    # nfgenmsg after the header: family AF_UNSPEC, version NFNETLINK_V0, res_id 0.
+    sock.send(_HEADER.pack(_HEADER.size + 4, _GETGEN, _NLM_F_REQUEST, 1, 0) + bytes(4))
+    data = sock.recv(4096)
+    if len(data) < _HEADER.size + 4:
+        return None
+    length, kind, _, _, _ = _HEADER.unpack_from(data)
+    if kind != _NEWGEN:
+        return None
+    offset = _HEADER.size + 4
+    end = min(length, len(data))
+    while offset + 4 <= end:
+        size, attribute = struct.unpack_from("=HH", data, offset)
+        if size < 4:
+            return None
+        if attribute & 0x3FFF == _NFTA_GEN_ID and size >= 8:
+            value: int = struct.unpack_from("!I", data, offset + 4)[0]
+            return value
+        offset += (size + 3) & ~3
+    return None

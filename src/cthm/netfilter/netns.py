@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from cthm.netfilter.errors import NamespaceNotFound, NftError
+from cthm.netfilter.errors import NamespaceNotFound, NamespaceNotPermitted, NftError, is_permission
 from cthm.netfilter.model import check_namespace
 
 NETNS_DIR = Path("/run/netns")
@@ -79,6 +79,8 @@ def open_namespace(namespace: str, netns_dir: Path = NETNS_DIR) -> tuple[int, Na
     except FileNotFoundError:
         raise NamespaceNotFound(namespace) from None
     except OSError as exc:
+        if is_permission(exc.errno):
+            raise NamespaceNotPermitted(namespace, f"cannot open it: {exc.strerror}") from exc
         raise NamespaceNotFound(namespace, f"cannot open it: {exc.strerror}") from exc
     try:
         info = os.fstat(handle)
@@ -149,7 +151,12 @@ def peek(namespace: str, read: Callable[[], T], netns_dir: Path = NETNS_DIR) -> 
 
     def run() -> None:
         try:
-            enter(fd)
+            try:
+                enter(fd)
+            except OSError as exc:
+                if is_permission(exc.errno):  # setns(2) without CAP_SYS_ADMIN
+                    raise NamespaceNotPermitted(namespace, f"setns: {exc.strerror}") from exc
+                raise
             outcome.append(read())
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             outcome.append(exc)

@@ -18,7 +18,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cthm.netfilter.errors import NftOther, UnsafeValue, translate_error
+from cthm.netfilter.errors import (
+    NamespaceNotPermitted,
+    NftError,
+    NftOther,
+    UnsafeValue,
+    translate_error,
+)
 from cthm.netfilter.model import shown
 from cthm.netfilter.netns import NETNS_DIR, open_namespace
 from cthm.netfilter.runner import DEFAULT_TIMEOUT
@@ -64,6 +70,9 @@ class SubprocessRunner:
         """Nothing to release: each call is its own process."""
 
 
+NSENTER_EPERM = "Operation not permitted"  # strerror(EPERM) in the C locale the tools get
+
+
 def enter_argv(fd: int) -> list[str]:
     """The argv prefix that runs a program in the network namespace open as `fd` (which the
     caller passes to the child with `pass_fds`)."""
@@ -91,6 +100,11 @@ def run_in_namespace(
             timeout=timeout,
             pass_fds=(fd,),
         )
+    except NftError as exc:
+        # nsenter's own setns(2) refused (no CAP_SYS_ADMIN): the tool never ran.
+        if exc.message.startswith("nsenter: reassociate") and NSENTER_EPERM in exc.message:
+            raise NamespaceNotPermitted(namespace, exc.message.strip()) from exc
+        raise
     finally:
         os.close(fd)
 

@@ -1,4 +1,6 @@
-"""Denied attempts are written to the audit trail by one background thread, in batches.
+"""Denied attempts (and failed ones: allowed changes that did not take effect, recorded apart
+from their rolled-back transaction) are written to the audit trail by one background thread, in
+batches.
 
 Why: a denied request must cost its caller exactly what an unknown id costs. Writing the event
 in the request (a transaction and an fsync, about a millisecond) made a 404 that hides another
@@ -50,6 +52,9 @@ class DeniedEvent:
     target_project_id: str | None
     status_code: int
     detail: str
+    # "denied", or "failed": an allowed change that did not take effect (written the same
+    # way, apart from the change's rolled-back transaction).
+    outcome: str = "denied"
 
 
 BatchWriter = Callable[[Sequence[DeniedEvent]], None]

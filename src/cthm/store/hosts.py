@@ -378,44 +378,57 @@ class HostRepository:
         self, router_id: str, *, now: datetime, down_time: float
     ) -> list[HostRouterState]:
         """One entry per host placing the router, by host name: its agent and last report."""
-        rows = self._session.execute(
-            select(
-                AgentNamespaceRow.host,
-                AgentRow.id,
-                AgentRow.heartbeat_at,
-                RouterHostRow.revision_number,
-                RouterHostRow.status,
-                RouterHostRow.status_reason,
-                RouterHostRow.kernel,
-                RouterHostRow.updated_at,
+        return self.host_states_of([router_id], now=now, down_time=down_time)[router_id]
+
+    def host_states_of(
+        self, router_ids: Iterable[str], *, now: datetime, down_time: float
+    ) -> dict[str, list[HostRouterState]]:
+        """host_states() of many routers (router id -> its entries, [] when none), one query
+        per chunk of ids: the bulk kernel_states listing never asks router by router."""
+        ids = list(dict.fromkeys(router_ids))
+        result: dict[str, list[HostRouterState]] = {router_id: [] for router_id in ids}
+        for chunk in _chunks(ids):
+            rows = self._session.execute(
+                select(
+                    RouterRow.id,
+                    AgentNamespaceRow.host,
+                    AgentRow.id,
+                    AgentRow.heartbeat_at,
+                    RouterHostRow.revision_number,
+                    RouterHostRow.status,
+                    RouterHostRow.status_reason,
+                    RouterHostRow.kernel,
+                    RouterHostRow.updated_at,
+                )
+                .select_from(RouterRow)
+                .join(AgentNamespaceRow, AgentNamespaceRow.namespace == RouterRow.namespace)
+                .outerjoin(AgentRow, AgentRow.host == AgentNamespaceRow.host)
+                .outerjoin(
+                    RouterHostRow,
+                    and_(
+                        RouterHostRow.router_id == RouterRow.id,
+                        RouterHostRow.host == AgentNamespaceRow.host,
+                    ),
+                )
+                .where(RouterRow.id.in_(chunk))
+                .order_by(AgentNamespaceRow.host)
             )
-            .select_from(RouterRow)
-            .join(AgentNamespaceRow, AgentNamespaceRow.namespace == RouterRow.namespace)
-            .outerjoin(AgentRow, AgentRow.host == AgentNamespaceRow.host)
-            .outerjoin(
-                RouterHostRow,
-                and_(
-                    RouterHostRow.router_id == RouterRow.id,
-                    RouterHostRow.host == AgentNamespaceRow.host,
-                ),
-            )
-            .where(RouterRow.id == router_id)
-            .order_by(AgentNamespaceRow.host)
-        )
-        return [
-            HostRouterState(
-                host=host,
-                agent_id=agent_id or node_agent_id(host),
-                alive=is_alive(heartbeat_at, now, down_time),
-                heartbeat_at=heartbeat_at,
-                revision_number=revision,
-                status=_status(status),
-                reason=reason or "",
-                kernel=kernel,
-                updated_at=updated_at,
-            )
-            for host, agent_id, heartbeat_at, revision, status, reason, kernel, updated_at in rows
-        ]
+            for row in rows:
+                (rid, host, agent_id, heartbeat_at, revision, status, reason, kernel, updated) = row
+                result[rid].append(
+                    HostRouterState(
+                        host=host,
+                        agent_id=agent_id or node_agent_id(host),
+                        alive=is_alive(heartbeat_at, now, down_time),
+                        heartbeat_at=heartbeat_at,
+                        revision_number=revision,
+                        status=_status(status),
+                        reason=reason or "",
+                        kernel=kernel,
+                        updated_at=updated,
+                    )
+                )
+        return result
 
     # --- reports -------------------------------------------------------------------------
 

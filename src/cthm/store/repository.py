@@ -95,6 +95,7 @@ _ROUTER_HEAD_LOCKED = _ROUTER_HEAD.with_for_update()
 _ROUTER = select(*(_ROUTERS.c[name] for name in ROUTER_FIELDS)).where(
     _ROUTERS.c.id == bindparam("b_router")
 )
+_ROUTER_ROWS = select(*(_ROUTERS.c[name] for name in ROUTER_FIELDS)).order_by(_ROUTERS.c.id)
 _TAKEN = select(_BINDINGS.c.id).where(
     _BINDINGS.c.router_id == bindparam("b_router"),
     _BINDINGS.c.protocol == bindparam("b_protocol"),
@@ -215,6 +216,9 @@ class Repository:
         # (PostgreSQL, READ COMMITTED); SQLite's writers already queue (BEGIN IMMEDIATE).
         self._lock_rows = session.get_bind().dialect.name != "sqlite"
         self.changed_routers: set[str] = set()
+        # (router, new revision, binding changed) of each revision this unit moved; the Store
+        # keeps them once committed (store/revisions.py).
+        self.revision_notes: list[tuple[str, int, str | None]] = []
         self.audit = AuditLog(session, audit)
         self.tokens = TokenStore(session)
         self.hosts = HostRepository(session, self.audit)
@@ -428,7 +432,7 @@ class Repository:
             self._session.connection().execute(_INSERT_BINDING, values)
         except IntegrityError:
             self._lost_race(lambda: self._raise_if_taken(*taken, exclude=None))
-        self._bump_router(head, now)
+        self._bump_router(head, now, changed=created.id)
         self._audit_binding("create_router_conntrack_helper", 201, None, created)
         return created
 
@@ -479,7 +483,9 @@ class Repository:
     def desired_routers(self) -> list[tuple[str, int, Router | InvalidInput]]:
         """Every router as (id, revision, the router or why its row fails validation)."""
         found: list[tuple[str, int, Router | InvalidInput]] = []
-        for row in self._session.scalars(select(RouterRow).order_by(RouterRow.id)):
+        # Core rows, not ORM entities: every resync reads them all (as get_router does).
+        self._session.flush()
+        for row in self._session.connection().execute(_ROUTER_ROWS):
             try:
                 found.append((row.id, row.revision_number, _router(row)))
             except InvalidInput as exc:  # the row was edited behind the API's back
@@ -547,7 +553,7 @@ class Repository:
         row.revision_number += 1
         row.updated_at = _now()
         self._flush_or_conflict(lambda: self._raise_if_taken(*taken, exclude=binding_id))
-        self._touch_router(router_row)
+        self._touch_router(router_row, changed=binding_id)
         updated = _binding(row)
         self._audit_binding("update_router_conntrack_helper", 200, before, updated)
         return updated
@@ -560,7 +566,7 @@ class Repository:
         self._session.execute(delete(BindingHostRow).where(BindingHostRow.binding_id == binding_id))
         self._session.delete(row)
         self._session.flush()
-        self._touch_router(router_row)
+        self._touch_router(router_row, changed=binding_id)
         self._audit_binding("delete_router_conntrack_helper", 204, binding, None)
         return binding
 
@@ -686,11 +692,12 @@ class Repository:
             raise RouterNotFound(router_id)
         return _RouterHead(row.id, row.project_id, row.namespace, row.revision_number)
 
-    def _bump_router(self, head: _RouterHead, now: datetime) -> None:
+    def _bump_router(self, head: _RouterHead, now: datetime, *, changed: str | None = None) -> None:
         """_touch_router for a router read by _router_head: its revision + 1, by a Core UPDATE.
         A RouterRow of it this session holds is given the new values, so that a later read in
         this unit of work does not see the old revision."""
         revision = head.revision_number + 1
+        self.revision_notes.append((head.id, revision, changed))
         self._session.connection().execute(
             _BUMP_ROUTER, {"b_router": head.id, "b_revision": revision, "b_now": now}
         )
@@ -709,9 +716,13 @@ class Repository:
         explain()  # raises the precise conflict when the winner is visible now
         raise Conflict("a concurrent change conflicted with this one; retry") from None
 
-    def _touch_router(self, row: RouterRow, *, kernel: bool = True) -> None:
-        """kernel: the change reaches the kernel (a binding's), so the change feed tells it."""
+    def _touch_router(
+        self, row: RouterRow, *, kernel: bool = True, changed: str | None = None
+    ) -> None:
+        """kernel: the change reaches the kernel (a binding's), so the change feed tells it.
+        changed: the binding changed (store/revisions.py; None: not said)."""
         row.revision_number += 1
+        self.revision_notes.append((row.id, row.revision_number, changed if kernel else ""))
         row.updated_at = _now()
         self._session.flush()
         self.changed_routers.add(row.id)

@@ -25,6 +25,7 @@ from cthm.store.audit import AuditContext, Outcome, emit
 from cthm.store.audit_writer import DeniedEvent, DeniedEventWriter
 from cthm.store.engine import WRITE_OPTION, make_engine
 from cthm.store.repository import Repository
+from cthm.store.revisions import RevisionNotes
 from cthm.store.sqlite_file import SqliteFile
 from cthm.store.writer_turns import WriterTurns
 
@@ -52,6 +53,8 @@ class Store:
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
         self._subscribers: list[ChangeCallback] = []
         self._lock = threading.Lock()
+        # Which binding each revision committed here changed (store/revisions.py).
+        self.revision_notes = RevisionNotes()
         # SQLite's writers queue, in this process and with other processes on the same file
         # (writer_turns). Not bound to a thread: a unit of work may end in another thread than
         # the one that began it (an API write request's runs in three).
@@ -166,6 +169,8 @@ class Store:
                 log.error("database error: %s", exc.__class__.__name__, exc_info=exc)
                 raise Unavailable(_describe(exc)) from exc
         # After the commit, never before: a log line must not tell of a change that was undone.
+        if repository.revision_notes:
+            self.revision_notes.note(repository.revision_notes)
         emit(repository.audit.committed_events())
         if repository.changed_routers:
             self._notify(frozenset(repository.changed_routers))
@@ -215,9 +220,11 @@ class Store:
         target_project_id: str | None,
         status_code: int,
         detail: str = "",
+        outcome: str = Outcome.DENIED,
     ) -> None:
         """Records a denied attempt without waiting for the database: queued now, committed by
-        the background writer within a tick (or by `flush_denied`, or `close`)."""
+        the background writer within a tick (or by `flush_denied`, or `close`). outcome
+        "failed": an allowed change that did not take effect, recorded the same way."""
         event = DeniedEvent(
             context=context,
             time=datetime.now(UTC),
@@ -227,6 +234,7 @@ class Store:
             target_project_id=target_project_id,
             status_code=status_code,
             detail=detail,
+            outcome=Outcome(outcome).value,
         )
         if not self.denied_writer.submit(event) and self.denied_writer.closed:
             # Only after close (nothing serves requests then): write it in place, not lose it.
@@ -247,7 +255,7 @@ class Store:
                     target_project_id=event.target_project_id,
                     before=None,
                     after=None,
-                    outcome=Outcome.DENIED,
+                    outcome=event.outcome,
                     status_code=event.status_code,
                     detail=event.detail,
                     context=event.context,

@@ -80,6 +80,9 @@ class AgentStateResponse(BaseModel):
     deployment_id: str = Field(description="marks every table or chain cthm writes")
     revision: int = Field(description="the change feed's head: watch from here")
     agent_down_time: float = Field(description="an agent silent this long is dead (seconds)")
+    kernel_usage: bool = Field(
+        description="kernel summaries may carry `usage` and `usage_read_at` (helper usage)"
+    )
     routers: list[PlacedRouter] = Field(description="the routers placed on this host now")
 
 
@@ -177,6 +180,8 @@ def report_agent_state(
         "deployment_id": deployment,
         "revision": repo.hosts.head_revision(),
         "agent_down_time": down_time,
+        # Kernel summaries may carry `usage` (node agents send it only when this says so).
+        "kernel_usage": True,
         "routers": [
             {"id": router_id, "namespace": namespace, "revision_number": revision}
             for router_id, namespace, revision in result.placed

@@ -31,10 +31,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from cthm.api.deps import CatalogDep, PrincipalDep, RepoDep, SettingsDep, no_query
-from cthm.api.routes._shared import load_router, respond
+from cthm.api import policy
+from cthm.api.deps import CatalogDep, PrincipalDep, QueryDep, RepoDep, SettingsDep, no_query
+from cthm.api.query import openapi_parameters, parse_list_request
+from cthm.api.routes._shared import list_response, load_router, marker_probes, respond
 from cthm.api.routes.agents import is_alive
-from cthm.api.schemas import format_timestamp
+from cthm.api.schemas import ROUTER_SPEC, format_timestamp
 from cthm.domain import (
     AgentsProvider,
     Direction,
@@ -46,10 +48,12 @@ from cthm.domain import (
     KernelStateProvider,
     Router,
     RouterKernelState,
+    RouterNotFound,
     ShadowedBinding,
     derive_agent_id,
 )
 from cthm.settings import Settings
+from cthm.store import Repository
 
 NO_AGENT = "no agent in this process: the kernel state is unknown to this server"
 NOT_PLACED = (
@@ -58,6 +62,8 @@ NOT_PLACED = (
 )
 
 router = APIRouter(prefix="/v2.0/routers/{router_id}", tags=["kernel state"])
+# Included before the routers' own routes: /v2.0/routers/{router_id} would take the path.
+bulk = APIRouter(prefix="/v2.0/routers", tags=["kernel state"])
 
 
 class HelperUsagePublic(BaseModel):
@@ -75,8 +81,9 @@ class KernelAssignment(BaseModel):
     )
     usage: HelperUsagePublic | None = Field(
         default=None,
-        description="desired rows, embedded agent only: live use of the binding's helper in the "
-        "namespace, read now; null when unknown (usage_error says why)",
+        description="desired rows: live use of the binding's helper in the namespace, read now "
+        "(embedded agent), or as the node agents last read it (summed over the hosts that "
+        "reported one); null when unknown (usage_error says why); absent when no one reads it",
     )
 
 
@@ -141,12 +148,24 @@ class KernelStatePublic(BaseModel):
     shadow_checked_at: str | None = Field(description="last read of the raw tables")
     hosts: list[HostKernelState] = Field(description="one entry per host placing the router")
     usage_error: str | None = Field(
-        default=None, description="why the desired rows' usage is null (embedded agent only)"
+        default=None,
+        description="why the desired rows' usage is null, or which hosts have not reported it",
     )
 
 
 class KernelStateResponse(BaseModel):
     kernel_state: KernelStatePublic
+
+
+class KernelStateListItem(KernelStatePublic):
+    name: str
+    project_id: str
+    status: str = Field(description="the router's status")
+    status_reason: str
+
+
+class KernelStateListResponse(BaseModel):
+    kernel_states: list[KernelStateListItem]
 
 
 Row = dict[str, object]
@@ -169,7 +188,83 @@ def show_kernel_state(
     if provider is None and local is None:  # several hosts: each node agent's summary
         now = datetime.now(UTC)
         states = repo.hosts.host_states(found.id, now=now, down_time=settings.agent_down_time)
-        return respond(200, {"kernel_state": _from_hosts(found, desired, states)})
+        body = _from_hosts(found, desired, states)
+        _add_reported_usage(states, body)
+        return respond(200, {"kernel_state": body})
+    body = _from_agent(request, settings, found, desired, provider, local)
+    usage: HelperUsageProvider | None = getattr(request.app.state, "helper_usage", None)
+    if usage is not None:
+        _add_usage(usage, found.namespace, desired, body)
+    return respond(200, {"kernel_state": body})
+
+
+@bulk.get(
+    "/kernel_states",
+    response_model=KernelStateListResponse,
+    openapi_extra=openapi_parameters(ROUTER_SPEC),
+)
+def list_kernel_states(
+    request: Request,
+    params: QueryDep,
+    repo: RepoDep,
+    principal: PrincipalDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+) -> JSONResponse:
+    """Every visible router's kernel_state in one answer (`cthm status` without a router),
+    filtered, sorted and paged as GET /v2.0/routers is; usage is never read here."""
+    scope = policy.list_scope(principal)
+    policy.enforce(principal, "get_router_kernel_state", scope, target_type="router")
+    listing = parse_list_request(params, ROUTER_SPEC).narrowed_to(scope)
+    if listing.fields:  # the fields are a router's: they would select nothing here
+        raise InvalidInput("fields= is not supported by kernel_states")
+    with marker_probes(principal, "get_router", "router", lambda id: _project(repo, id)):
+        page = listing.page(repo.list_routers(listing.query))
+    ids = [r.id for r in page.items]
+    bindings = repo.bindings_of(ids)
+    provider: KernelStateProvider | None = getattr(request.app.state, "kernel_state", None)
+    local: str | None = getattr(request.app.state, "local_agent_host", None)
+    states: dict[str, list[HostRouterState]] = {}
+    if provider is None and local is None:
+        now = datetime.now(UTC)
+        states = repo.hosts.host_states_of(ids, now=now, down_time=settings.agent_down_time)
+    items = []
+    for found in page.items:
+        desired = [_desired_row(catalog, b) for b in bindings.get(found.id, [])]
+        if provider is None and local is None:
+            body = _from_hosts(found, desired, states.get(found.id, []))
+        else:
+            body = _from_agent(request, settings, found, desired, provider, local)
+        body.update(
+            name=found.name,
+            project_id=found.project_id,
+            status=found.status.value,
+            status_reason=found.status_reason,
+        )
+        items.append(body)
+    return list_response(request, "kernel_states", items, listing, page, _router_id)
+
+
+def _project(repo: Repository, router_id: str) -> str | None:
+    try:
+        return repo.get_router(router_id).project_id
+    except RouterNotFound:
+        return None
+
+
+def _router_id(item: Router) -> str:
+    return item.id
+
+
+def _from_agent(
+    request: Request,
+    settings: Settings,
+    found: Router,
+    desired: list[Row],
+    provider: KernelStateProvider | None,
+    local: str | None,
+) -> Row:
+    """The router's kernel_state from the in-process agent's record (no agent: unknown)."""
     view = provider(found.id) if provider is not None else None
     body: dict[str, object] = {
         "router_id": found.id,
@@ -192,10 +287,7 @@ def show_kernel_state(
     body["hosts"] = (
         [_local_entry(request, settings, local, found, body, view)] if provider is not None else []
     )
-    usage: HelperUsageProvider | None = getattr(request.app.state, "helper_usage", None)
-    if usage is not None:
-        _add_usage(usage, found.namespace, desired, body)
-    return respond(200, {"kernel_state": body})
+    return body
 
 
 def _local_entry(
@@ -346,6 +438,41 @@ def _add_usage(usage: HelperUsageProvider, namespace: str, desired: list[Row], b
         if counts is not None and isinstance(helper, str) and isinstance(port, int):
             row["usage"] = counts(helper, str(row["protocol"]), port)
     body["usage_error"] = reason
+
+
+def _add_reported_usage(states: Sequence[HostRouterState], body: Row) -> None:
+    """Node agents' last reads of the usage (their kernel summaries' `usage`): each desired
+    row's, summed over the hosts that reported one; shown only when one did, and usage_error
+    names the hosts that have not."""
+    readings = {
+        state.host: rows
+        for state in states
+        if isinstance(state.kernel, Mapping) and isinstance(rows := state.kernel.get("usage"), list)
+    }
+    if not readings:
+        return
+    totals: dict[Key, list[int]] = {}
+    for rows in readings.values():
+        for row in rows:
+            if isinstance(row, Mapping):
+                key = (row.get("helper"), row.get("protocol"), row.get("port"))
+                total = totals.setdefault(key, [0, 0])
+                total[0] += int(row.get("connections") or 0)
+                total[1] += int(row.get("expectations") or 0)
+    desired = body["desired"]
+    assert isinstance(desired, list)
+    shown = []
+    for row in desired:  # copies: the `actual` rows may be the same objects
+        found = totals.get((row["kernel_helper"], row["protocol"], row["port"]))
+        usage = {"connections": found[0], "expectations": found[1]} if found else None
+        shown.append({**row, "usage": usage})
+    body["desired"] = shown
+    silent = sorted(state.host for state in states if state.host not in readings)
+    body["usage_error"] = (
+        f"no usage reported yet by host(s) {', '.join(silent)}: counts are the others'"
+        if silent
+        else None
+    )
 
 
 def _desired_row(catalog: HelperCatalog, binding: HelperBinding) -> Row:

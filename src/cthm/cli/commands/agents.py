@@ -33,6 +33,8 @@ from cthm.cli.errors import ServiceError, SettingsFailure
 
 if TYPE_CHECKING:
     from cthm.agent import KernelBackend
+    from cthm.agent.node import NodeAgent
+    from cthm.api.routes.metrics import MetricsListener
     from cthm.cli.backends import BackendSettings
     from cthm.netfilter import NftRunner, RawTable
 
@@ -182,6 +184,14 @@ def delete(state: CliState, agent_id: str, force: bool) -> None:
     show_default=True,
     help="Log lines as text or as one JSON object each; times in UTC.",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    callback=lambda ctx, param, value: _listen_address(value),
+    help="Serve this agent's GET /metrics (Prometheus, no token) on this address (a port "
+    "alone: 127.0.0.1, loopback; another address only when written out). [off]",
+)
 @pass_state
 def run(
     state: CliState,
@@ -197,6 +207,7 @@ def run(
     workers: int,
     log_level: str,
     log_format: str,
+    metrics_listen: str | None,
 ) -> None:
     """Run a node agent until SIGTERM or Ctrl-C (exit 0).
 
@@ -223,7 +234,19 @@ def run(
         report_interval=report_interval,
         resync_interval=resync_interval,
         workers=workers,
+        metrics_listen=metrics_listen,
     )
+
+
+def _listen_address(value: str | None) -> str | None:
+    from cthm.settings import parse_listen
+
+    if value is not None:
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _read_token(token_file: Path | None, given: str | None) -> str:
@@ -298,6 +321,7 @@ def _run_node_agent(
     report_interval: float,
     resync_interval: float,
     workers: int,
+    metrics_listen: str | None = None,
 ) -> None:
     # Imported here: the agent stack is not needed by the client commands.
     from cthm.agent.node import NodeAgent
@@ -323,6 +347,7 @@ def _run_node_agent(
             raw_tables=backends.raw_tables,
             stop_event=stop,
         )
+        listener = _metrics_listener(metrics_listen, node)
         try:
             log.info("node agent of host %s starting; API %s", host, url)
             if node.start():  # False: stopped before the API answered
@@ -344,6 +369,32 @@ def _run_node_agent(
             # Closes the backends and the client too.
             if not node.stop(STOP_TIMEOUT):
                 log.warning("some agent threads did not end within %gs", STOP_TIMEOUT)
+            if listener is not None:
+                listener.stop()
+
+
+def _metrics_listener(address: str | None, node: NodeAgent) -> MetricsListener | None:
+    """The agent's own metrics on `address`, started (None: not asked for): its syncs,
+    failures, drift repairs, queue depth and the helper usage it last read (no database
+    figures: a node agent has none). Exit 2 when the address cannot be bound."""
+    if address is None:
+        return None
+    from cthm import metrics
+    from cthm.api.routes.metrics import MetricsListener
+
+    def produce() -> bytes:
+        snapshot = node.snapshot()
+        return metrics.exposition(None, snapshot.queue_depth if snapshot is not None else None)
+
+    try:
+        listener = MetricsListener(address, produce)
+    except OSError as exc:
+        raise SettingsFailure(
+            f"cannot listen for metrics on {address}: {exc.strerror or exc}"
+        ) from None
+    listener.start()
+    log.info("metrics on http://%s/metrics (no token)", address)
+    return listener
 
 
 @contextlib.contextmanager

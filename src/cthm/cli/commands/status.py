@@ -4,7 +4,8 @@ The exit status makes it a monitoring check: 0 when everything shown is in sync 
 ACTIVE, its kernel as desired, no binding shadowed), 1 when anything is out of sync, unknown or
 in ERROR (and the usual 2 and 3 for bad usage and an unreachable server). Without ROUTER: one
 line per router (hosts, status, in sync, last verified, reason) from the server's view (its
-agents' last reads: GET .../kernel_state), narrowed by `--status`.
+agents' last reads: GET /v2.0/routers/kernel_states, one request a thousand routers, no
+conntrack read), narrowed by `--status` (router by router from a server without it).
 
 Two views of the kernel, both shown: what the agents last read back (GET .../kernel_state:
 when they last verified the table, their last error, drift repairs; one line per host placing
@@ -20,6 +21,7 @@ warning line ("shadowed" in --json), since the kernel then gives them another he
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -41,6 +43,7 @@ from cthm.netfilter import (
     find_shadows_in,
     make_runner,
     read_cthm,
+    read_usage,
 )
 
 Key = tuple[str, int, str]  # protocol, port, direction
@@ -61,12 +64,38 @@ STATUSES = ("ACTIVE", "PENDING", "ERROR")
     default=None,
     help="Without ROUTER: only the routers in this status.",
 )
+@click.option(
+    "--neutron",
+    "neutron_router",
+    metavar="ROUTER",
+    default=None,
+    help="A router of cthm's Neutron L3 agent extension on this host (by id): its state file "
+    "beside the kernel now; no server is asked. Exit status 2: no state for it here.",
+)
+@click.option(
+    "--state-path",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With --neutron: the extension's [cthm] state_path (default /var/lib/neutron/cthm).",
+)
 @json_option
 @pass_state
-def status(state: CliState, router: str | None, wanted: str | None) -> int:
+def status(
+    state: CliState,
+    router: str | None,
+    wanted: str | None,
+    neutron_router: str | None = None,
+    state_path: Path | None = None,
+) -> int:
     """Show ROUTER's desired bindings beside what its namespace's kernel holds now; without
     ROUTER, every router in one table. Exit status 0: all in sync; 1: something is out of
     sync, unknown or in ERROR."""
+    if neutron_router is not None or state_path is not None:
+        if neutron_router is None or router is not None or wanted is not None:
+            raise click.UsageError("--neutron ROUTER takes no other ROUTER or --status")
+        from cthm.cli.commands.neutron_status import neutron_status  # the extension's files
+
+        return neutron_status(state, neutron_router, state_path)
     if router is None:
         return _status_of_all(state, wanted.upper() if wanted else None)
     if wanted is not None:
@@ -83,10 +112,46 @@ def status(state: CliState, router: str | None, wanted: str | None) -> int:
         # Nothing readable here, but the agent has looked: its view is the best there is.
         report.update(_from_agent(bindings, agent))
     report["agent"] = agent
+    _add_usage(report, agent, body["namespace"], read_here=kernel is not None)
     report["router"] = {k: body.get(k) for k in ("id", "name", "namespace", "status")}
     report["router"]["status_reason"] = body.get("status_reason", "")
     render.emit(state, report, _print, report)
     return 0 if healthy(report) else EXIT_FAILURE
+
+
+def _add_usage(
+    report: dict[str, Any], agent: JSONObject | None, namespace: str, *, read_here: bool
+) -> None:
+    """Each desired row's live helper usage ({connections, expectations}, or None) and
+    `usage_error`: as the server's agent read it now (embedded agent), else read here when the
+    namespace is on this host (a node agent's router, run on its host); else unknown."""
+    given: dict[Key, Any] = {}
+    for row in (agent or {}).get("desired") or ():
+        if isinstance(row, dict) and "usage" in row:
+            given[_key(row)] = row["usage"]
+    error = (agent or {}).get("usage_error")
+    counts = None
+    if not given and read_here and any(row["desired"] for row in report["bindings"]):
+        try:
+            counts = read_usage(namespace)
+        except NftError as exc:
+            error = str(exc)
+    for row in report["bindings"]:
+        usage = None
+        if row["desired"] is not None:
+            usage = given.get(_key(row))
+            helper = _kernel_name(row["desired"], row["protocol"])
+            if counts is not None and helper is not None:
+                usage = counts.of(helper, row["protocol"], row["port"])
+        row["usage"] = usage
+    report["usage_error"] = error
+
+
+def _kernel_name(helper: str, protocol: str) -> str | None:
+    try:
+        return HelperCatalog().resolve(helper, Protocol(protocol)).name
+    except (InvalidInput, ValueError):
+        return None
 
 
 def healthy(report: dict[str, Any]) -> bool:
@@ -105,12 +170,34 @@ def healthy(report: dict[str, Any]) -> bool:
 def _status_of_all(state: CliState, wanted: str | None) -> int:
     """Every router (in `wanted` status), each with the server's view of its kernel."""
     with state.client() as client:
-        routers = [r for r in client.list_routers() if wanted is None or r.get("status") == wanted]
-        rows = [_router_row(r, _agent_view(client, str(r["id"]))) for r in routers]
+        try:
+            # One request (a page of 1000 routers), no conntrack read on the server.
+            views = client.kernel_states(status=wanted)
+            rows = [_router_row(_as_router(view), _known(view)) for view in views]
+        except ClientError as exc:
+            if exc.status != 404:  # 404: a server without the listing: router by router
+                raise
+            routers = [
+                r for r in client.list_routers() if wanted is None or r.get("status") == wanted
+            ]
+            rows = [_router_row(r, _agent_view(client, str(r["id"]))) for r in routers]
     rows.sort(key=lambda row: (row["name"] or "", row["id"]))
     report = {"in_sync": all(row["in_sync"] is True for row in rows), "routers": rows}
     render.emit(state, report, _print_all, rows)
     return 0 if all(_row_ok(row) for row in rows) else EXIT_FAILURE
+
+
+def _as_router(view: JSONObject) -> JSONObject:
+    """The router fields of a kernel_states item, as GET /v2.0/routers gives them."""
+    hosts = [str(h.get("host")) for h in view.get("hosts") or () if isinstance(h, dict)]
+    return {
+        "id": view.get("router_id"),
+        "name": view.get("name"),
+        "namespace": view.get("namespace"),
+        "hosts": hosts,
+        "status": view.get("status"),
+        "status_reason": view.get("status_reason"),
+    }
 
 
 def _router_row(router: JSONObject, agent: JSONObject | None) -> dict[str, Any]:
@@ -178,6 +265,11 @@ def _agent_view(client: CthmClient, router_id: str) -> JSONObject | None:
         if exc.status == 404:  # a server without the endpoint: the router itself was found
             return None
         raise
+    return _known(view)
+
+
+def _known(view: JSONObject) -> JSONObject | None:
+    """The view, or None when no agent serves the router (the server says it has none)."""
     if view.get("hosts"):  # node agents (or the server's own) report on it
         return view
     if view.get("in_sync") is None and str(view.get("last_error") or "").startswith(
@@ -342,9 +434,11 @@ def _print(report: dict[str, Any]) -> None:
             ("binding_status", "Binding status"),
             ("kernel", "Kernel helper"),
             ("match", "Match"),
+            ("usage", "In use (conn/exp)"),
         ),
     )
     for row in report["bindings"]:
+        usage = row.get("usage")
         table.add_row(
             Text(row["protocol"]),
             Text(str(row["port"])),
@@ -353,8 +447,11 @@ def _print(report: dict[str, Any]) -> None:
             Text(row["binding_status"] or "-"),
             Text(row["kernel"] or "-"),
             Text("yes", style="green") if row["match"] else Text("NO", style="bold red"),
+            Text(f"{usage['connections']}/{usage['expectations']}" if usage else "-"),
         )
     render.console().print(table)
+    if report.get("usage_error"):
+        render.print_line(f"  usage unknown: {report['usage_error']}")
     for shadow in report.get("shadowed") or ():
         render.print_line(f"warning: {shadow['message']}")
     for item in report["garbage"]:
