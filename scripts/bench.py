@@ -32,7 +32,6 @@ import importlib.util
 import json
 import logging
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -45,14 +44,7 @@ from typing import Any
 
 import bench_api_kernel
 import bench_neutron
-from bench_support import (
-    INTERRUPTED_EXIT,
-    Interrupted,
-    LoadedRouter,
-    Namespaces,
-    interruptible,
-    load_routers,
-)
+from bench_support import LoadedRouter, Namespaces, load_routers, run_measured
 from sqlalchemy import update
 
 from cthm.agent import Agent, LocalStoreSource
@@ -493,28 +485,13 @@ def main() -> int:
 
     out: dict[str, Any] = {key.name: None for key in KEYS}
     out.update(dict.fromkeys(bench_neutron.KEYS))
-    neutron = "tiny" if args.tiny else "quick" if args.quick else "full"
+    neutron: str | None = "tiny" if args.tiny else "quick" if args.quick else "full"
     if args.no_neutron or importlib.util.find_spec("neutron") is None:
         say("the extensions' rows skipped (--no-neutron, or no `neutron` package)")
         neutron = None
-    code = 0
-    with interruptible():
-        try:
-            with ExitStack() as stack:
-                try:
-                    run(stack, out, kinds, sizes, not args.no_api, say, neutron)
-                finally:
-                    # Cleanup (the stack unwinding) must not be cut short by another signal.
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            out["ok"] = True
-        except (KeyboardInterrupt, Interrupted) as exc:
-            out["ok"], out["error"] = False, f"interrupted ({exc or 'SIGINT'})"
-            code = INTERRUPTED_EXIT
-        except Exception as exc:  # noqa: BLE001 (reported, then the exit code)
-            out["ok"], out["error"] = False, f"{type(exc).__name__}: {exc}"
-            print(f"error: {out['error']}", file=sys.stderr)
-            code = 1
+    code = run_measured(
+        out, lambda stack: run(stack, out, kinds, sizes, not args.no_api, say, neutron)
+    )
     out["quick"] = args.quick
     if args.tiny:
         out["tiny"] = True  # the keys name sizes the fleets do not have

@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench_support import INTERRUPTED_EXIT, Interrupted, Namespaces, interruptible, run_command
+from bench_support import Namespaces, run_command, run_measured
 
 from cthm.netfilter import NftablesBackend, make_runner
 from cthm.testing import NamespaceFactory
@@ -92,7 +91,7 @@ class Side:
                 ConntrackHelperAgentExtension,
             )
 
-            return ConntrackHelperAgentExtension
+            return ConntrackHelperAgentExtension  # type: ignore[no-any-return]
         from cthm.neutron.extension import CthmConntrackHelperExtension
 
         return CthmConntrackHelperExtension
@@ -368,24 +367,7 @@ def main() -> int:
         print(text, file=human, flush=True)
 
     out: dict[str, Any] = {}
-    code = 0
-    with interruptible():
-        try:
-            with ExitStack() as stack:
-                try:
-                    run(stack, out, sizes, say)
-                finally:
-                    # Cleanup (the stack unwinding) must not be cut short by another signal.
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            out["ok"] = True
-        except (KeyboardInterrupt, Interrupted) as exc:
-            out["ok"], out["error"] = False, f"interrupted ({exc or 'SIGINT'})"
-            code = INTERRUPTED_EXIT
-        except Exception as exc:  # noqa: BLE001 (reported, then the exit code)
-            out["ok"], out["error"] = False, f"{type(exc).__name__}: {exc}"
-            print(f"error: {out['error']}", file=sys.stderr)
-            code = 1
+    code = run_measured(out, lambda stack: run(stack, out, sizes, say))
     out["quick"] = args.quick
     if args.tiny:
         out["tiny"] = True  # the keys name sizes the runs do not have

@@ -96,6 +96,31 @@ def run_reported(run: Callable[[ExitStack, dict[str, Any]], bool], json_file: Pa
     return code
 
 
+def run_measured(out: dict[str, Any], body: Callable[[ExitStack], None]) -> int:
+    """Runs `body(stack)`, everything it starts registered on the stack, recording in `out`
+    whether it finished (`ok`) or why not (`error`). Exit code: 0, 1 an error, 130
+    interrupted. The measuring scripts that print their own summary use this."""
+    code = 0
+    with interruptible():
+        try:
+            with ExitStack() as stack:
+                try:
+                    body(stack)
+                finally:
+                    # Cleanup (the stack unwinding) must not be cut short by another signal.
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            out["ok"] = True
+        except (KeyboardInterrupt, Interrupted) as exc:
+            out["ok"], out["error"] = False, f"interrupted ({exc or 'SIGINT'})"
+            code = INTERRUPTED_EXIT
+        except Exception as exc:  # noqa: BLE001 (reported, then the exit code)
+            out["ok"], out["error"] = False, f"{type(exc).__name__}: {exc}"
+            print(f"error: {out['error']}", file=sys.stderr)
+            code = 1
+    return code
+
+
 # --- namespaces --------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from cthm.testing import NamespaceFactory
 from support.databases import DATABASES, PostgresServer, TestDatabases, kind_of, start_server
+from support.stdlib_bindings import restore_stdlib_bindings
 from support.tiers import mark_tiers
 
 pytest_plugins = ("pytester",)  # tests/kit runs small suites in-process
@@ -36,6 +37,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Marks `kernel`, `server`, `database` and `postgres` on every test that needs them
     (support/tiers.py)."""
     mark_tiers(items)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Importing Neutron (tests/neutron, collected by every worker) rebinds `http.server` to
+    eventlet's green copy: support/stdlib_bindings.py."""
+    restore_stdlib_bindings()
 
 
 def _kernel_available() -> str | None:
