@@ -126,8 +126,11 @@ def test_half_open_connections_leave_the_api_and_the_agent_working(
                 started = time.monotonic()
                 health = client.get("/healthz")
                 counts["healthz_ms"] = int((time.monotonic() - started) * 1000)
+            # Answered within the client's timeout is the claim. No tighter bound: with the
+            # listen backlog full of half-open connections the kernel may drop our SYN and the
+            # client resends it after the 1 s initial RTO (seen: 1,024-1,146 ms, on the code
+            # of the previous stop too), a figure of TCP, not of cthm.
             assert health.status_code == 200, health.text
-            assert counts["healthz_ms"] < 1000, counts
             during = open_descriptors(pid)
             counts["server_fds_during"] = during
             assert during <= before + MAX_CONNECTIONS + 64, (before, during)
