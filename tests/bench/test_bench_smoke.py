@@ -5,19 +5,15 @@ repetition (seconds): the figures are not looked at (benchmarks are not timed te
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from cthm.netfilter import NETNS_DIR
+from support.bench_runs import run_tiny_json
 
 pytestmark = [pytest.mark.kernel, pytest.mark.server, pytest.mark.database]
 
-BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 KEYS = {
     "add_one_n1000_ms",
     "delete_one_n1000_ms",
@@ -43,29 +39,12 @@ NEUTRON_KEYS = {
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 def test_bench_json_has_every_key_measured_and_leaves_no_namespace() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTHM_")}
-    process = subprocess.Popen(
-        [sys.executable, str(BENCH), "--tiny", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=110)
-    except subprocess.TimeoutExpired:
-        process.terminate()  # it unwinds: namespaces deleted, servers stopped
-        stdout, stderr = process.communicate(timeout=60)
-        pytest.fail(f"bench did not finish in time: {stderr[-3000:]}")
-    assert process.returncode == 0, stderr[-3000:]
-    out = json.loads(stdout)  # the whole of stdout: one object
-    assert out["ok"] is True
-    assert out["tiny"] is True
+    out, stderr, pid = run_tiny_json("bench.py", timeout=110)
     keys = KEYS | (NEUTRON_KEYS if importlib.util.find_spec("neutron") else set())
     missing = {k for k in keys if not isinstance(out.get(k), float | int) or out[k] <= 0}
     assert not missing, f"not measured: {missing}; {stderr[-2000:]}"
     # Its namespaces carry its pid; none may be left.
-    prefixes = tuple(f"{kind}{process.pid % 100000}-" for kind in ("cthmb", "cthmk"))
-    prefixes += (f"qrouter-{process.pid % 10**8:08d}-",)  # bench_neutron's routers
+    prefixes = tuple(f"{kind}{pid % 100000}-" for kind in ("cthmb", "cthmk"))
+    prefixes += (f"qrouter-{pid % 10**8:08d}-",)  # bench_neutron's routers
     left = [p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefixes)]
     assert not left
