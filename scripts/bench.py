@@ -289,6 +289,8 @@ class Sizes:
     fleets: tuple[tuple[str, int, int], ...] = (("s", 100, 10), ("m", 1000, 10), ("b", 100, 1000))
 
 
+# --only: the scenario's fleet alone (the iteration loop of issue 14's agent-side rows).
+ONLY = {"add-delete": "b", "noop": "s"}
 QUICK = Sizes(starts=1, reps=3, big_reps=2, writes=10, rounds=20, posts=50)
 FULL = Sizes(starts=3, reps=7, big_reps=5, writes=21, rounds=100, posts=200)
 # Whether the bench still runs (tests/kit/test_bench_smoke.py), in seconds: figures meaningless.
@@ -304,32 +306,42 @@ TINY = Sizes(
 
 
 def run_agent_side(
-    kind: str, fleets: dict[str, Fleet], sizes: Sizes, say: Callable[[str], None]
+    kind: str,
+    fleets: dict[str, Fleet],
+    sizes: Sizes,
+    say: Callable[[str], None],
+    only: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every agent-side row with one runner; key -> {median_ms, runs}."""
+    """Every agent-side row with one runner (the fleets given; `only`: that scenario, after
+    one cold start of its fleet); key -> {median_ms, runs}."""
     rows: dict[str, dict[str, Any]] = {}
 
     def note(key: str, samples: list[float]) -> None:
+        if not samples:
+            return
         rows[key] = {"median_ms": round(statistics.median(samples), 2), "runs": len(samples)}
         say(line(kind, key, rows[key]["median_ms"], len(samples)))
 
-    small, big, many = fleets["s"], fleets["b"], fleets["m"]
+    small, big, many = fleets.get("s"), fleets.get("b"), fleets.get("m")
     try:
         for fleet, key, reps in (
             (small, "cold_100x10_ms", sizes.reps),
             (many, "cold_1000x10_ms", sizes.reps),
             (big, "cold_100x1000_ms", sizes.big_reps),
         ):
-            starts, samples = cold(fleet, kind, sizes.starts, reps)
+            if fleet is None:
+                continue
+            starts, samples = cold(fleet, kind, sizes.starts, 0 if only else reps)
             note(f"cold_start_{key.removeprefix('cold_')}", starts)
             note(key, samples)
             if fleet is small:
                 note("noop_resync_100_ms", noop_resync(small, kind, sizes.reps))
             if fleet is not big:
                 fleet.stop_agent()
-        adds, deletes = add_delete(big, kind, sizes.writes)
-        note("add_one_n1000_ms", adds)
-        note("delete_one_n1000_ms", deletes)
+        if big is not None:
+            adds, deletes = add_delete(big, kind, sizes.writes)
+            note("add_one_n1000_ms", adds)
+            note("delete_one_n1000_ms", deletes)
     finally:
         # The next runner (another backend) starts from an empty kernel.
         for fleet in fleets.values():
@@ -366,9 +378,11 @@ def run(
     api: bool,
     say: Callable[[str], None],
     neutron: str | None = None,
+    only: str | None = None,
 ) -> None:
     """Every row into `out` (issue 14's keys, None until measured); `neutron`: the size of
-    scripts/bench_neutron.py's run (issue 15's keys), None to skip it."""
+    scripts/bench_neutron.py's run (issue 15's keys), None to skip it; `only`: one agent-side
+    scenario (ONLY)."""
     out["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     out["cpus"] = os.cpu_count()
     out["by_runner"] = {}
@@ -383,6 +397,8 @@ def run(
         t = time.perf_counter()
         fleets: dict[str, Fleet] = {}
         for label, count, size in sizes.fleets:
+            if only is not None and label != ONLY[only]:
+                continue
             fleets[label] = Fleet(label, count, size, work, namespaces, catalog)
             stack.callback(fleets[label].close)
         print(
@@ -393,7 +409,7 @@ def run(
             flush=True,
         )
         for kind in kinds:
-            rows = run_agent_side(kind, fleets, sizes, say)
+            rows = run_agent_side(kind, fleets, sizes, say, only)
             out["by_runner"][kind] = rows
         main_kind = "libnftables" if "libnftables" in kinds else kinds[0]
         out["agent_runner"] = main_kind
@@ -464,6 +480,12 @@ def main() -> int:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (progress to stderr)"
     )
+    parser.add_argument(
+        "--only",
+        choices=sorted(ONLY),
+        help="only that agent-side scenario, after one cold start of its fleet (no API, no"
+        " Neutron rows; the other keys stay null): for iterating on the agent's change path",
+    )
     args = parser.parse_args()
     # The benchmark empties tables between repetitions on purpose; only errors are worth
     # printing beside the table.
@@ -486,11 +508,12 @@ def main() -> int:
     out: dict[str, Any] = {key.name: None for key in KEYS}
     out.update(dict.fromkeys(bench_neutron.KEYS))
     neutron: str | None = "tiny" if args.tiny else "quick" if args.quick else "full"
-    if args.no_neutron or importlib.util.find_spec("neutron") is None:
+    if args.only or args.no_neutron or importlib.util.find_spec("neutron") is None:
         say("the extensions' rows skipped (--no-neutron, or no `neutron` package)")
         neutron = None
+    api = not args.no_api and args.only is None
     code = run_measured(
-        out, lambda stack: run(stack, out, kinds, sizes, not args.no_api, say, neutron)
+        out, lambda stack: run(stack, out, kinds, sizes, api, say, neutron, args.only)
     )
     out["quick"] = args.quick
     if args.tiny:

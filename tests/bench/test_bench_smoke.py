@@ -48,3 +48,13 @@ def test_bench_json_has_every_key_measured_and_leaves_no_namespace() -> None:
     prefixes += (f"qrouter-{pid % 10**8:08d}-",)  # bench_neutron's routers
     left = [p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefixes)]
     assert not left
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+def test_bench_only_measures_that_scenario_and_leaves_no_namespace() -> None:
+    out, stderr, pid = run_tiny_json("bench.py", timeout=60, extra=("--only", "add-delete"))
+    measured = {k for k in KEYS if out.get(k) is not None}
+    assert measured == {"add_one_n1000_ms", "delete_one_n1000_ms"}, stderr[-2000:]
+    assert all(out[k] > 0 for k in measured)
+    prefix = f"cthmb{pid % 100000}-"
+    assert not [p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix)]

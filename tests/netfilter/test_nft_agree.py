@@ -335,6 +335,17 @@ CASES: dict[str, Case] = {
         ),
         desired_table(FTP_990),
     ),
+    "add set of an existing name and other flags": Case(
+        (
+            rendered(FTP),
+            Step(
+                f"add set inet cthm {FTP_SET} {{ type inet_service; flags dynamic; "
+                "elements = { 990 }; }\n",
+                NftExists,
+            ),
+        ),
+        desired_table(FTP),
+    ),
     "add set of an existing name and another type": Case(
         (rendered(FTP), Step(f"add set inet cthm {FTP_SET} {{ type ipv4_addr; }}\n", NftExists)),
         desired_table(FTP),

@@ -50,9 +50,10 @@ def test_golden_mixed_directions_share_helper_objects() -> None:
         + FTP_OBJECT
         + IRC_OBJECT
         + TFTP_OBJECT
-        + "add set inet cthm ingress-ftp-tcp { type inet_service; elements = { 21, 2121 }; }\n"
-        + "add set inet cthm output-irc-tcp { type inet_service; elements = { 21 }; }\n"
-        + "add set inet cthm output-tftp-udp { type inet_service; elements = { 69 }; }\n"
+        + "add set inet cthm ingress-ftp-tcp { type inet_service; "
+        "elements = { 21, 2121 }; }\n" + "add set inet cthm output-irc-tcp { type inet_service; "
+        "elements = { 21 }; }\n" + "add set inet cthm output-tftp-udp { type inet_service; "
+        "elements = { 69 }; }\n"
         + PREROUTING
         + 'add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"\n'
         + OUTPUT
@@ -65,9 +66,8 @@ def test_golden_mixed_directions_share_helper_objects() -> None:
 def test_golden_output_only_has_no_prerouting_chain() -> None:
     text = str(render([Assignment(TCP, 21, "ftp", OUT)]))
     assert text == (
-        HEAD
-        + FTP_OBJECT
-        + "add set inet cthm output-ftp-tcp { type inet_service; elements = { 21 }; }\n"
+        HEAD + FTP_OBJECT + "add set inet cthm output-ftp-tcp { type inet_service; "
+        "elements = { 21 }; }\n"
         + OUTPUT
         + 'add rule inet cthm output tcp dport @output-ftp-tcp ct helper set "ftp-tcp"\n'
     )

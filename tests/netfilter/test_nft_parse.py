@@ -466,3 +466,24 @@ def test_parse_set_describes_what_cthm_does_not_write() -> None:
 def test_parse_set_of_a_listing_without_it_is_an_nft_error() -> None:
     with pytest.raises(NftOther, match="set ingress-ftp-tcp missing"):
         parse_set(listing(port_set("ingress-irc-tcp", [21])), "ingress-ftp-tcp")
+
+
+def test_assignments_shared_between_reads_keep_each_listing_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read-back assignments are one object per value, shared with desired tables
+    (model.shared_assignment): a port read with one helper in a listing and another in the
+    next reads as each, also past the bound."""
+    irc = helper("irc-tcp", "irc", "tcp", "ip")  # IPv4 only, as render writes it
+    irc_on_21 = [TABLE, irc, port_set("ingress-irc-tcp", [21, 2121]), CHAIN]
+    irc_on_21.append(set_rule("tcp", "ingress-irc-tcp", "irc-tcp"))
+    irc_wanted = [Assignment(TCP, 21, "irc"), Assignment(TCP, 2121, "irc")]
+    for bound in (1 << 16, 2):
+        monkeypatch.setattr("cthm.netfilter.model._MAX_SHARED", bound)
+        for _ in range(2):
+            assert parse_table(listing(*CLEAN)) == desired_table(WANTED)
+            assert parse_table(listing(*irc_on_21)) == desired_table(irc_wanted)
+    monkeypatch.setattr("cthm.netfilter.model._MAX_SHARED", 1 << 16)
+    read, wanted = parse_table(listing(*CLEAN)), desired_table(WANTED)
+    assert read is not None
+    assert all(a is b for a, b in zip(read.assignments, wanted.assignments, strict=True))

@@ -43,8 +43,9 @@ def test_golden_ftp_and_tftp() -> None:
         HEAD
         + 'add ct helper inet cthm ftp-tcp { type "ftp" protocol tcp; l3proto inet; }\n'
         + 'add ct helper inet cthm tftp-udp { type "tftp" protocol udp; l3proto inet; }\n'
-        + "add set inet cthm ingress-ftp-tcp { type inet_service; elements = { 21, 2121 }; }\n"
-        + "add set inet cthm ingress-tftp-udp { type inet_service; elements = { 69 }; }\n"
+        + "add set inet cthm ingress-ftp-tcp { type inet_service; "
+        "elements = { 21, 2121 }; }\n" + "add set inet cthm ingress-tftp-udp { type inet_service; "
+        "elements = { 69 }; }\n"
         + CHAIN
         + 'add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"\n'
         + 'add rule inet cthm prerouting udp dport @ingress-tftp-udp ct helper set "tftp-udp"\n'
@@ -72,12 +73,14 @@ def test_golden_h323_sip_and_ipv4_only_helpers() -> None:
         + 'add ct helper inet cthm RAS-udp { type "RAS" protocol udp; l3proto inet; }\n'
         + 'add ct helper inet cthm sip-tcp { type "sip" protocol tcp; l3proto inet; }\n'
         + 'add ct helper inet cthm sip-udp { type "sip" protocol udp; l3proto inet; }\n'
-        + "add set inet cthm ingress-irc-tcp { type inet_service; elements = { 6667 }; }\n"
-        + "add set inet cthm ingress-netbios-ns-udp { type inet_service; elements = { 137 }; }\n"
-        + "add set inet cthm ingress-Q.931-tcp { type inet_service; elements = { 1720 }; }\n"
-        + "add set inet cthm ingress-RAS-udp { type inet_service; elements = { 1719 }; }\n"
-        + "add set inet cthm ingress-sip-tcp { type inet_service; elements = { 5060 }; }\n"
-        + "add set inet cthm ingress-sip-udp { type inet_service; elements = { 5060 }; }\n"
+        + "add set inet cthm ingress-irc-tcp { type inet_service; "
+        "elements = { 6667 }; }\n"
+        + "add set inet cthm ingress-netbios-ns-udp { type inet_service; "
+        "elements = { 137 }; }\n" + "add set inet cthm ingress-Q.931-tcp { type inet_service; "
+        "elements = { 1720 }; }\n" + "add set inet cthm ingress-RAS-udp { type inet_service; "
+        "elements = { 1719 }; }\n" + "add set inet cthm ingress-sip-tcp { type inet_service; "
+        "elements = { 5060 }; }\n" + "add set inet cthm ingress-sip-udp { type inet_service; "
+        "elements = { 5060 }; }\n"
         + CHAIN
         + 'add rule inet cthm prerouting tcp dport @ingress-irc-tcp ct helper set "irc-tcp"\n'
         + "add rule inet cthm prerouting udp dport @ingress-netbios-ns-udp "
@@ -114,8 +117,8 @@ def test_two_helpers_on_one_port_are_refused_at_render_time() -> None:
 
 def test_same_port_on_two_protocols_is_fine() -> None:
     text = str(render([a(TCP, 5060, "sip"), a(UDP, 5060, "sip")]))
-    assert "add set inet cthm ingress-sip-tcp { type inet_service; elements = { 5060 }; }" in text
-    assert "add set inet cthm ingress-sip-udp { type inet_service; elements = { 5060 }; }" in text
+    assert ("add set inet cthm ingress-sip-tcp { type inet_service; elements = { 5060 }; }") in text
+    assert ("add set inet cthm ingress-sip-udp { type inet_service; elements = { 5060 }; }") in text
 
 
 def test_helper_object_names_come_from_content() -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import stat
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -191,6 +194,78 @@ def test_context_cache_is_bounded(netns: NamespaceFactory) -> None:
         runner.run(names[0], "add table inet again\n")  # evicted one is recreated on demand
         assert [key[0] for key in runner.cached_contexts()] == [names[2], names[0]]
         assert "table inet again" in nft(names[0], "list", "tables")
+    finally:
+        runner.close()
+
+
+@contextmanager
+def descriptors_held_up_to(lowest_free: int) -> Iterator[None]:
+    """Holds descriptors until the lowest free one is `lowest_free` or above, as a `cthm serve`
+    with a thousand client connections does (within the test's own open-file limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = lowest_free + 200
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"open-file limit {hard} leaves no room above {lowest_free}")
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    held: list[int] = []
+    try:
+        while (fd := os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)) < lowest_free:
+            held.append(fd)
+        os.close(fd)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@kernel
+def test_contexts_work_with_over_a_thousand_descriptors_open(netns: NamespaceFactory) -> None:
+    """libnftables select()s on its socket when it commits: a socket at 1024 or above made
+    glibc abort the process. Contexts made (and evicted, and made again) while every
+    descriptor below 1100 is taken still commit, and generations are still read."""
+    names = [netns.create(f"fd{i}") for i in range(4)]
+    runner = LibNftablesRunner(max_contexts=2)
+    try:
+        with descriptors_held_up_to(1100):
+            for round_ in range(2):  # the second round re-makes evicted contexts
+                for namespace in names:
+                    before, after, _ = runner.run_tracked(
+                        namespace, f"add table inet cthmfd{round_}\n"
+                    )
+                    assert before is not None
+                    assert after is not None
+                    assert after.id == (before.id + 1) & 0xFFFFFFFF
+            for namespace in names:
+                assert nft(namespace, "list", "tables").split() == [
+                    "table", "inet", "cthmfd0", "table", "inet", "cthmfd1"
+                ]  # fmt: skip
+    finally:
+        runner.close()
+
+
+@kernel
+def test_no_low_descriptor_left_is_an_error_not_an_abort(netns: NamespaceFactory) -> None:
+    """More new contexts than the runner kept low descriptors for, while none below 1024 is
+    free: the one that cannot get one is refused with an NftError, the runner goes on."""
+    names = [netns.create(f"lo{i}") for i in range(12)]
+    runner = LibNftablesRunner(max_contexts=20)
+    try:
+        with descriptors_held_up_to(1100):
+            refused, errors = [], []
+            for namespace in names:
+                try:
+                    runner.run(namespace, "add table inet cthmlow\n")
+                except NftOther as exc:
+                    refused.append(namespace)
+                    errors.append(str(exc))
+            assert all("no descriptor below 1024" in error for error in errors)
+            assert refused  # the reserve is a handful of descriptors, not twelve
+            assert refused == names[len(names) - len(refused) :]
+            runner.run(names[0], "add table inet again\n")  # cached contexts still work
+        runner.run(refused[0], "add table inet cthmlow\n")  # room again: made
+        assert "cthmlow" in nft(refused[0], "list", "tables")
     finally:
         runner.close()
 

@@ -14,13 +14,16 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def run_tiny_json(script: str, timeout: float) -> tuple[dict[str, Any], str, int]:
-    """(its JSON object, its stderr, its pid): exit 0 and `ok` asserted. On a timeout it is
+def run_tiny_json(
+    script: str, timeout: float, extra: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], str, int]:
+    """(its JSON object, its stderr, its pid): exit 0 and `ok` asserted; `extra`: more
+    arguments. On a timeout it is
     terminated (it unwinds: namespaces deleted, servers and extensions stopped) and the test
     fails with its stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTHM_")}
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / script), "--tiny", "--json"],
+        [sys.executable, str(SCRIPTS / script), "--tiny", "--json", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -40,6 +40,9 @@ class VerifiedTable:
     namespace: str
     revision_number: int
     table: KernelState
+    # The desired state `table` was found equal to (observed()'s `want`): a caller holding this
+    # very object knows the two equal without comparing them again.
+    want: object = None
 
 
 class KernelStateBook:
@@ -115,7 +118,7 @@ class KernelStateBook:
             last = self._verified.get(router_id)
         if last is None or last.namespace != namespace or last.table is None:
             return None
-        return VerifiedTable(last.namespace, last.revision_number, last.table)
+        return VerifiedTable(last.namespace, last.revision_number, last.table, last.want)
 
     def unchanged(self, router_id: str, revision_number: int) -> None:
         """A new revision whose table is the one last verified (nothing written or read): the

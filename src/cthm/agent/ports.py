@@ -68,11 +68,25 @@ class BindingReport:
 
 
 @dataclass(frozen=True, slots=True)
+class BindingEdit:
+    """How a reloaded state's bindings came from those of the state reload() was given (`base`,
+    that very tuple): the bindings of `changed` ids taken out, `fresh` (read again, still
+    there) put in. Lets the reconciler edit what it derived from `base` by the few changes
+    instead of going over a thousand bindings."""
+
+    base: tuple[HelperBinding, ...]
+    changed: frozenset[str]
+    fresh: tuple[HelperBinding, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredRouter:
     router: Router
     bindings: tuple[HelperBinding, ...]
     # Rows that failed validation on the way out of the database: never rendered, marked ERROR.
     rejected: tuple[BindingReport, ...] = ()
+    # Set by a reload that edited its `last` state (None: not known how the bindings came).
+    edit: BindingEdit | None = field(default=None, compare=False, repr=False)
 
 
 class InvalidDesiredState(Exception):

@@ -27,9 +27,12 @@ reuses the rows the store says are unchanged (measured: a fresh read of 1000 bin
 ~5 ms, the router row ~0.3 ms). The last desired state of each router and what was derived
 from it (refused bindings, assignments, desired table) are kept here: identical bindings (the
 source gave back the same tuple) reuse them, a few changed ones are edited into the last
-assignments (rebuilding 1000 costs ~1 ms); a full sync derives everything again. A resync's
-preloaded state is not used for a router whose change was announced (Agent.enqueue) after the
-read began.
+assignments (rebuilding 1000 costs ~1 ms; when the reload says which it read again, its
+BindingEdit, only those are looked at and checked against the catalog and capabilities, the
+others were when last derived); a full sync asks the catalog and capabilities again, and
+derives everything again unless they refuse what they refused and the bindings are equal to
+the last ones (a no-op resync). A resync's preloaded state is not used for a router whose
+change was announced (Agent.enqueue) after the read began.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from cthm.agent.capabilities import HelperCapabilities
 from cthm.agent.claims import NamespaceClaims
 from cthm.agent.kernel_state import KernelStateBook, VerifiedTable, describe_difference
 from cthm.agent.ports import (
+    BindingEdit,
     BindingReport,
     DesiredRouter,
     DesiredStateSource,
@@ -64,8 +68,7 @@ from cthm.domain import (
     Router,
     ShadowedBinding,
     Status,
-    assignments_for,
-    restore_binding,
+    restore_binding_fields,
     validate_status_reason,
 )
 from cthm.netfilter import (
@@ -317,6 +320,13 @@ class Reconciler:
         """Reads the whole table; replaces it if it differs, then reads it all back.
         (action, drift)."""
         action = Action.NOOP
+        sync = getattr(self._backend, "sync", None)
+        if callable(sync):
+            # The backend's read, apply-if-different and read-back in one call (one hand-off
+            # to the libnftables thread instead of three: NftablesBackend.sync); the book is
+            # told the same, after it.
+            have, after = sync(namespace, assignments, want)
+            return self._synced(router_id, namespace, revision, want, have, after)
         have = self._backend.read(namespace)
         matches = have == want  # compared once: a thousand assignments a side
         # Asked before observed(): a mismatch makes the book forget the verification.
@@ -339,6 +349,36 @@ class Reconciler:
                     f"{', '.join(getattr(have, 'garbage', ())) or 'none'})"
                 )
         return action, drift
+
+    def _synced(
+        self,
+        router_id: str,
+        namespace: str,
+        revision: int,
+        want: KernelState | None,
+        have: KernelState | None,
+        after: KernelState | None,
+    ) -> tuple[Action, bool]:
+        """_full()'s book-keeping for a backend's sync(): `have` read first, `after` read back
+        after its apply (None: `have` matched, nothing applied)."""
+        matches = after is None
+        drift = not matches and self.book.is_drift(router_id, namespace, revision, want)
+        if self.book.observed(router_id, namespace, revision, want, have, matches=matches):
+            return Action.NOOP, drift
+        if drift:
+            self.book.drift_detected(router_id)
+            log.warning(
+                "router %s: drift in namespace %s (changed behind cthm's back): %s; repaired",
+                router_id,
+                namespace,
+                describe_difference(want, have),
+            )
+        if not self.book.observed(router_id, namespace, revision, want, after):
+            raise VerificationFailed(
+                f"kernel table differs from what was applied (garbage: "
+                f"{', '.join(getattr(after, 'garbage', ())) or 'none'})"
+            )
+        return Action.APPLIED, drift
 
     def _partial(
         self,
@@ -399,37 +439,92 @@ class Reconciler:
             and last.desired.rejected == desired.rejected
         ):
             return replace(last, desired=desired)
+        edited = None
+        edit = desired.edit
+        if (
+            reuse
+            and edit is not None
+            and last is not None
+            and edit.base is last.desired.bindings
+            and last.by_binding is not None
+            and not last.refused
+            and not desired.rejected
+            and not self._refused_bindings(DesiredRouter(desired.router, edit.fresh))
+        ):
+            # A partial sync's few changes (the source's edit of the last state): only the
+            # bindings read again are checked and edited in, not all of them (~0.1 ms at 1000).
+            # The others were checked when last derived; a full sync checks them all again.
+            usable = list(desired.bindings)
+            edited = _edited_assignments(
+                self._catalog, last.assignments, last.by_binding, usable, changes=edit
+            )
+            if edited is not None:
+                return self._edited(desired, {}, usable, edited, last)
         refused = self._refused_bindings(desired)
-        usable = [b for b in desired.bindings if b.id not in refused]
+        if (
+            not reuse  # (reused above: a reload gives back the same tuple when unchanged)
+            and last is not None
+            and refused == last.refused
+            and last.desired.rejected == desired.rejected
+            and last.desired.bindings == desired.bindings
+        ):
+            # A full sync of unchanged bindings (every router of a no-op resync, read afresh):
+            # the catalog and capabilities were asked again just above and refuse the same, so
+            # they render to the same assignments and table (~0.1 ms a router of 10 saved).
+            return replace(last, desired=desired)
+        usable = (
+            [b for b in desired.bindings if b.id not in refused]
+            if refused
+            else list(desired.bindings)
+        )
         edited = None
         if reuse and last is not None and last.by_binding is not None:
             edited = _edited_assignments(self._catalog, last.assignments, last.by_binding, usable)
-        by_binding: dict[str, tuple[int, Assignment]] | None
+        if edited is not None:
+            return self._edited(desired, refused, usable, edited, last)
+        assignments, by_binding = _assignments_by_binding(self._catalog, usable)
+        want = self._backend.desired(assignments)
+        return _Derived(desired, refused, usable, assignments, want, by_binding)
+
+    def _edited(
+        self,
+        desired: DesiredRouter,
+        refused: dict[str, str],
+        usable: list[HelperBinding],
+        edited: tuple[list[Assignment], dict[str, tuple[int, Assignment]], list[Assignment]],
+        last: _Derived | None,
+    ) -> _Derived:
+        assignments, by_binding, added = edited
         # The backend's desired table edited from the last one (checking only what was added)
         # where it can (NftablesBackend.desired_after; ~0.4 ms less at 1000 assignments).
         desired_after = getattr(self._backend, "desired_after", None)
-        if edited is not None:
-            assignments, by_binding, added = edited
-            if last is not None and last.want is not None and callable(desired_after):
-                want = desired_after(last.want, assignments, added)
-                return _Derived(desired, refused, usable, assignments, want, by_binding)
+        if last is not None and last.want is not None and callable(desired_after):
+            want = desired_after(last.want, assignments, added)
         else:
-            assignments = assignments_for(self._catalog, usable)
-            by_binding = _by_binding(usable, assignments)
-        want = self._backend.desired(assignments)
+            want = self._backend.desired(assignments)
         return _Derived(desired, refused, usable, assignments, want, by_binding)
 
     def _remember(self, derived: _Derived, reported: Sequence[BindingReport]) -> None:
         """Keeps the desired state as the store holds it after the report (so the next reload
         does not take the bindings just reported for changed ones)."""
         desired = derived.desired
-        if reported:
+        if desired.edit is not None:  # it holds the tuple before: not kept beyond this call
+            desired = replace(desired, edit=None)
+        if reported and len(reported) == len(desired.bindings) + len(desired.rejected):
+            # Every binding reported (a cold sync): _report() gives them in the bindings' order,
+            # then the rejected rows, so they pair up without an index by id.
+            desired = replace(
+                desired, bindings=tuple(map(_with_status, desired.bindings, reported))
+            )
+        elif reported:
             written = {r.binding_id: r for r in reported}
             desired = replace(
                 desired,
                 bindings=tuple(
-                    _with_status(b, written[b.id]) if b.id in written else b
-                    for b in desired.bindings
+                    [
+                        b if b.id not in written else _with_status(b, written[b.id])
+                        for b in desired.bindings
+                    ]
                 ),
             )
         with self._cache_lock:
@@ -443,8 +538,17 @@ class Reconciler:
         if verified is None:
             return derived
         held = verified.table.assignments
-        # Cheap when they already share their values (every partial sync after the first).
-        if held != tuple(derived.assignments):
+        want = derived.want
+        # The book verified `table == want` for this very `want`; and `want`'s assignments are
+        # derived's own objects (compared by identity, µs): then `held` equals them without
+        # a thousand field-by-field comparisons (~0.5 ms a router of 1000 in a cold sync).
+        proven = (
+            verified.want is want
+            and want is not None
+            and getattr(want, "assignments", None) == tuple(derived.assignments)
+        )
+        # Else compared: cheap when they already share their values (partial syncs).
+        if not proven and held != tuple(derived.assignments):
             return derived  # a backend that reads them back otherwise (another order)
         return replace(derived, assignments=list(held), want=verified.table)
 
@@ -509,13 +613,11 @@ class Reconciler:
         """Bindings that cannot be in the kernel, with the reason a person can act on."""
         # Resolved once per distinct (helper, protocol): a router may hold thousands of bindings.
         kernel_kind: dict[tuple[str, Protocol], tuple[str, Protocol] | str] = {}
-        for binding in desired.bindings:
-            kind = (binding.helper, binding.protocol)
-            if kind not in kernel_kind:
-                try:
-                    kernel_kind[kind] = (self._catalog.resolve(*kind).name, binding.protocol)
-                except InvalidInput as exc:
-                    kernel_kind[kind] = f"no longer allowed: {exc.reason}"
+        for kind in {(b.helper, b.protocol) for b in desired.bindings}:
+            try:
+                kernel_kind[kind] = (self._catalog.resolve(*kind).name, kind[1])
+            except InvalidInput as exc:
+                kernel_kind[kind] = f"no longer allowed: {exc.reason}"
         lacking = self._capabilities.unavailable(
             desired.router.namespace, {k for k in kernel_kind.values() if isinstance(k, tuple)}
         )
@@ -671,12 +773,22 @@ class Reconciler:
         binding reports written."""
         # Only what changed is written: a no-op resync writes nothing, to the kernel or the DB.
         notes = binding_notes or {}
-        bindings = []
-        for b in desired.bindings:
-            status = Status.ERROR if b.id in binding_errors else Status.ACTIVE
-            reason = binding_errors.get(b.id) or notes.get(b.id, "")
-            if (b.status, b.status_reason) != (status, reason):
-                bindings.append(BindingReport(b.id, b.revision_number, status, reason))
+        bindings: list[BindingReport]
+        if not binding_errors and not notes:
+            # The usual case, in one pass of a comprehension (~4x the loop below at 1000).
+            active = Status.ACTIVE
+            bindings = [
+                BindingReport(b.id, b.revision_number, active, "")
+                for b in desired.bindings
+                if b.status is not active or b.status_reason
+            ]
+        else:
+            bindings = []
+            for b in desired.bindings:
+                status = Status.ERROR if b.id in binding_errors else Status.ACTIVE
+                reason = binding_errors.get(b.id) or notes.get(b.id, "")
+                if (b.status, b.status_reason) != (status, reason):
+                    bindings.append(BindingReport(b.id, b.revision_number, status, reason))
         # Rows rejected on the way out of the database are always (re)marked: their stored status
         # was not read, and they are rare (a database edited behind the API's back).
         bindings.extend(desired.rejected)
@@ -732,27 +844,74 @@ def _by_binding(
     return by_binding
 
 
+def _assignments_by_binding(
+    catalog: HelperCatalog, usable: Sequence[HelperBinding]
+) -> tuple[list[Assignment], dict[str, tuple[int, Assignment]] | None]:
+    """(assignments_for(catalog, usable), _by_binding(usable, those)) in one pass over the
+    bindings (a full sync of a router of 1000: ~0.4 ms less than the two)."""
+    merged: dict[tuple[Protocol, int, Direction], Assignment] = {}
+    kernel_name: dict[tuple[str, Protocol], str | None] = {}  # resolved once per kind
+    by_binding: dict[str, tuple[int, Assignment]] = {}
+    one_to_one = True  # no binding left out by the catalog, none merged with another
+    for b in usable:
+        protocol = b.protocol
+        kind = (b.helper, protocol)
+        try:
+            name = kernel_name[kind]
+        except KeyError:
+            try:
+                name = kernel_name[kind] = catalog.resolve(*kind).name
+            except InvalidInput:
+                name = kernel_name[kind] = None
+        if name is None:
+            one_to_one = False
+            continue
+        key = (protocol, b.port, b.direction)
+        if key in merged:
+            one_to_one = False
+        assignment = merged[key] = Assignment(protocol, b.port, name, b.direction)
+        by_binding[b.id] = (b.revision_number, assignment)
+    # Sorting the unique keys is Assignment order, at tuple speed (as assignments_for()).
+    return [merged[key] for key in sorted(merged)], by_binding if one_to_one else None
+
+
 def _edited_assignments(
     catalog: HelperCatalog,
     last: Sequence[Assignment],
     last_by_binding: dict[str, tuple[int, Assignment]],
     usable: Sequence[HelperBinding],
+    *,
+    changes: BindingEdit | None = None,
 ) -> tuple[list[Assignment], dict[str, tuple[int, Assignment]], list[Assignment]] | None:
     """assignments_for(catalog, usable), made from the last assignments by removing those of
     the bindings gone or changed and adding the new ones (also returned, third); None when that
     is not simple (many changes, a merge, a helper the catalog refuses): the caller rebuilds
-    them."""
-    by_binding: dict[str, tuple[int, Assignment]] = {}
-    added = []
-    for b in usable:
-        held = last_by_binding.get(b.id)
-        if held is not None and held[0] == b.revision_number:
-            by_binding[b.id] = held
+    them. changes: how `usable` came from the last bindings (all of them usable), when known:
+    then only those are looked at."""
+    added: list[HelperBinding]
+    gone: set[str]
+    if changes is not None:
+        added = list(changes.fresh)
+        gone = {b_id for b_id in changes.changed if b_id in last_by_binding}
+    else:
+        # Comprehensions and set operations, not a loop over the thousand bindings (~3x faster).
+        added = [
+            b
+            for b in usable
+            if (held := last_by_binding.get(b.id)) is None or held[0] != b.revision_number
+        ]
+        if len(added) > EDIT_LIMIT:
+            return None
+        changed = {b.id for b in added if b.id in last_by_binding}
+        if len(usable) - len(added) == len(last_by_binding) - len(changed):
+            gone = changed  # every other binding of `last` is still there, unchanged
         else:
-            added.append(b)
-    gone = last_by_binding.keys() - by_binding.keys()
+            gone = (last_by_binding.keys() - {b.id for b in usable}) | changed
     if len(added) + len(gone) > EDIT_LIMIT:
         return None
+    by_binding = dict(last_by_binding)
+    for b_id in gone:
+        del by_binding[b_id]
     result = list(last)
     for b_id in gone:
         key = _assignment_key(last_by_binding[b_id][1])
@@ -779,22 +938,24 @@ def _edited_assignments(
 
 def _with_status(binding: HelperBinding, report: BindingReport) -> HelperBinding:
     """The binding as the store holds it once the report is written (if still at its revision:
-    else the next reload reads the row again anyway)."""
-    if report.revision_number != binding.revision_number:
+    else the next reload reads the row again anyway; another binding's report: kept as it was,
+    at worst written again by the next reconcile)."""
+    if report.revision_number != binding.revision_number or report.binding_id != binding.id:
         return binding
-    return restore_binding(
-        id=binding.id,
-        router_id=binding.router_id,
-        project_id=binding.project_id,
-        protocol=binding.protocol,
-        port=binding.port,
-        helper=binding.helper,
-        direction=binding.direction,
-        status=report.status,
-        status_reason=validate_status_reason(report.reason),
-        revision_number=binding.revision_number,
-        created_at=binding.created_at,
-        updated_at=binding.updated_at,
+    return restore_binding_fields(
+        binding.id,
+        binding.router_id,
+        binding.project_id,
+        binding.protocol,
+        binding.port,
+        binding.helper,
+        binding.direction,
+        report.status,
+        # As the store cleans it; most reasons are empty (a cold sync: every binding ACTIVE).
+        validate_status_reason(report.reason) if report.reason else "",
+        binding.revision_number,
+        binding.created_at,
+        binding.updated_at,
     )
 
 

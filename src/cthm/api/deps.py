@@ -77,15 +77,17 @@ async def get_caller(request: Request) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_caller)]
 
 
-async def get_repository(
-    request: Request, store: StoreDep, principal: PrincipalDep
-) -> AsyncIterator[Repository]:
+async def get_repository(request: Request) -> AsyncIterator[Repository]:
     """One unit of work per request: committed before the response is sent, rolled back if the
     request fails, so a failed request leaves the database as it was. Changes made through it
     are audited in the same transaction, under the caller's identity.
 
     A write request's unit was begun by the authentication middleware, which read the token in
     it (auth.HeldUnit): one transaction per write. A read request's is begun here."""
+    # The principal and (below) the store read here, not as dependencies of this one: FastAPI
+    # solves every dependency of the tree on each request (~50 us each), and every route
+    # takes this one.
+    principal = get_principal(request)
     audit = AuditContext(
         request_id=getattr(request.state, "request_id", ""),
         token_id=principal.token_id,
@@ -105,6 +107,7 @@ async def get_repository(
             _ending.set(None)
         await held.end_in_thread()  # nothing left to do if the route committed it
         return
+    store = (await get_context(request)).store
     unit = store.unit_of_work(write=request.method not in _READ_METHODS, audit=audit)
     repository = await anyio.to_thread.run_sync(unit.__enter__)
     try:
@@ -153,9 +156,9 @@ async def get_query_params(request: Request) -> Params:
 QueryDep = Annotated[Params, Depends(get_query_params)]
 
 
-async def no_query(params: QueryDep) -> None:
+async def no_query(request: Request) -> None:
     """For requests that take no query parameters: any is refused."""
-    reject_query(params)
+    reject_query(await get_query_params(request))
 
 
 async def require_json_body(request: Request) -> None:

@@ -36,8 +36,13 @@ def _mask_parameter(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """`text` with token-shaped strings and secret query values masked."""
-    text = _TOKEN.sub("cthm_" + REDACTED, text)
-    return _SECRET_PARAMETER.sub(_mask_parameter, text)
+    # The substring tests skip what cannot match: the parameter pattern tries every position
+    # of the text (~90 µs for an audit line, logged on every write).
+    if "cthm_" in text:
+        text = _TOKEN.sub("cthm_" + REDACTED, text)
+    if "=" in text:
+        text = _SECRET_PARAMETER.sub(_mask_parameter, text)
+    return text
 
 
 def _redacted(value: Any) -> Any:

@@ -47,6 +47,7 @@ from cthm.domain.models import (
     new_router,
     parse_direction,
     restore_binding,
+    restore_binding_fields,
 )
 from cthm.domain.placement import (
     CHANGE_DELETED,
@@ -155,6 +156,7 @@ __all__ = [
     "parse_protocol",
     "parse_roles",
     "restore_binding",
+    "restore_binding_fields",
     "validate_host",
     "validate_name",
     "validate_namespace",

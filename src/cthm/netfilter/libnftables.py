@@ -21,12 +21,27 @@ is `(context serial, id)`: the serial is new for every context made, and a cache
 socket) pins its namespace, so an equal generation is the same namespace instance, never a new
 one that reuses the name or the inode.
 
+Hand-offs (issue 14). Each call handed to the worker wakes two threads through the GIL (~0.2 ms
+when others are busy), so a full sync's read, apply and read-back go as one job (`batch`: the
+job's own calls run inline on the worker), and a generation is asked from the calling thread
+on the namespace's kept socket (`generation`; each kept socket has a lock, held by every use).
+
 The netlink socket that asks is made with the context, in its namespace, and kept with it:
 closing a netfilter netlink socket after a commit waits for the kernel's deferred table
 destruction (an RCU grace period, ~10 ms, measured), so a socket per call would cost more than
 the listing it saves. It is kept at a descriptor above 1023, as libnftables select()s on its
 own sockets and glibc aborts the process on a descriptor past FD_SETSIZE; where the open-file
 limit leaves no room up there, generations are not read (every read lists, as before).
+
+The context's own socket is the opposite case: libnftables select()s on it when it commits,
+so it must stay BELOW FD_SETSIZE, or glibc aborts the whole process ("bit out of range 0 -
+FD_SETSIZE"; measured with 1100 descriptors open, as a `cthm serve` with many clients holds).
+The runner keeps a few low descriptors in reserve from its start; a context whose socket comes
+out at 1024 or above has it moved onto one of them (dup2, and the context's libmnl socket told
+its new number), or is refused with an NftError: never an abort. The socket's number is read
+from the context (libnftables' first field, libmnl's first field), trusted only once the
+library proved at load that the number there is a netfilter netlink socket; otherwise a
+context is only made while a descriptor below FD_SETSIZE is free.
 """
 
 from __future__ import annotations
@@ -40,7 +55,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +63,7 @@ from typing import Any, TypeVar
 from cthm.netfilter.errors import (
     NamespaceNotFound,
     NamespaceNotPermitted,
+    NftError,
     NftOther,
     is_permission,
     translate_error,
@@ -55,6 +71,7 @@ from cthm.netfilter.errors import (
 from cthm.netfilter.model import check_namespace
 from cthm.netfilter.netns import NETNS_DIR, enter, open_namespace, setns_binding
 from cthm.netfilter.runner import Generation
+from cthm.netfilter.setread import read_port_set, table_exists
 
 LIBRARY = "libnftables.so.1"
 _NFT_CTX_OUTPUT_JSON = 1 << 4
@@ -70,6 +87,7 @@ _NLM_F_REQUEST = 1
 _NFTA_GEN_ID = 1
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _FD_SETSIZE = 1024  # generation sockets live at or above it (module doc)
+_LOW_RESERVE = 8  # low descriptors kept for context sockets (module doc)
 
 
 class LibraryUnavailable(OSError):
@@ -109,6 +127,42 @@ class _Library:
             getattr(lib, getter).restype = ctypes.c_char_p
             getattr(lib, getter).argtypes = [ptr]
         self.lib: Any = lib
+        self.socket_layout = self._check_socket_layout()
+
+    def _check_socket_layout(self) -> bool:
+        """Whether the socket number read by socket_fd() is really a context's socket: one
+        context made and checked (module doc)."""
+        try:
+            ctx = self.new_context()
+        except NftOther:
+            return False
+        try:
+            return self._read_fd(ctx) is not None
+        finally:
+            self.free_context(ctx)
+
+    @staticmethod
+    def _mnl_socket(ctx: int) -> int:
+        # struct nft_ctx starts with `struct mnl_socket *nf_sock`; mnl_socket with `int fd`.
+        return ctypes.c_void_p.from_address(ctx).value or 0
+
+    def _read_fd(self, ctx: int) -> int | None:
+        nl = self._mnl_socket(ctx)
+        if not nl:
+            return None
+        fd = ctypes.c_int.from_address(nl).value
+        return fd if _is_netfilter_socket(fd) else None
+
+    def socket_fd(self, ctx: int) -> int | None:
+        """The descriptor of the context's netlink socket; None when the layout is unknown."""
+        return self._read_fd(ctx) if self.socket_layout else None
+
+    def move_socket(self, ctx: int, fd: int, target: int) -> None:
+        """Puts the context's socket at descriptor `target` (replacing what was there, one of
+        the runner's placeholders), and closes it at `fd`."""
+        os.dup2(fd, target, inheritable=False)
+        ctypes.c_int.from_address(self._mnl_socket(ctx)).value = target
+        os.close(fd)
 
     def new_context(self) -> int:
         ctx = self.lib.nft_ctx_new(0)
@@ -150,10 +204,12 @@ class LibNftablesRunner:
         # Worker thread only: contexts in LRU order, and the one key per namespace name.
         self._contexts: OrderedDict[ContextKey, int] = OrderedDict()
         self._keys: dict[str, ContextKey] = {}
-        # Worker thread only: each context's serial (generations are told apart by it) and
-        # its generation socket (None: generations unknown, never guessed).
+        # Worker thread only: each context's serial (generations are told apart by it).
         self._serials: dict[ContextKey, int] = {}
-        self._gen_sockets: dict[ContextKey, socket.socket | None] = {}
+        # Each context's kept socket (None: generations unknown, never guessed). Changed by the
+        # worker thread only; generation() reads it from any thread (one dict lookup) and asks
+        # on it under its lock.
+        self._gen_sockets: dict[ContextKey, _KeptSocket | None] = {}
         self._next_serial = 0
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()
@@ -162,6 +218,8 @@ class LibNftablesRunner:
         self._closed = False
         self._broken: str | None = None
         self._home_fd = -1
+        # Worker thread only: placeholder descriptors below FD_SETSIZE for context sockets.
+        self._reserve: list[int] = []
         self._last_prune = time.monotonic()
         started: Future[None] = Future()
         self._thread = threading.Thread(
@@ -199,6 +257,61 @@ class LibNftablesRunner:
         check_namespace(namespace)
         return self._call(lambda: self._tracked_in(namespace, commands, json, unless))
 
+    def read_port_set(self, namespace: str, table: str, name: str) -> tuple[int, ...] | None:
+        """The ports of inet set `name` of `table` in the namespace, read by netlink on the
+        namespace's kept socket, without nft and without entering it (netfilter/setread.py);
+        None when it cannot be read so: no context of this namespace instance yet, or a set
+        that is not plainly ports (then `list set` tells, as before)."""
+        check_namespace(namespace)
+        return self._call(lambda: self._read_set_in(namespace, table, name))
+
+    def run_and_read_sets(
+        self, namespace: str, commands: str, table: str, names: Sequence[str]
+    ) -> list[tuple[int, ...] | None]:
+        """run(namespace, commands), then read_port_set() of each of `names`, in one visit of
+        the worker (one hand-off, one entry into the namespace, instead of one per call)."""
+        check_namespace(namespace)
+        return self._call(lambda: self._run_and_read_in(namespace, commands, table, names))
+
+    def table_exists(self, namespace: str, table: str) -> bool | None:
+        """Whether inet table `table` exists in the namespace, asked by netlink on the
+        namespace's kept socket (NFT_MSG_GETTABLE: a cold sync's read of a router with no
+        table yet costs no nft run); the namespace's context is made, as by any call, when
+        there is none. None when it cannot be asked so."""
+        check_namespace(namespace)
+        return self._call(lambda: self._table_in(namespace, table))
+
+    def batch(self, job: Callable[[], T]) -> T:
+        """job() run on the worker thread, where this runner's own calls made by it run at
+        once, without a hand-off each (a full sync's read, apply and read-back: one hand-off
+        instead of three; each hand-off wakes two threads through the GIL, ~0.2 ms, more with
+        other threads busy). Exceptions raised in job() reach the caller as they are."""
+        return self._call(job)
+
+    def generation(self, namespace: str) -> Generation | None:
+        """The namespace's generation (as run_tracked reads it), asked from the calling
+        thread on the kept socket of the namespace's context: no hand-off to the worker and
+        no entry into the namespace (a no-op resync's read of an unchanged table). None
+        whenever it cannot be asked so (no context of this namespace instance yet, no kept
+        socket, the namespace absent or refused): the caller then goes the usual way, which
+        tells why."""
+        if namespace not in self._keys:  # no context (evicted, say): not worth the checks
+            return None
+        try:
+            fd, identity = open_namespace(namespace, self._netns_dir)  # this instance, checked
+        except NftError:
+            return None
+        try:
+            # The socket pins its namespace: while this descriptor is open, no other instance
+            # can have this key (name, device, inode).
+            kept = self._gen_sockets.get((namespace, identity.dev, identity.ino))
+            if kept is None or self._broken is not None:
+                return None
+            found = kept.ask(_generation_id)
+        finally:
+            os.close(fd)
+        return None if found is None else Generation(kept.serial, found)
+
     def cached_contexts(self) -> list[ContextKey]:
         """The (name, st_dev, st_ino) of every cached context, least recently used first."""
         return self._call(lambda: list(self._contexts))
@@ -217,6 +330,8 @@ class LibNftablesRunner:
         self._thread.join()
 
     def _call(self, job: Callable[[], T]) -> T:
+        if threading.get_ident() == self._thread.ident:
+            return job()  # from a batch() job: already on the worker thread
         future: Future[T] = Future()
         with self._lock:
             if self._closed:
@@ -232,6 +347,7 @@ class LibNftablesRunner:
         except OSError as exc:
             started.set_exception(exc)
             return
+        self._refill_reserve()
         started.set_result(None)
         try:
             while (item := self._queue.get()) is not None:
@@ -243,7 +359,10 @@ class LibNftablesRunner:
                         future.set_exception(exc)
         finally:
             for key in list(self._contexts):
-                self._free(key)
+                self._free(key, refill=False)
+            for fd in self._reserve:
+                os.close(fd)
+            self._reserve.clear()
             os.close(self._home_fd)
 
     def _run_in(self, namespace: str, commands: str, json: bool, dry_run: bool) -> str:
@@ -315,6 +434,62 @@ class LibNftablesRunner:
         finally:
             os.close(fd)
 
+    def _read_set_in(self, namespace: str, table: str, name: str) -> tuple[int, ...] | None:
+        if self._broken is not None:
+            raise NftOther(self._broken, namespace=namespace)
+        try:
+            fd, identity = open_namespace(namespace, self._netns_dir)  # this instance, checked
+        except NamespaceNotFound:
+            self._forget(namespace)
+            raise
+        os.close(fd)
+        key = (namespace, identity.dev, identity.ino)
+        if self._keys.get(namespace) != key:
+            return None  # nft decides (and makes the context)
+        self._contexts.move_to_end(key)
+        return self._on_socket(key, lambda sock: read_port_set(sock, table, name))
+
+    def _run_and_read_in(
+        self, namespace: str, commands: str, table: str, names: Sequence[str]
+    ) -> list[tuple[int, ...] | None]:
+        def work(
+            ctx: int, key: ContextKey
+        ) -> tuple[tuple[int, str, str], list[tuple[int, ...] | None]]:
+            result = self._library.run(ctx, commands, json=False, dry_run=False)
+            if result[0] != 0:
+                return result, []
+
+            def reader(name: str) -> Callable[[socket.socket], tuple[int, ...] | None]:
+                return lambda sock: read_port_set(sock, table, name)
+
+            return result, [self._on_socket(key, reader(name)) for name in names]
+
+        done = self._inside(namespace, work)
+        assert done is not None  # nothing skips it
+        self._checked(namespace, *done[0])
+        return done[1]
+
+    def _table_in(self, namespace: str, table: str) -> bool | None:
+        answer: list[bool | None] = []
+
+        def cached(key: ContextKey) -> bool:
+            # The socket belongs to the namespace for good: asked from outside it.
+            if key not in self._contexts:
+                return False
+            answer.append(self._on_socket(key, lambda sock: table_exists(sock, table)))
+            return True
+
+        def made(ctx: int, key: ContextKey) -> bool | None:
+            return self._on_socket(key, lambda sock: table_exists(sock, table))
+
+        found = self._inside(namespace, made, cached)
+        return answer[0] if answer else found
+
+    def _on_socket(self, key: ContextKey, ask: Callable[[socket.socket], T]) -> T | None:
+        """ask(the key's kept netlink socket); None when there is none or it failed."""
+        kept = self._gen_sockets.get(key)
+        return None if kept is None else kept.ask(ask)
+
     def _checked(self, namespace: str, code: int, out: str, err: str) -> str:
         if code != 0:
             original = _LibNftablesFailure(code, err)
@@ -329,15 +504,51 @@ class LibNftablesRunner:
         if ctx is not None:
             self._contexts.move_to_end(key)
             return ctx
-        ctx = self._library.new_context()
+        # Evicted first: the descriptor its socket frees is the one the new socket takes.
+        while len(self._contexts) >= self._max_contexts:
+            self._free(next(iter(self._contexts)))
+        ctx = self._new_context()
         self._contexts[key] = ctx
         self._keys[key[0]] = key
         self._next_serial += 1
         self._serials[key] = self._next_serial
-        self._gen_sockets[key] = _generation_socket()  # here, inside the namespace
-        while len(self._contexts) > self._max_contexts:
-            self._free(next(iter(self._contexts)))
+        sock = _generation_socket()  # here, inside the namespace
+        self._gen_sockets[key] = None if sock is None else _KeptSocket(self._next_serial, sock)
         return ctx
+
+    def _new_context(self) -> int:
+        """A context whose socket is below FD_SETSIZE (module doc), or NftOther."""
+        known = self._library.socket_layout
+        if not known and _lowest_free() >= _FD_SETSIZE and self._reserve:
+            os.close(self._reserve.pop())  # the socket takes the lowest free descriptor
+        ctx = self._library.new_context()
+        fd = self._library.socket_fd(ctx)
+        if fd is None and known:
+            self._library.free_context(ctx)
+            raise NftOther("libnftables context has no netlink socket")
+        if fd is not None and fd >= _FD_SETSIZE:
+            if not self._reserve:
+                self._refill_reserve()
+            if not self._reserve:
+                self._library.free_context(ctx)
+                raise NftOther(
+                    f"no descriptor below {_FD_SETSIZE} is free for a libnftables context "
+                    "(libnftables cannot use a higher one)"
+                )
+            self._library.move_socket(ctx, fd, self._reserve.pop())
+        return ctx
+
+    def _refill_reserve(self) -> None:
+        """Takes free descriptors below FD_SETSIZE into the reserve, up to its size."""
+        while len(self._reserve) < _LOW_RESERVE:
+            try:
+                fd = fcntl.fcntl(self._home_fd, fcntl.F_DUPFD_CLOEXEC, 0)
+            except OSError:
+                return
+            if fd >= _FD_SETSIZE:
+                os.close(fd)
+                return
+            self._reserve.append(fd)
 
     def _go_home(self) -> None:
         try:
@@ -353,28 +564,21 @@ class LibNftablesRunner:
         if key is not None and key != keep:
             self._free(key)
 
-    def _free(self, key: ContextKey) -> None:
+    def _free(self, key: ContextKey, *, refill: bool = True) -> None:
         del self._keys[key[0]]
         self._library.free_context(self._contexts.pop(key))
         self._serials.pop(key, None)
-        sock = self._gen_sockets.pop(key, None)
-        if sock is not None:
-            sock.close()
+        kept = self._gen_sockets.pop(key, None)
+        if kept is not None:
+            kept.close()
+        if refill and len(self._reserve) < _LOW_RESERVE:
+            self._refill_reserve()  # the low descriptor just freed, before anyone takes it
 
     def _generation(self, key: ContextKey) -> Generation | None:
         """The generation of the key's namespace; None if unknown."""
-        sock = self._gen_sockets.get(key)
-        if sock is None:
-            return None
-        try:
-            found = _read_generation(sock)
-        except OSError:
-            found = None
-        if found is None:  # not trusted again (a late answer could be taken for the next one)
-            self._gen_sockets[key] = None
-            sock.close()
-            return None
-        return Generation(self._serials[key], found)
+        kept = self._gen_sockets.get(key)
+        found = None if kept is None else kept.ask(_generation_id)
+        return None if found is None else Generation(self._serials[key], found)
 
     def _prune(self) -> list[ContextKey]:
         self._last_prune = time.monotonic()
@@ -389,6 +593,58 @@ class LibNftablesRunner:
                 self._free(key)
                 stale.append(key)
         return stale
+
+
+class _KeptSocket:
+    """A context's kept netlink socket, with its context's serial and the lock every use of
+    it holds: one request and its answer at a time, whichever thread asks (generation()), and
+    never a send on a descriptor closed (and maybe reused) meanwhile."""
+
+    __slots__ = ("_lock", "_sock", "serial")
+
+    def __init__(self, serial: int, sock: socket.socket) -> None:
+        self.serial = serial
+        self._sock: socket.socket | None = sock
+        self._lock = threading.Lock()
+
+    def ask(self, question: Callable[[socket.socket], T]) -> T | None:
+        """question(socket); None when closed or when it failed. A failure (OSError: out of
+        step, timed out, an unexpected answer) closes it for good: a late answer could be
+        taken for the next question's."""
+        with self._lock:
+            if self._sock is None:
+                return None
+            try:
+                return question(self._sock)
+            except OSError:
+                self._sock.close()
+                self._sock = None
+                return None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+def _lowest_free() -> int:
+    """The lowest free descriptor now (what the next socket() would get)."""
+    fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(fd)
+    return fd
+
+
+def _is_netfilter_socket(fd: int) -> bool:
+    """Whether descriptor `fd` is a netfilter netlink socket (libnftables' kind)."""
+    try:
+        sock = socket.socket(fileno=fd)  # asks the kernel for its family and protocol
+    except OSError:
+        return False
+    try:
+        return sock.family == socket.AF_NETLINK and sock.proto == _NETLINK_NETFILTER
+    finally:
+        sock.detach()  # not ours to close
 
 
 def _generation_socket() -> socket.socket | None:
@@ -410,6 +666,14 @@ def _generation_socket() -> socket.socket | None:
     sock = socket.socket(fileno=high)
     sock.settimeout(1.0)  # the kernel answers at once; never wait on it for long
     return sock
+
+
+def _generation_id(sock: socket.socket) -> int:
+    """_read_generation(); an unexpected answer is an OSError (the socket is out of step)."""
+    found = _read_generation(sock)
+    if found is None:
+        raise OSError("unexpected answer to NFT_MSG_GETGEN")
+    return found
 
 
 def _read_generation(sock: socket.socket) -> int | None:

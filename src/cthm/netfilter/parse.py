@@ -33,6 +33,7 @@ from cthm.netfilter.model import (
     KernelTable,
     owner_from_comment,
     set_name,
+    shared_assignment,
 )
 
 _RULE_KEYS = frozenset({"family", "table", "chain", "handle", "expr"})
@@ -160,7 +161,8 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
                 garbage.append(f"{direction} {protocol} port {port} is in two helper rules")
                 continue
             seen.add(key)
-            keyed.append((*key, Assignment(protocol, port, helpers[name].type, direction)))
+            # Shared (model.shared_assignment): 0.55 of the 1.07 ms a 1000-port table took.
+            keyed.append((*key, shared_assignment(protocol, port, helpers[name].type, direction)))
     if previous_layout:
         garbage.append(PREVIOUS_LAYOUT)
     for name in sorted(set(ports_of) - used_sets):

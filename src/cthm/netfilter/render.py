@@ -5,7 +5,7 @@
     delete table inet cthm       (drops rules before sets and objects: no EBUSY, nothing stale)
     add table inet cthm { comment "cthm:<deployment id>"; }    (whose table it is)
     add ct helper ...            (one per (type, protocol), sorted by name; shared by chains)
-    add set inet cthm ingress-ftp-tcp { type inet_service; elements = { 21, 2121 }; }
+    add set inet cthm ingress-ftp-tcp { type inet_service; elements = { 21 }; }
                                  (one per (direction, helper object) in use, sorted by name)
     add chain inet cthm prerouting { ... }     (only if ingress has assignments)
     add rule inet cthm prerouting tcp dport @ingress-ftp-tcp ct helper set "ftp-tcp"
@@ -39,6 +39,7 @@ from cthm.netfilter.model import (
     expected_l3proto,
     helper_object_name,
     set_name,
+    share,
 )
 from cthm.netfilter.transaction import Transaction
 
@@ -144,7 +145,9 @@ def desired_table(assignments: Iterable[Assignment], owner: str | None = None) -
 
     Raises UnsafeValue for assignments or an owner `render` would refuse.
     """
-    wanted = _normalized(assignments)
+    # The assignments shared with read-backs (model.share): a read-back compared with this
+    # table then finds mostly the same objects (identity, not __eq__).
+    wanted = [share(a) for a in _normalized(assignments)]
     if owner is not None:
         check_owner(owner)
     kinds = {(a.helper, a.protocol) for a in wanted}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol, TypeVar
 
 DEFAULT_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 class NftRunner(Protocol):
@@ -43,3 +46,38 @@ class TrackedRunner(Protocol):
         json: bool = False,
         unless: Generation | None = None,
     ) -> tuple[Generation | None, Generation | None, str | None]: ...
+
+
+class SetReader(Protocol):
+    """A runner that can also read one of cthm's port sets without nft (LibNftablesRunner
+    .read_port_set): the set's ports, sorted, or None when it cannot say (nft's listing then
+    decides)."""
+
+    def read_port_set(self, namespace: str, table: str, name: str) -> tuple[int, ...] | None: ...
+
+    def run_and_read_sets(
+        self, namespace: str, commands: str, table: str, names: Sequence[str]
+    ) -> list[tuple[int, ...] | None]:
+        """run(), then read_port_set() of each name, in one call."""
+        ...
+
+
+class TableProbe(Protocol):
+    """A runner that can also tell whether a table exists without nft (LibNftablesRunner
+    .table_exists): True, False, or None when it cannot say."""
+
+    def table_exists(self, namespace: str, table: str) -> bool | None: ...
+
+
+class Batcher(Protocol):
+    """A runner that can run a job whose own calls to it cost no hand-off each
+    (LibNftablesRunner.batch): job() itself is run, its exceptions raised as they are."""
+
+    def batch(self, job: Callable[[], T]) -> T: ...
+
+
+class GenerationReader(Protocol):
+    """A runner that reads a namespace's generation from the calling thread
+    (LibNftablesRunner.generation): None when it cannot."""
+
+    def generation(self, namespace: str) -> Generation | None: ...

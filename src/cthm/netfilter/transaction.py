@@ -17,6 +17,7 @@ from cthm.netfilter.errors import UnsafeValue
 from cthm.netfilter.model import (
     CHAINS,
     RENDERED_L3PROTO,
+    SET_FLAGS,
     SET_TYPE,
     TABLE_FAMILY,
     TABLE_NAME,
@@ -109,7 +110,8 @@ class PortSet:
 
     def text(self) -> str:
         elements = f" elements = {{ {_ports(self.ports)} }};" if self.ports else ""
-        return f"set {_TABLE} {self.name} {{ type {SET_TYPE};{elements} }}"
+        flags = f" flags {SET_FLAGS};" if SET_FLAGS else ""
+        return f"set {_TABLE} {self.name} {{ type {SET_TYPE};{flags}{elements} }}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from cthm.domain import Direction, HelperBinding, Protocol, Status, restore_binding
+from cthm.domain import Direction, HelperBinding, Protocol, Status, restore_binding_fields
 
 _PROTOCOLS = {p.value: p for p in Protocol}
 _DIRECTIONS = {d.value: d for d in Direction}
@@ -36,27 +36,39 @@ def restore_desired(
     database edited behind the API's back (the helper name is checked against the catalog later)."""
     bindings: list[HelperBinding] = []
     rejected: list[tuple[str, int, str]] = []
+    append = bindings.append
+    protocols, directions, statuses, pending = _PROTOCOLS, _DIRECTIONS, _STATUSES, Status.PENDING
     for b_id, project_id, protocol, port, helper, direction, status, reason, revision in rows:
-        problem = binding_row_problem(protocol, port, helper, direction)
-        if problem:
-            rejected.append((b_id, revision, problem))
-            continue
-        bindings.append(
-            restore_binding(
-                id=b_id,
-                router_id=router_id,
-                project_id=project_id,
-                protocol=_PROTOCOLS[protocol],
-                port=port,
-                helper=helper,
-                direction=_DIRECTIONS[direction],
-                status=_STATUSES.get(status, Status.PENDING),
-                status_reason=reason,
-                revision_number=revision,
-                created_at=None,
-                updated_at=None,
+        # binding_row_problem()'s checks inline (a thousand rows a router); its message only
+        # for a row that fails them. Only a str equals a str key (values a database returns
+        # are hashable).
+        if (
+            protocol in protocols
+            and direction in directions
+            and type(port) is int
+            and 1 <= port <= 65535
+            and isinstance(helper, str)
+        ):
+            append(
+                restore_binding_fields(
+                    b_id,
+                    router_id,
+                    project_id,
+                    protocols[protocol],
+                    port,
+                    helper,
+                    directions[direction],
+                    statuses.get(status, pending),
+                    reason,
+                    revision,
+                    None,
+                    None,
+                )
             )
-        )
+        else:
+            rejected.append(
+                (b_id, revision, binding_row_problem(protocol, port, helper, direction))
+            )
     return bindings, rejected
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import (
     BigInteger,
     Table,
+    Text,
     and_,
     bindparam,
     delete,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
 from cthm.domain import (
@@ -71,6 +73,23 @@ CHANGE_CHANNEL = "cthm_changes"
 PRUNE_EVERY = 100
 
 _STATUSES = {s.value: s for s in Status}
+
+# The change log's writes, built once (a statement built per call is compiled per call).
+_CHANGE_LOG = cast(Table, ChangeLogRow.__table__)
+_LOCK_CHANGE_LOG = select(func.pg_advisory_xact_lock(literal(CHANGE_LOG_LOCK_KEY, BigInteger)))
+_WRITE = insert(_CHANGE_LOG).returning(_CHANGE_LOG.c.revision)
+# PostgreSQL, one row: written and NOTIFYed (its revision, delivered at the commit) at once.
+_WRITTEN = (
+    insert(_CHANGE_LOG)
+    .values({name: bindparam(name) for name in ("router_id", "namespace", "kind", "time")})
+    .returning(_CHANGE_LOG.c.revision)
+    .cte("written")
+)
+_WRITE_ONE_AND_NOTIFY = select(
+    func.min(_WRITTEN.c.revision),
+    func.max(_WRITTEN.c.revision),
+    func.pg_notify(CHANGE_CHANNEL, cast_(func.max(_WRITTEN.c.revision), Text)),
+)
 _T = TypeVar("_T")
 
 _BINDING_COLUMNS = (
@@ -109,22 +128,23 @@ def write_change_log(
     connection = session.connection()
     postgresql = connection.dialect.name == "postgresql"
     if postgresql:
-        connection.execute(
-            select(func.pg_advisory_xact_lock(literal(CHANGE_LOG_LOCK_KEY, BigInteger)))
-        )
-    table = cast(Table, ChangeLogRow.__table__)
+        connection.execute(_LOCK_CHANGE_LOG)
     rows = [
         {"router_id": router_id, "namespace": namespace, "kind": kind, "time": now}
         for router_id, (namespace, kind) in changes.items()
     ]
-    revisions = list(connection.execute(insert(table).returning(table.c.revision), rows).scalars())
-    first, last = min(revisions), max(revisions)
-    if postgresql:
-        # Only the revision (NOTIFY payloads are limited): listeners re-read by revision.
-        connection.execute(select(func.pg_notify(CHANGE_CHANNEL, str(last))))
+    if postgresql and len(rows) == 1:
+        # The INSERT and its NOTIFY in one statement: one round trip fewer on every write.
+        first, last, _ = connection.execute(_WRITE_ONE_AND_NOTIFY, rows[0]).one()
+    else:
+        revisions = list(connection.execute(_WRITE, rows).scalars())
+        first, last = min(revisions), max(revisions)
+        if postgresql:
+            # Only the revision (NOTIFY payloads are limited): listeners re-read by revision.
+            connection.execute(select(func.pg_notify(CHANGE_CHANNEL, str(last))))
     every = max(1, min(PRUNE_EVERY, keep))
     if last // every != (first - 1) // every:
-        connection.execute(delete(table).where(table.c.revision <= last - keep))
+        connection.execute(delete(_CHANGE_LOG).where(_CHANGE_LOG.c.revision <= last - keep))
     return first, last
 
 

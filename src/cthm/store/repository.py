@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any, NamedTuple, NoReturn, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, event, func, insert, literal, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -109,6 +111,24 @@ _BUMP_ROUTER = (
     .where(_ROUTERS.c.id == bindparam("b_router"))
     .values(revision_number=bindparam("b_revision"), updated_at=bindparam("b_now"))
 )
+# The agents' status reports (set_router_statuses, set_binding_statuses): one executemany per
+# table for a run of routers (SQLite: see below), each row guarded by its revision (a report on
+# an older revision never overwrites newer state). Run as the driver's SQL: SQLAlchemy's
+# processing of each row's parameters cost more than the update itself (~5 us a row; a cold sync
+# of 100 routers x 1000 reports 100,000 rows).
+_STATUS_UPDATE = (
+    "UPDATE {table} SET status = {mark}, status_reason = {mark} "
+    "WHERE id = {mark} AND revision_number = {mark}"
+)
+# SQLite (3.33+: UPDATE ... FROM): the rows as one statement per chunk instead. sqlite3's
+# executemany releases the GIL around every row's step, and with the other agent worker running
+# Python each row waited for it again: 5,000 rows took ~120 ms instead of ~25 (measured).
+_SQLITE_STATUS_FROM = (
+    "UPDATE {table} SET status = v.column1, status_reason = v.column2 FROM (VALUES {values}) "
+    "AS v WHERE {table}.id = v.column3 AND {table}.revision_number = v.column4"
+)
+_SQLITE_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+_STATUS_CHUNK = 2000  # rows a statement: 8,000 parameters (SQLite's limit is 32,766 since 3.32)
 
 
 class _RouterHead(NamedTuple):
@@ -174,6 +194,18 @@ DESIRED_COLUMNS = (
     BindingRow.status_reason,
     BindingRow.revision_number,
 )
+# The agent's reads (store/desired.py), built once like the write path's statements above.
+_DESIRED_ORDER = (_BINDINGS.c.protocol, _BINDINGS.c.port, _BINDINGS.c.direction)
+_DESIRED_OF = (
+    select(*DESIRED_COLUMNS)
+    .where(_BINDINGS.c.router_id == bindparam("b_router"))
+    .order_by(*_DESIRED_ORDER)
+)
+# Every router's: a full resync's one read (ordered by router first, for restore_all_desired).
+_ALL_DESIRED = select(_BINDINGS.c.router_id, *DESIRED_COLUMNS).order_by(
+    _BINDINGS.c.router_id, *_DESIRED_ORDER
+)
+_DESIRED_SOME = _DESIRED_OF.where(_BINDINGS.c.id.in_(bindparam("b_ids", expanding=True)))
 
 
 def _binding(row: Any) -> HelperBinding:
@@ -393,15 +425,28 @@ class Repository:
     # --- bindings ------------------------------------------------------------------------
 
     def add_binding(
-        self, binding: HelperBinding, *, quota: BindingQuota | None = None
+        self,
+        binding: HelperBinding,
+        *,
+        quota: BindingQuota | None = None,
+        router: Router | None = None,
     ) -> HelperBinding:
         """quota: the limits of the router's project, checked in this transaction (None: none;
         the API always gives one). OverQuota if the binding would exceed one.
+        router: the binding's router as read in this unit of work (get_router) and not changed
+        in it since, so that it is not read again where no one else can have changed it
+        either (SQLite: this unit holds the write lock since its first statement; elsewhere
+        it is read again, locked); None: read here.
 
         Core statements, not ORM objects: this is the API's hottest write, and the ORM's flushes
         cost more than the statements themselves."""
         self._session.flush()  # what the ORM holds unwritten, before the Core statements below
-        head = self._router_head(binding.router_id)
+        if router is not None and router.id == binding.router_id:
+            head = _RouterHead(
+                router.id, router.project_id, router.namespace, router.revision_number
+            )
+        else:
+            head = self._router_head(binding.router_id)
         taken = (binding.router_id, binding.protocol, binding.port, binding.direction)
         self._raise_if_taken(*taken, exclude=None)
         if quota is not None and not quota.unlimited:
@@ -461,13 +506,13 @@ class Repository:
 
         The agent's hot path: one narrow query (see store/desired.py).
         """
-        statement = select(*DESIRED_COLUMNS).where(BindingRow.router_id == router_id)
-        if ids is not None:
-            statement = statement.where(BindingRow.id.in_(list(ids)))
         # Core, not the ORM's result processing: a thousand rows on every full sync.
-        rows = self._session.connection().execute(
-            statement.order_by(BindingRow.protocol, BindingRow.port, BindingRow.direction)
-        )
+        if ids is None:
+            rows = self._session.connection().execute(_DESIRED_OF, {"b_router": router_id})
+        else:
+            rows = self._session.connection().execute(
+                _DESIRED_SOME, {"b_router": router_id, "b_ids": list(ids)}
+            )
         return restore_desired(router_id, rows)
 
     def binding_revisions(self, router_id: str) -> dict[str, int]:
@@ -485,7 +530,8 @@ class Repository:
         found: list[tuple[str, int, Router | InvalidInput]] = []
         # Core rows, not ORM entities: every resync reads them all (as get_router does).
         self._session.flush()
-        for row in self._session.connection().execute(_ROUTER_ROWS):
+        # all(): fetched in one call, not row by row (~10 ms less for 10,000 rows).
+        for row in self._session.connection().execute(_ROUTER_ROWS).all():
             try:
                 found.append((row.id, row.revision_number, _router(row)))
             except InvalidInput as exc:  # the row was edited behind the API's back
@@ -496,12 +542,7 @@ class Repository:
         self,
     ) -> dict[str, tuple[list[HelperBinding], list[tuple[str, int, str]]]]:
         """desired_bindings() of every router, from one query."""
-        rows = self._session.connection().execute(
-            select(BindingRow.router_id, *DESIRED_COLUMNS).order_by(
-                BindingRow.router_id, BindingRow.protocol, BindingRow.port, BindingRow.direction
-            )
-        )
-        return restore_all_desired(rows)
+        return restore_all_desired(self._session.connection().execute(_ALL_DESIRED).all())
 
     def router_revision(self, router_id: str) -> int | None:
         """The stored revision without building (and so validating) the router."""
@@ -598,26 +639,38 @@ class Repository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def set_router_statuses(self, reports: Iterable[tuple[str, int, Status, str]]) -> None:
+        """Many (router id, revision, status, reason) at once, each guarded by its revision:
+        set_router_status() of each, in one statement (a cold sync reports every router)."""
+        self._set_statuses(_ROUTERS, reports)
+
     def set_binding_statuses(self, reports: Iterable[tuple[str, int, Status, str]]) -> None:
         """Many (binding id, revision, status, reason) at once, each guarded by its revision."""
+        self._set_statuses(_BINDINGS, reports)
+
+    def _set_statuses(self, table: Table, reports: Iterable[tuple[str, int, Status, str]]) -> None:
         rows = [
-            {
-                "b_id": b_id,
-                "b_rev": rev,
-                "b_status": st.value,
-                "b_reason": validate_status_reason(r),
-            }
-            for b_id, rev, st, r in reports
+            # Most reasons are empty (ACTIVE): nothing to clean.
+            (st.value, validate_status_reason(r) if r != "" else "", row_id, rev)
+            for row_id, rev, st, r in reports
         ]
         if not rows:
             return
-        table = cast(Table, BindingRow.__table__)
-        statement = (
-            update(table)
-            .where(table.c.id == bindparam("b_id"), table.c.revision_number == bindparam("b_rev"))
-            .values(status=bindparam("b_status"), status_reason=bindparam("b_reason"))
-        )
-        self._session.connection().execute(statement, rows)  # one executemany
+        connection = self._session.connection()
+        if connection.dialect.name == "sqlite" and _SQLITE_UPDATE_FROM:
+            # One row per id, the last report's (as the executemany would leave it).
+            last = list({row[2]: row for row in rows}.values())
+            for start in range(0, len(last), _STATUS_CHUNK):
+                chunk = last[start : start + _STATUS_CHUNK]
+                statement = _SQLITE_STATUS_FROM.format(
+                    table=table.name, values=", ".join(["(?, ?, ?, ?)"] * len(chunk))
+                )
+                connection.exec_driver_sql(statement, tuple(chain.from_iterable(chunk)))
+            return
+        # Positional parameters: `?` for sqlite3, `%s` for psycopg (format and pyformat).
+        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        statement = _STATUS_UPDATE.format(table=table.name, mark=mark)
+        connection.exec_driver_sql(statement, rows)  # one executemany
 
     # --- internals -----------------------------------------------------------------------
 
@@ -730,15 +783,19 @@ class Repository:
             self._note_change(row.id, row.namespace, CHANGE_MODIFIED)
 
     def _note_change(self, router_id: str, namespace: str, kind: str) -> None:
-        if not self._changes:
-            # Listened to only by units of work that change something: reads pay nothing.
-            event.listen(self._session, "before_commit", self._write_changes)
         self._changes.pop(router_id, None)  # re-inserted: dict order is change order
         self._changes[router_id] = (namespace, kind)
 
-    def _write_changes(self, session: Session) -> None:
+    def write_changes(self) -> None:
+        """The change log's rows of the changes noted so far; the unit of work calls it just
+        before its commit (rather than a session event listened to per unit: its registration
+        and dispatch cost more than the call)."""
+        if not self._changes:
+            return
         changes, self._changes = self._changes, {}
-        self.change_revisions = write_change_log(session, changes, self.change_history, _now())
+        self.change_revisions = write_change_log(
+            self._session, changes, self.change_history, _now()
+        )
         if self.change_revisions is not None and self.committing is not None:
             self.committing(self.change_revisions)
 

@@ -1,0 +1,123 @@
+"""The API's write path in the store (issues 13 and 14): a create given the router its unit of
+work read, the change log written and NOTIFYed in one statement on PostgreSQL, and pooled
+PostgreSQL connections pinged only after resting.
+
+On SQLite and PostgreSQL unless marked; rows are read back by hand (plain_sql).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from cthm.domain import Unavailable, new_binding, new_router
+from cthm.store import Store, engine
+from cthm.store.hosts import CHANGE_CHANNEL
+from support.databases import PlainSql
+from support.store import CATALOG, MakeRouter
+
+postgres_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+def test_a_create_given_its_router_bumps_the_routers_revision_once(
+    store: Store, make_router: MakeRouter, plain_sql: PlainSql
+) -> None:
+    router = make_router()
+    for port in (2000, 2001):
+        with store.unit_of_work() as repo:
+            read = repo.get_router(router.id)
+            wanted = new_binding(CATALOG, read, protocol="tcp", port=port, helper="ftp")
+            created = repo.add_binding(wanted, router=read)
+        assert created.project_id == router.project_id
+    assert plain_sql("SELECT revision_number FROM routers") == [(router.revision_number + 2,)]
+    assert sorted(plain_sql("SELECT port FROM conntrack_helpers")) == [(2000,), (2001,)]
+    kinds = plain_sql("SELECT router_id FROM change_log ORDER BY revision")
+    assert kinds[-2:] == [(router.id,), (router.id,)]
+
+
+def test_a_router_given_for_another_binding_is_not_used(
+    store: Store, make_router: MakeRouter, plain_sql: PlainSql
+) -> None:
+    first, second = make_router(name="a"), make_router(name="b", project_id="q")
+    with store.unit_of_work() as repo:
+        wanted = new_binding(CATALOG, second, protocol="tcp", port=2100, helper="ftp")
+        created = repo.add_binding(wanted, router=repo.get_router(first.id))
+    assert created.project_id == "q"
+    revisions = dict(plain_sql("SELECT id, revision_number FROM routers"))
+    assert revisions == {first.id: first.revision_number, second.id: second.revision_number + 1}
+
+
+def libpq_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@postgres_only
+def test_a_change_to_several_routers_notifies_its_last_revision_once(database_url: str) -> None:
+    store = Store(database_url)
+    listener = psycopg.connect(libpq_url(database_url), autocommit=True)
+    try:
+        listener.execute(f"LISTEN {CHANGE_CHANNEL}")
+        with store.unit_of_work() as repo:
+            first = repo.add_router(new_router(name="a", project_id="p"))
+            repo.add_router(new_router(name="b", project_id="p"))
+        with store.unit_of_work() as repo:
+            repo.delete_router(first.id)  # one router: the INSERT that NOTIFYs
+        payloads = [n.payload for n in listener.notifies(timeout=5.0, stop_after=2)]
+        with store.unit_of_work(write=False) as repo:
+            revisions = [c.revision for c in repo.hosts.changes_since(0, None, 10)]
+        assert len(revisions) == 3
+        assert payloads == [str(revisions[1]), str(revisions[2])]
+    finally:
+        listener.close()
+        store.close()
+
+
+@pytest.fixture
+def pg_store(database_url: str) -> Iterator[Store]:
+    store = Store(database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def terminate_cthm_sessions(plain_sql: PlainSql) -> int:
+    """Ends the store's pooled sessions on the server, as a restart or failover does."""
+    rows = plain_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname ="
+        " current_database() AND pid <> pg_backend_pid() AND application_name = 'cthm'"
+    )
+    return len(rows)
+
+
+@postgres_only
+def test_a_rested_connection_the_server_dropped_is_replaced_before_use(
+    pg_store: Store, plain_sql: PlainSql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "PING_IDLE", 0.0)  # every pooled connection counts as rested
+    with pg_store.unit_of_work() as repo:
+        repo.add_router(new_router(name="before", project_id="p"))
+    assert terminate_cthm_sessions(plain_sql) >= 1
+    with pg_store.unit_of_work() as repo:  # pinged, found dead, replaced: no error
+        repo.add_router(new_router(name="after", project_id="p"))
+    assert sorted(plain_sql("SELECT name FROM routers")) == [("after",), ("before",)]
+
+
+@postgres_only
+def test_a_busy_connection_is_not_pinged_and_a_drop_fails_one_request(
+    pg_store: Store, plain_sql: PlainSql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The price of not pinging at every checkout: a connection the server dropped within
+    PING_IDLE of its last use fails the one request that gets it (503), not the next."""
+    monkeypatch.setattr(engine, "PING_IDLE", 3600.0)
+    with pg_store.unit_of_work() as repo:
+        repo.add_router(new_router(name="before", project_id="p"))
+    assert terminate_cthm_sessions(plain_sql) >= 1
+    with pytest.raises(Unavailable), pg_store.unit_of_work() as repo:
+        repo.add_router(new_router(name="lost", project_id="p"))
+    with pg_store.unit_of_work() as repo:  # the pool replaced the dropped connections
+        repo.add_router(new_router(name="after", project_id="p"))
+    assert sorted(plain_sql("SELECT name FROM routers")) == [("after",), ("before",)]
