@@ -9,11 +9,9 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, event
 
 from cthm.agent import Agent, LocalStoreSource
@@ -22,17 +20,6 @@ from cthm.netfilter import FakeNftables, NftablesBackend
 from cthm.store import Store
 
 NAMESPACE = "qrouter-durability"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[Store, Path]]:
-    path = tmp_path / "cthm.db"
-    store = Store(f"sqlite:///{path}")
-    store.migrate()
-    try:
-        yield store, path
-    finally:
-        store.close()
 
 
 class Synchronous:

@@ -4,11 +4,9 @@ reports and when it counts as settled stay the same."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from agent_support import RefusingFake
 from sqlalchemy import Engine, event
 
@@ -19,17 +17,6 @@ from cthm.netfilter import NftablesBackend
 from cthm.store import Store
 
 ROUTERS = 12
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[Store, Path]]:
-    path = tmp_path / "cthm.db"
-    store = Store(f"sqlite:///{path}")
-    store.migrate()
-    try:
-        yield store, path
-    finally:
-        store.close()
 
 
 def routers(store: Store) -> list[tuple[Router, str]]:

@@ -36,6 +36,7 @@ from cthm.domain.errors import (
     Unavailable,
 )
 from cthm.domain.models import (
+    BINDING_FIELDS,
     NAMESPACE_PREFIX,
     Assignment,
     HelperBinding,
@@ -88,6 +89,7 @@ from cthm.domain.validation import (
 __all__ = [
     "AGENT_ID_NAMESPACE",
     "ALIASES",
+    "BINDING_FIELDS",
     "CHANGE_DELETED",
     "CHANGE_MODIFIED",
     "CHANGE_RESYNC",

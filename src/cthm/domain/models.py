@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 from cthm.domain.catalog import HelperCatalog, parse_protocol
@@ -159,6 +159,10 @@ def restore_binding(
     )
 
 
+# A binding's fields in declaration order: restore_binding_fields()'s parameters, and the columns
+# the store reads and writes for a binding.
+BINDING_FIELDS: tuple[str, ...] = tuple(field.name for field in fields(HelperBinding))
+
 # The slots' own setters, as a frozen dataclass's __init__ bypasses its __setattr__; called
 # directly they skip object.__setattr__'s name lookup (measured: 1.35 -> 0.7 us a binding).
 _new_object = object.__new__
@@ -175,23 +179,7 @@ _new_object = object.__new__
     _set_revision_number,
     _set_created_at,
     _set_updated_at,
-) = (
-    HelperBinding.__dict__[name].__set__
-    for name in (
-        "id",
-        "router_id",
-        "project_id",
-        "protocol",
-        "port",
-        "helper",
-        "direction",
-        "status",
-        "status_reason",
-        "revision_number",
-        "created_at",
-        "updated_at",
-    )
-)
+) = (HelperBinding.__dict__[name].__set__ for name in BINDING_FIELDS)
 
 
 def restore_binding_fields(

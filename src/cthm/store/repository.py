@@ -16,6 +16,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from cthm.domain import (
+    BINDING_FIELDS,
     CHANGE_DELETED,
     CHANGE_MODIFIED,
     CHANGE_RESYNC,
@@ -62,20 +63,6 @@ ROUTER_FIELDS = (
     "name",
     "project_id",
     "namespace",
-    "status",
-    "status_reason",
-    "revision_number",
-    "created_at",
-    "updated_at",
-)
-BINDING_FIELDS = (
-    "id",
-    "router_id",
-    "project_id",
-    "protocol",
-    "port",
-    "helper",
-    "direction",
     "status",
     "status_reason",
     "revision_number",
