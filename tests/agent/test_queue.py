@@ -156,3 +156,58 @@ def test_an_added_key_wakes_a_worker_even_while_someone_waits_for_the_queue() ->
     worker_thread.join(5.0)
     waiter.join(5.0)
     assert got == ["r1"]
+
+
+def test_keys_added_back_to_back_wake_one_idle_worker_each() -> None:
+    # Each key wakes one idle worker (not all of them): a second key added while the first
+    # worker is still busy with the first must reach the other worker.
+    q = WorkQueue()
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            key = q.get()  # no timeout: only a wake-up brings it back
+        except ShutDown:
+            return
+        with lock:
+            got.append(str(key))
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert q.wait_until(lambda: _waiters(q) == 2, 5.0)
+        q.add("a")
+        q.add("b")
+        for thread in threads:
+            thread.join(5.0)
+        assert sorted(got) == ["a", "b"]
+    finally:
+        q.shutdown()  # releases a worker left waiting if a wake-up was lost
+
+
+def test_a_delayed_key_wakes_an_idle_worker_when_due() -> None:
+    q = WorkQueue()
+    got: list[str | None] = []
+
+    def worker() -> None:
+        try:
+            got.append(q.get())  # no timeout until told of the delayed key
+        except ShutDown:
+            return
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        assert q.wait_until(lambda: _waiters(q) == 1, 5.0)
+        q.add_after("a", 0.01)
+        thread.join(5.0)
+        assert got == ["a"]
+    finally:
+        q.shutdown()
+
+
+def _waiters(q: WorkQueue) -> int:
+    """Workers blocked in get(): the count CPython's Condition keeps of its waiters."""
+    return len(q._cond._waiters)  # type: ignore[attr-defined]

@@ -5,7 +5,8 @@ of a table this backend just wrote is known without a text listing, and only of 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -23,6 +24,7 @@ OWNER = "6f1d2c3b-0000-4000-8000-00000000000b"
 OTHER = "6f1d2c3b-0000-4000-8000-00000000000c"
 FTP = [Assignment(TCP, 21, "ftp"), Assignment(TCP, 2121, "ftp"), Assignment(UDP, 69, "tftp")]
 LIST = "list table inet cthm"
+T = TypeVar("T")
 
 
 class TrackedSpy:
@@ -180,3 +182,56 @@ def test_output_direction_and_partial_updates_keep_reads_exact(
     assert after == backend.desired(changed)
     # The update committed: the next full read lists again and sees it.
     assert backend.read(namespace) == backend.desired(changed)
+
+
+class BatchingSpy(TrackedSpy):
+    """TrackedSpy that also lets the backend batch its calls in one visit and probe tables
+    (as the agent's runner does)."""
+
+    def batch(self, job: Callable[[], T], namespace: str | None = None) -> T:
+        return self.inner.batch(job, namespace)
+
+    def table_exists(self, namespace: str, table: str) -> bool | None:
+        return self.inner.table_exists(namespace, table)
+
+    def generation(self, namespace: str) -> Generation | None:
+        return self.inner.generation(namespace)
+
+
+def test_a_sync_in_one_visit_knows_its_own_commit_without_a_text_listing(
+    lib: LibNftablesRunner, netns: NamespaceFactory
+) -> None:
+    """sync()'s read, apply and read-back share one visit of the namespace, where a call's
+    generation before is the one the previous call left: the read-back still knows the table
+    is the one its apply committed (its owner, no text listing), and a commit by anyone else
+    is still seen."""
+    spy = BatchingSpy(lib)
+    backend = NftablesBackend(spy, owner=OWNER)
+    namespace = netns.create("visit")
+    want = backend.desired(FTP)
+    before, after = backend.sync(namespace, FTP, want)
+    assert (before, after) == (None, want)
+    assert after is not None
+    assert after.owner == OWNER
+    assert [json for _, json in spy.ran()] == [False, True]  # the apply, one JSON listing
+    spy.calls.clear()
+    assert backend.sync(namespace, FTP, want) == (want, None)
+    assert spy.ran() == []
+    # Another deployment's table in its place: listed, replaced, and ours again after.
+    nft(
+        namespace,
+        "-f",
+        "-",
+        stdin=f'delete table inet cthm\nadd table inet cthm {{ comment "cthm:{OTHER}"; }}\n',
+    )
+    before, after = backend.sync(namespace, FTP, want)
+    assert before is not None
+    assert before.owner == OTHER
+    assert after == want
+    assert after is not None
+    assert after.owner == OWNER
+    # Deleted by hand: known by netlink that it is gone (no failing listing), written again.
+    nft(namespace, "delete", "table", "inet", "cthm")
+    spy.calls.clear()
+    assert backend.sync(namespace, FTP, want) == (None, want)
+    assert [json for _, json in spy.ran()] == [False, True]

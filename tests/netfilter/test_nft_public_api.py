@@ -14,6 +14,7 @@ import cthm
 import cthm.netfilter
 
 EXPECTED = {
+    "AGENT_THREADS",
     "IPTABLES_FLAVOURS",
     "NETNS_DIR",
     "RUNNER_KINDS",
@@ -47,6 +48,7 @@ EXPECTED = {
     "Operation",
     "RawTable",
     "Shadow",
+    "ShardedRunner",
     "SubprocessRunner",
     "Transaction",
     "UnsafeNamespace",

@@ -6,6 +6,7 @@ no-op sync of an unchanged table needs the runner's thread not at all."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from cthm.netfilter import (
     NftError,
     UnsafeValue,
 )
+from cthm.netfilter.netns import NETNS_DIR
 from cthm.netfilter.runner import Generation
 from cthm.testing import NamespaceFactory
 
@@ -175,3 +177,61 @@ def test_a_noop_sync_of_an_unchanged_table_needs_not_the_runner_thread(
     assert before is not None
     assert Assignment(TCP, 990, "ftp") in before.assignments
     assert after == want
+
+
+def test_a_visit_enters_once_and_calls_on_other_namespaces_land_in_theirs(
+    lib: LibNftablesRunner, netns: NamespaceFactory
+) -> None:
+    """batch(job, namespace): the job's calls on that namespace run inside it without entering
+    it again; a call on another namespace from inside the visit lands in that one, and the
+    visit goes on in its own; afterwards the runner's thread is back in its own namespace."""
+    visited, other = netns.create("visit"), netns.create("elsewhere")
+
+    def job() -> tuple[bool | None, bool | None]:
+        lib.run(visited, "add table inet first\n")
+        lib.run(other, "add table inet second\n")
+        lib.run(visited, "add table inet third\n")
+        return lib.table_exists(visited, "third"), lib.table_exists(other, "third")
+
+    assert lib.batch(job, visited) == (True, False)
+    assert nft(visited, "list", "tables").split() == [
+        "table", "inet", "first", "table", "inet", "third"
+    ]  # fmt: skip
+    assert nft(other, "list", "tables").split() == ["table", "inet", "second"]
+    home = os.readlink("/proc/self/ns/net")
+    assert lib.batch(lambda: os.readlink("/proc/thread-self/ns/net")) == home
+    assert lib.batch(lambda: os.readlink("/proc/thread-self/ns/net"), visited) != home
+    assert lib.batch(lambda: os.readlink("/proc/thread-self/ns/net")) == home
+
+
+def test_a_visit_of_a_missing_namespace_fails_as_its_calls_do(
+    lib: LibNftablesRunner, netns: NamespaceFactory
+) -> None:
+    gone = netns.create("gone") + "-never"
+    with pytest.raises(NamespaceNotFound):
+        lib.batch(lambda: lib.run(gone, "list tables"), gone)
+    with pytest.raises(ValueError, match="job's own"):
+        lib.batch(lambda: (_ for _ in ()).throw(ValueError("the job's own error")), gone)
+
+
+def test_a_name_that_is_no_longer_its_namespace_has_no_generation(
+    lib: LibNftablesRunner, netns: NamespaceFactory
+) -> None:
+    """generation() knows the instance by one lstat of its name: a symbolic link (even to a
+    namespace with a context) or a plain file under that name is never answered for."""
+    name, other = netns.create("gname"), netns.create("gother")
+    lib.run_tracked(name, "add table inet cthm")
+    lib.run_tracked(other, "add table inet cthm")
+    assert lib.generation(name) is not None
+    netns.delete(name)
+    path = NETNS_DIR / name
+    try:
+        path.symlink_to(NETNS_DIR / other)
+        assert lib.generation(name) is None
+        assert lib.generation(other) is not None
+        path.unlink()
+        path.touch()  # as `ip netns add` leaves it before its mount
+        assert lib.generation(name) is None
+    finally:
+        if path.is_symlink() or (path.is_file() and not path.is_mount()):
+            path.unlink()

@@ -35,7 +35,7 @@ from cthm.domain import (
     new_router,
 )
 from cthm.store import Store
-from cthm.store.hosts import CHANGE_CHANNEL
+from cthm.store.hosts import CHANGE_CHANNEL, CHANGE_LOG_LOCK_KEY
 from cthm.store.store import migration_head
 from cthm.store.tokens import hash_secret
 from cthm.testing.service import CTHM, clean_env
@@ -495,6 +495,62 @@ def test_change_log_revisions_become_visible_in_order(replicas: tuple[Store, Sto
 
 def _dawdle(_connection: Any) -> None:
     time.sleep(random.uniform(0, 0.01))
+
+
+@postgres_only
+def test_a_write_takes_its_change_log_revision_only_once_it_holds_the_lock(
+    database_url: str, store: Store
+) -> None:
+    """The change-log lock, the INSERT and its NOTIFY are one statement: the revision (the
+    sequence's next value) must still be taken after the lock is granted, not while waiting,
+    or a writer waiting behind the holder would commit a smaller revision after its bigger one."""
+    with store.unit_of_work() as repo:
+        router = repo.add_router(new_router(name="r", project_id="p"))
+    holder = psycopg.connect(libpq_url(database_url))
+    outcome: list[BaseException | None] = []
+    try:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGE_LOG_LOCK_KEY,))
+
+        def create() -> None:
+            try:
+                with store.unit_of_work() as repo:
+                    repo.add_binding(
+                        new_binding(CATALOG, router, protocol="tcp", port=21, helper="ftp")
+                    )
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=create, daemon=True)
+        writer.start()
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while not _waits_for_an_advisory_lock(holder):  # the create queued behind the holder
+            assert writer.is_alive(), outcome
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        held = holder.execute(
+            "INSERT INTO change_log (router_id, namespace, kind, time)"
+            " VALUES (%s, %s, 'MODIFIED', now()) RETURNING revision",
+            (router.id, router.namespace),
+        ).fetchone()
+        holder.commit()
+        writer.join(JOIN_TIMEOUT)
+    finally:
+        holder.close()
+    assert outcome == [None]
+    with store.unit_of_work(write=False) as repo:
+        revisions = [c.revision for c in repo.hosts.changes_since(0, None, 1000)]
+    assert held is not None
+    assert revisions[-2:] == [held[0], revisions[-1]]
+    assert revisions[-1] > held[0]
+
+
+def _waits_for_an_advisory_lock(connection: psycopg.Connection[Any]) -> bool:
+    row = connection.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).fetchone()
+    return bool(row and row[0])
 
 
 @postgres_only

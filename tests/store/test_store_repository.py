@@ -23,6 +23,7 @@ from cthm.domain import (
     new_router,
 )
 from cthm.store import Store
+from support.databases import PlainSql
 from support.store import MakeBinding, MakeRouter, Snapshot
 
 ALL = ListQuery()
@@ -342,6 +343,32 @@ def test_duplicate_binding_is_a_conflict_naming_the_existing_one(
         assert existing.id in str(info.value)
         assert "tcp/21" in str(info.value)
     assert snapshot() == before
+
+
+def test_a_binding_create_is_its_row_a_router_revision_a_change_and_an_audit_event(
+    store: Store, make_router: MakeRouter, make_binding: MakeBinding, plain_sql: PlainSql
+) -> None:
+    """A create writes its binding, the router's next revision, one change-log row and one
+    audit event, all or (a conflict: the port taken) none of them."""
+    router = make_router()
+
+    def counts() -> tuple[int, int, int]:
+        ((revision,),) = plain_sql(f"SELECT revision_number FROM routers WHERE id = '{router.id}'")
+        ((changes,),) = plain_sql("SELECT count(*) FROM change_log")
+        ((events,),) = plain_sql("SELECT count(*) FROM audit_events")
+        return revision, changes, events
+
+    revision, changes, events = counts()
+    created = make_binding(router, "tcp", 21, "ftp")
+    assert counts() == (revision + 1, changes + 1, events + 1)
+    rows = plain_sql(
+        f"SELECT router_id, project_id, port FROM conntrack_helpers WHERE id = '{created.id}'"
+    )
+    assert [tuple(row) for row in rows] == [(router.id, router.project_id, 21)]
+    assert created.project_id == router.project_id
+    with pytest.raises(BindingConflict):
+        make_binding(router, "tcp", 21, "sip")
+    assert counts() == (revision + 1, changes + 1, events + 1)
 
 
 def test_same_port_other_protocol_or_other_router_is_fine(

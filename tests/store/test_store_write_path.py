@@ -7,10 +7,13 @@ On SQLite and PostgreSQL unless marked; rows are read back by hand (plain_sql).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from cthm.domain import Unavailable, new_binding, new_router
@@ -48,6 +51,52 @@ def test_a_router_given_for_another_binding_is_not_used(
     assert created.project_id == "q"
     revisions = dict(plain_sql("SELECT id, revision_number FROM routers"))
     assert revisions == {first.id: first.revision_number, second.id: second.revision_number + 1}
+
+
+@postgres_only
+def test_a_create_given_its_router_is_two_statements_on_postgresql(
+    store: Store, make_router: MakeRouter, plain_sql: PlainSql
+) -> None:
+    """After the router's read: the router's bump, the binding and its audit event in one
+    statement, the change log's lock, row and NOTIFY in another (was 7: a SELECT of the port,
+    the router locked, the binding, the bump, the event, the lock, the change log)."""
+    router = make_router()
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    try:
+        with store.unit_of_work() as repo:
+            read = repo.get_router(router.id)
+            event.listen(store._engine, "before_cursor_execute", record)  # the commit's too
+            wanted = new_binding(CATALOG, read, protocol="tcp", port=2200, helper="ftp")
+            created = repo.add_binding(wanted, router=read)
+    finally:
+        if event.contains(store._engine, "before_cursor_execute", record):
+            event.remove(store._engine, "before_cursor_execute", record)
+    assert len(statements) == 2, statements
+    assert "INSERT INTO conntrack_helpers" in statements[0]
+    assert "INSERT INTO audit_events" in statements[0]
+    assert "INSERT INTO change_log" in statements[1]
+    rows = plain_sql(
+        "SELECT action, status_code, target_project_id, after FROM audit_events"
+        f" WHERE target_id = '{created.id}'"
+    )
+    assert len(rows) == 1
+    action, status_code, project_id, after = rows[0]
+    assert (action, status_code, project_id) == (
+        "create_router_conntrack_helper",
+        201,
+        router.project_id,
+    )
+    after = after if isinstance(after, dict) else json.loads(after)
+    assert (after["id"], after["project_id"], after["port"]) == (
+        created.id,
+        router.project_id,
+        2200,
+    )
+    assert plain_sql("SELECT revision_number FROM routers") == [(router.revision_number + 1,)]
 
 
 def libpq_url(url: str) -> str:

@@ -107,6 +107,9 @@ class RouterReport:
     status: Status
     reason: str = ""
     bindings: tuple[BindingReport, ...] = field(default=())
+    # False: the router's status and reason are the ones its desired state was read with (only
+    # bindings changed); a source may then leave the router's row unwritten.
+    router_changed: bool = True
 
 
 class DesiredStateSource(TypingProtocol):

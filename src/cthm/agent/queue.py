@@ -30,7 +30,12 @@ class WorkQueue:
         self._base_delay = base_delay
         self._max_delay = max_delay
         self._clock = clock
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        # Workers wait on _cond, woken one per key made ready (waking them all for each key
+        # woke every idle worker, and each took the GIL, in a change's way to the kernel);
+        # wait_until() callers on _watched, all woken at every change. One lock for both.
+        self._cond = threading.Condition(lock)
+        self._watched = threading.Condition(lock)
         self._ready: deque[str] = deque()
         self._waiting: set[str] = set()  # in _ready
         self._processing: set[str] = set()
@@ -54,7 +59,7 @@ class WorkQueue:
                 return
             self._waiting.add(key)
             self._ready.append(key)
-            self._notify()
+            self._notify(1)
 
     def add_after(self, key: str, delay: float) -> None:
         if delay <= 0:
@@ -70,7 +75,7 @@ class WorkQueue:
             self._delayed_due[key] = due
             self._seq += 1
             heapq.heappush(self._delayed, (due, self._seq, key))
-            self._notify()
+            self._notify(1)  # a worker waits until the earliest due key
 
     def retry(self, key: str) -> float:
         """Requeues a failed key after its next backoff delay; returns that delay."""
@@ -113,12 +118,14 @@ class WorkQueue:
     def done(self, key: str) -> None:
         with self._cond:
             self._processing.discard(key)
+            ready = 0
             if key in self._dirty:
                 self._dirty.discard(key)
                 if key not in self._waiting:
                     self._waiting.add(key)
                     self._ready.append(key)
-            self._notify()
+                    ready = 1
+            self._notify(ready)
 
     def idle(self) -> bool:
         """Nothing ready, delayed or in flight."""
@@ -146,18 +153,20 @@ class WorkQueue:
             with self._cond:
                 # A change between the check and here would otherwise go unheard for the wait.
                 if self._changes == seen:
-                    self._cond.wait(min(remaining, 0.05))
+                    self._watched.wait(min(remaining, 0.05))
 
     def shutdown(self) -> None:
         with self._cond:
             self._shutdown = True
-            self._notify()
+            self._cond.notify_all()
+            self._notify(0)
 
-    def _notify(self) -> None:
-        # All waiters: a wait_until() caller shares the condition with the workers, and waking
-        # only it would leave a new key unclaimed until some later notification.
+    def _notify(self, workers: int) -> None:
+        """A change (the lock held): `workers` idle workers woken, every wait_until()."""
         self._changes += 1
-        self._cond.notify_all()
+        if workers:
+            self._cond.notify(workers)
+        self._watched.notify_all()
 
     def __len__(self) -> int:
         with self._cond:

@@ -804,6 +804,8 @@ class Reconciler:
                 router_status,
                 router_reason,
                 tuple(bindings),
+                router_changed=(router.status, router.status_reason)
+                != (router_status, router_reason),
             )
         )
         return tuple(bindings)

@@ -4,7 +4,9 @@ reload() serves the agent's partial syncs: the router row is read (and validated
 its bindings are taken from the last desired state while the router's revision is unchanged
 (every binding change through the store moves it), else only the bindings changed are read
 again: the store's revision notes name them when every new revision was committed by this
-process (store/revisions.py: no scan at all), else a narrow id/revision query finds them
+process (store/revisions.py: no scan at all), and give them as committed when its writes did
+(an API's create, update or delete: then no binding is read, only the router's row), else a
+narrow id/revision query finds them
 (~2 ms for 1000 rows, against ~5 ms to read and convert them all). Rows edited behind the
 store's back are seen by the next load() (every full sync: start, failure, the periodic
 resync).
@@ -71,9 +73,14 @@ class LocalStoreSource:
                 return DesiredRouter(router, last.bindings)
             noted = None
             if not last.rejected:
-                noted = self._store.revision_notes.changed(
-                    router_id, last.router.revision_number, router.revision_number
-                )
+                notes = self._store.revision_notes
+                since, now = last.router.revision_number, router.revision_number
+                # The bindings as this process committed them: none read (an API write's way
+                # to the kernel, issue 14); else the ones named read again.
+                edits = notes.edits(router_id, since, now)
+                if edits is not None:
+                    return _edited(router, last, edits)
+                noted = notes.changed(router_id, since, now)
             if noted is not None:
                 fresh, rejected = repo.desired_bindings(router.id, noted) if noted else ([], [])
                 return _noted(router, last, noted, fresh, rejected)
@@ -122,8 +129,12 @@ class LocalStoreSource:
         # One statement per table for the whole run (executemany, rows in the reports' order):
         # a cold sync's statement per router was ~1 ms of SQLAlchemy work each.
         with self._store.unit_of_work(durable=False) as repo:
+            # A router whose status the report leaves as read: its row not written (an add's
+            # report is then one statement).
             repo.set_router_statuses(
-                (r.router_id, r.revision_number, r.status, r.reason) for r in reports
+                (r.router_id, r.revision_number, r.status, r.reason)
+                for r in reports
+                if r.router_changed
             )
             repo.set_binding_statuses(
                 (b.binding_id, b.revision_number, b.status, b.reason)
@@ -217,6 +228,19 @@ def _noted(
         return desired
     # How it came from `last` (the reconciler edits what it derived by these alone).
     return replace(desired, edit=BindingEdit(last.bindings, changed, tuple(fresh)))
+
+
+def _edited(
+    router: Router, last: DesiredRouter, edits: dict[str, HelperBinding | None]
+) -> DesiredRouter:
+    """`last` with the bindings the revision notes give (as their writes committed them)."""
+    # Without the timestamps, as a read for the agent gives them (restore_desired).
+    fresh = [
+        replace(binding, created_at=None, updated_at=None)
+        for binding in edits.values()
+        if binding is not None
+    ]
+    return _noted(router, last, frozenset(edits), fresh, ())
 
 
 def _order(binding: HelperBinding) -> tuple[str, int, str]:

@@ -14,6 +14,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import Literal, NamedTuple, overload
 
 from cthm.domain import Assignment, Direction, Protocol
 from cthm.netfilter.errors import NftNotFound, UnsafeValue
@@ -48,6 +49,14 @@ SetKey = tuple[Direction, str, Protocol]
 _TABLE_HANDLE = re.compile(
     rf'"table": {{"family": "{TABLE_FAMILY}", "name": "{TABLE_NAME}", "handle": (\d+)'
 )
+
+
+class _Listing(NamedTuple):
+    """A JSON listing of cthm's table not parsed yet, and the generation it was listed at (None:
+    unknown, or not one state throughout)."""
+
+    text: str
+    generation: Generation | None
 
 
 def _sort_key(a: Assignment) -> tuple[Protocol, int, Direction]:
@@ -147,9 +156,26 @@ class NftablesBackend:
         """cthm's table in the namespace; None when there is none."""
         return self._read(namespace, ask_first=True)
 
-    def _read(self, namespace: str, *, ask_first: bool) -> KernelTable | None:
+    @overload
+    def _read(
+        self, namespace: str, *, ask_first: bool, probe: bool = ..., raw: Literal[False] = ...
+    ) -> KernelTable | None: ...
+
+    @overload
+    def _read(
+        self, namespace: str, *, ask_first: bool, probe: bool = ..., raw: bool
+    ) -> KernelTable | _Listing | None: ...
+
+    def _read(
+        self, namespace: str, *, ask_first: bool, probe: bool = False, raw: bool = False
+    ) -> KernelTable | _Listing | None:
         """read(); ask_first: the generation is asked from this thread before anything (False:
-        the caller just asked it)."""
+        the caller just asked it); probe: whether the table exists is asked first even for a
+        namespace listed before (in sync()'s visit that costs one netlink question, and a table
+        deleted behind our back then costs no failing nft run); raw: a listing not known
+        already is returned unparsed, for the caller to `_finish` (sync(): parsed on the
+        agent's thread, not on the runner's, whose next namespace's nft work goes on
+        meanwhile)."""
         with self._parsed_lock:
             last = self._parsed.get(namespace)
             since = self._listed.get(namespace) if last is not None else None
@@ -157,8 +183,7 @@ class NftablesBackend:
         # Nothing known of the namespace (and no apply of ours since): ask whether the table
         # exists at all before listing it. Known namespaces skip this (their generation does).
         if (
-            since is None
-            and not committed
+            (probe or (since is None and not committed))
             and self._table_probe is not None
             and self._table_probe.table_exists(namespace, TABLE_NAME) is False
         ):
@@ -182,6 +207,21 @@ class NftablesBackend:
         except NftNotFound:
             self._forget(namespace)
             return None
+        if raw and (last is None or last[0] != text):
+            return _Listing(text, generation)
+        return self._finish(namespace, _Listing(text, generation), last)
+
+    def _finish(
+        self,
+        namespace: str,
+        listing: _Listing,
+        last: tuple[str, KernelTable | None] | None = None,
+    ) -> KernelTable | None:
+        """The table of a listing of cthm's table in the namespace (read()'s second half):
+        parsed, its owner known, remembered as the namespace's last listing. Any thread may
+        finish a listing: (text, generation) pairs are always one listing's, so whichever
+        finishes last leaves a true pair."""
+        text, generation = listing
         if last is not None and last[0] == text:
             table: KernelTable | None = last[1]
         else:
@@ -287,7 +327,11 @@ class NftablesBackend:
         """Replaces cthm's table with exactly `assignments`, in one transaction; afterwards
         `read(namespace) == self.desired(assignments)`, marked with this backend's owner.
         Nothing else in the namespace changes."""
-        text = str(render(assignments, self.owner))  # raises UnsafeValue before anything runs
+        # render() raises UnsafeValue before anything runs.
+        self._apply_text(namespace, str(render(assignments, self.owner)))
+
+    def _apply_text(self, namespace: str, text: str) -> None:
+        """apply() of the rendered transaction `text`."""
         if self._tracked is None:
             self.runner.run(namespace, text)
             return
@@ -315,15 +359,23 @@ class NftablesBackend:
         known = self._last_if_unchanged(namespace)
         if known is not None and known[0] == want:
             return known[0], None
+        # Rendered here, on the caller's thread, as the read-back is parsed here below: the
+        # runner's thread, every sync's serial path, does only the kernel work, and its next
+        # namespace's nft runs (without the GIL) while this thread does the Python.
+        text = str(render(assignments, self.owner))  # raises UnsafeValue before anything runs
 
-        def job() -> tuple[KernelTable | None, KernelTable | None]:
-            before = self._read(namespace, ask_first=False)
+        def job() -> tuple[KernelTable | None, KernelTable | _Listing | None]:
+            before = self._read(namespace, ask_first=False, probe=True)
             if before == want:
                 return before, None
-            self.apply(namespace, assignments)
-            return before, self._read(namespace, ask_first=False)  # (moved: our commit)
+            self._apply_text(namespace, text)
+            return before, self._read(namespace, ask_first=False, raw=True)  # (our commit)
 
-        return job() if self._batcher is None else self._batcher.batch(job)
+        # One visit of the namespace: entered once for the three calls (LibNftablesRunner).
+        before, after = job() if self._batcher is None else self._batcher.batch(job, namespace)
+        if isinstance(after, _Listing):
+            after = self._finish(namespace, after)
+        return before, after
 
     def update(
         self, namespace: str, verified: object, assignments: Sequence[Assignment]

@@ -175,6 +175,20 @@ def shared_assignment(
     return found
 
 
+def shared_assignments(
+    protocol: Protocol, ports: list[int], helper: str, direction: Direction
+) -> list[Assignment]:
+    """shared_assignment() of each port (a read-back's set of a thousand: no call a port)."""
+    if len(_SHARED) + len(ports) > _MAX_SHARED:
+        _SHARED.clear()
+    get, setdefault = _SHARED.get, _SHARED.setdefault
+    # (An Assignment is always true: `or` makes one only for a key not shared yet.)
+    return [
+        get(key := (protocol, port, helper, direction)) or setdefault(key, Assignment(*key))
+        for port in ports
+    ]
+
+
 def share(assignment: Assignment) -> Assignment:
     """The shared Assignment equal to this checked one (it becomes that one if none is); one
     not exactly of the types a read-back holds (a subclass, a str for an enum) is not shared."""
@@ -194,6 +208,44 @@ def share(assignment: Assignment) -> Assignment:
             _SHARED.clear()
         found = _SHARED.setdefault(key, assignment)
     return found
+
+
+# Helper objects likewise, shared by desired tables and read-backs (a handful of values in any
+# deployment): comparing a read-back's helpers with the desired ones finds the same objects.
+_SHARED_HELPERS: dict[tuple[str, str, Protocol, str], HelperObject] = {}
+
+
+def shared_helper(name: str, helper_type: str, protocol: Protocol, l3proto: str) -> HelperObject:
+    """The one shared HelperObject of these values."""
+    key = (name, helper_type, protocol, l3proto)
+    found = _SHARED_HELPERS.get(key)
+    if found is None:
+        if len(_SHARED_HELPERS) >= 4096:
+            _SHARED_HELPERS.clear()
+        found = _SHARED_HELPERS.setdefault(key, HelperObject(*key))
+    return found
+
+
+def share_all(assignments: list[Assignment]) -> tuple[Assignment, ...]:
+    """share() of each (a desired table's thousand: no call an assignment)."""
+    if len(_SHARED) + len(assignments) > _MAX_SHARED:
+        _SHARED.clear()
+    get, setdefault = _SHARED.get, _SHARED.setdefault
+    shared = []
+    for a in assignments:
+        protocol, port, helper, direction = a.protocol, a.port, a.helper, a.direction
+        if (
+            type(a) is Assignment
+            and type(protocol) is Protocol
+            and type(direction) is Direction
+            and type(port) is int
+            and type(helper) is str
+        ):
+            # (An Assignment is always true: `or` keeps `a` only for a key not shared yet.)
+            key = (protocol, port, helper, direction)
+            a = get(key) or setdefault(key, a)
+        shared.append(a)
+    return tuple(shared)
 
 
 def check_owner(value: object) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import repeat
 from typing import Any
 
 from cthm.domain import Assignment, Direction, Protocol
@@ -34,6 +35,8 @@ from cthm.netfilter.model import (
     owner_from_comment,
     set_name,
     shared_assignment,
+    shared_assignments,
+    shared_helper,
 )
 
 _RULE_KEYS = frozenset({"family", "table", "chain", "handle", "expr"})
@@ -75,6 +78,13 @@ def _ours(body: Any) -> bool:
 def parse_table(nft_json_text: str) -> KernelTable | None:
     """cthm's table from nft's JSON listing; None when the listing holds no such table."""
     items = _loads(nft_json_text)
+    # Every full sync reads back a table render wrote: checked as a whole against what render
+    # writes (a few dict comparisons an item); anything else is described by the general walk.
+    clean = _as_rendered(items)
+    return clean if clean is not None else _parse_items(items)
+
+
+def _parse_items(items: list[dict[str, Any]]) -> KernelTable | None:
     table_seen = False
     owner: str | None = None
     garbage: list[str] = []
@@ -181,6 +191,158 @@ def parse_table(nft_json_text: str) -> KernelTable | None:
         assignments=tuple(item[3] for item in keyed),
         helpers=frozenset(helpers.values()),
         garbage=tuple(garbage),
+        owner=owner,
+    )
+
+
+_HELPER_KEYS = frozenset({"family", "name", "table", "handle", "type", "protocol", "l3proto"})
+_CHAIN_KEYS = frozenset({"family", "table", "name", "handle", "type", "hook", "prio", "policy"})
+_PROTOCOLS = {protocol.value: protocol for protocol in Protocol}
+# A base chain as render writes it, but its handle.
+_RENDERED_CHAINS = {
+    spec.name: {
+        "family": TABLE_FAMILY,
+        "table": TABLE_NAME,
+        "name": spec.name,
+        "type": spec.type,
+        "hook": spec.hook,
+        "prio": spec.priority,
+        "policy": spec.policy,
+    }
+    for spec in CHAINS.values()
+}
+# A chain's sets are named for its direction: set_name(direction, helper object name).
+_SET_PREFIXES = {spec.name: set_name(spec.direction, "") for spec in CHAINS.values()}
+# A set rule's statements as nft lists what render writes, per (protocol, set, helper object);
+# a handful in any deployment, bounded anyway.
+_RULE_EXPRS: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+
+
+def _rule_expr(protocol: str, set_name: str, helper_name: str) -> list[dict[str, Any]]:
+    key = (protocol, set_name, helper_name)
+    expr = _RULE_EXPRS.get(key)
+    if expr is None:
+        if len(_RULE_EXPRS) >= 4096:
+            _RULE_EXPRS.clear()
+        left = {"payload": {"protocol": protocol, "field": "dport"}}
+        match = {"match": {"op": "==", "left": left, "right": f"@{set_name}"}}
+        expr = _RULE_EXPRS.setdefault(key, [match, {"ct helper": helper_name}])
+    return expr
+
+
+def _as_rendered(items: list[dict[str, Any]]) -> KernelTable | None:
+    """The table when the listing is exactly one `render` writes (only cthm's table, each item
+    with exactly render's attributes, every helper object, set and chain used); None for
+    anything else, which the general walk (_parse_items) then reads. Both give the same table
+    for such a listing (tests/netfilter/test_nft_parse.py holds them equal)."""
+    table_seen = False
+    owner: str | None = None
+    helpers: dict[str, HelperObject] = {}
+    sets: dict[str, Any] = {}
+    chains: set[str] = set()
+    rules: list[dict[str, Any]] = []
+    for item in items:
+        ((kind, body),) = item.items()
+        if type(body) is not dict:
+            return None
+        if (kind != "table" and kind != "metainfo") and (
+            body.get("family") != TABLE_FAMILY or body.get("table") != TABLE_NAME
+        ):
+            return None  # (_ours, inline: a read-back's every item)
+        if kind == "set":
+            name, elements = body.get("name"), body.get("elem")
+            if body.keys() != _SET_KEYS or body["type"] != SET_TYPE or type(name) is not str:
+                return None
+            if type(elements) is not list or not elements or name in sets:
+                return None
+            sets[name] = elements
+        elif kind == "rule":
+            if body.keys() != _RULE_KEYS:
+                return None
+            rules.append(body)
+        elif kind == "ct helper":
+            if body.keys() != _HELPER_KEYS:
+                return None
+            name, helper_type = body["name"], body["type"]
+            protocol_name, l3proto = body["protocol"], body["l3proto"]
+            if type(name) is not str or type(helper_type) is not str or type(l3proto) is not str:
+                return None
+            protocol = _PROTOCOLS.get(protocol_name) if type(protocol_name) is str else None
+            if protocol is None or name in helpers or name != f"{helper_type}-{protocol_name}":
+                return None
+            helpers[name] = shared_helper(name, helper_type, protocol, l3proto)
+        elif kind == "chain":
+            name = body.get("name")
+            expected = _RENDERED_CHAINS.get(name) if type(name) is str else None
+            if expected is None or name in chains or body.keys() != _CHAIN_KEYS:
+                return None
+            if body != {**expected, "handle": body["handle"]}:
+                return None
+            chains.add(str(name))
+        elif kind == "table":
+            if table_seen or not _ours(body) or not body.keys() <= _TABLE_KEYS:
+                return None
+            table_seen = True
+            owner = owner_from_comment(body.get("comment"))
+        elif kind != "metainfo":
+            return None
+    if not table_seen:
+        return None
+    keyed: list[tuple[Protocol, int, Direction, Assignment]] = []
+    ruled: set[str] = set()
+    used_sets: set[str] = set()
+    used_helpers: set[str] = set()
+    # (direction, protocol) -> its sets' ports: two sets of one may not share a port.
+    groups: dict[tuple[Direction, Protocol], list[int]] = {}
+    for body in rules:
+        chain, expr = body["chain"], body["expr"]
+        spec = CHAINS_BY_NAME.get(chain) if type(chain) is str else None
+        if spec is None or chain not in chains or type(expr) is not list or len(expr) != 2:
+            return None
+        first, second = expr
+        match = first.get("match") if type(first) is dict else None
+        right = match.get("right") if type(match) is dict else None
+        helper_name = second.get("ct helper") if type(second) is dict else None
+        if type(right) is not str or type(helper_name) is not str:
+            return None
+        helper = helpers.get(helper_name)
+        name = right[1:]
+        if helper is None or name in used_sets or name != _SET_PREFIXES[chain] + helper_name:
+            return None
+        ports = sets.get(name)
+        protocol_name = helper_name[len(helper.type) + 1 :]  # (the name is type-protocol)
+        if ports is None or expr != _rule_expr(protocol_name, name, helper_name):
+            return None
+        # As _set_ports: only ints (no bool), within 1-65535, each once.
+        if set(map(type, ports)) != {int} or min(ports) < 1 or max(ports) > 65535:
+            return None
+        if len(set(ports)) != len(ports):
+            return None
+        used_sets.add(name)
+        used_helpers.add(helper_name)
+        ruled.add(chain)
+        direction, protocol, helper_type = spec.direction, helper.protocol, helper.type
+        groups.setdefault((direction, protocol), []).extend(ports)
+        keyed.extend(
+            zip(
+                repeat(protocol),
+                ports,
+                repeat(direction),
+                shared_assignments(protocol, ports, helper_type, direction),
+                strict=False,
+            )
+        )
+    if len(used_sets) != len(sets) or len(used_helpers) != len(helpers) or ruled != chains:
+        return None
+    if len(groups) != len(used_sets) and any(len(set(p)) != len(p) for p in groups.values()):
+        return None  # a port in two sets of one direction and protocol
+    # As render orders them; (protocol, port, direction) is unique, so the sort never compares
+    # Assignments.
+    keyed.sort()
+    return KernelTable(
+        assignments=tuple(item[3] for item in keyed),
+        helpers=frozenset(helpers.values()),
+        garbage=(),
         owner=owner,
     )
 

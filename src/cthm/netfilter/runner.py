@@ -71,9 +71,10 @@ class TableProbe(Protocol):
 
 class Batcher(Protocol):
     """A runner that can run a job whose own calls to it cost no hand-off each
-    (LibNftablesRunner.batch): job() itself is run, its exceptions raised as they are."""
+    (LibNftablesRunner.batch): job() itself is run, its exceptions raised as they are; with
+    `namespace`, the job's calls on that namespace share one entry into it."""
 
-    def batch(self, job: Callable[[], T]) -> T: ...
+    def batch(self, job: Callable[[], T], namespace: str | None = None) -> T: ...
 
 
 class GenerationReader(Protocol):

@@ -158,6 +158,9 @@ class Transaction:
 
     def __init__(self) -> None:
         self._operations: list[Operation] = []
+        # Each operation's line, made as it is added: render() adds lines it made once per
+        # kind of object (its fast path) alongside their operations.
+        self._lines: list[str] = []
         self._error: UnsafeValue | None = None
         self._helpers: dict[str, HelperObject] = {}
         # Sets added by this transaction: name -> (direction, helper object name).
@@ -181,7 +184,7 @@ class Transaction:
 
     def __str__(self) -> str:
         self.check()
-        return "".join(op.text() + "\n" for op in self._operations)
+        return "".join(self._lines)
 
     def fail(self, error: UnsafeValue) -> None:
         """Records an error found while rendering; the first one is kept."""
@@ -190,7 +193,24 @@ class Transaction:
 
     def _append(self, verb: Verb, obj: TableObject) -> None:
         if self._error is None:
-            self._operations.append(Operation(verb, obj))
+            operation = Operation(verb, obj)
+            self._operations.append(operation)
+            self._lines.append(operation.text() + "\n")
+
+    def extend_checked(
+        self,
+        operations: list[Operation],
+        lines: list[str],
+        helpers: Iterable[HelperObject],
+        sets: Iterable[tuple[str, tuple[Direction, str]]],
+    ) -> None:
+        """For render() only: operations whose values it checked, with their lines (each
+        `op.text() + "\n"`) and the helper objects and sets they add."""
+        if self._error is None:
+            self._operations.extend(operations)
+            self._lines.extend(lines)
+            self._helpers.update((helper.name, helper) for helper in helpers)
+            self._sets.update(sets)
 
     def add_table(self, owner: str | None = None) -> None:
         """Adds the table; `owner` (a deployment id) becomes its comment `cthm:<owner>`. nft

@@ -142,6 +142,48 @@ class AuditLog:
         event_id: str | None = None,
     ) -> None:
         """Adds one row to this transaction (flushed now, so a refused insert fails the change).
+        The arguments are event_values'."""
+        values = self.event_values(
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            target_project_id=target_project_id,
+            before=before,
+            after=after,
+            outcome=outcome,
+            status_code=status_code,
+            detail=detail,
+            context=context,
+            time=time,
+            event_id=event_id,
+        )
+        # A Core INSERT, not an ORM object: a change's audit row is on every write's path, and
+        # the ORM's unit-of-work flush costs several times the statement.
+        self._session.connection().execute(_INSERT_AUDIT, values)
+        self._recorded.append(values)
+
+    def recorded(self, values: dict[str, Any]) -> None:
+        """An event of event_values() that the caller inserted in its own statement (one round
+        trip with the change it records), to be logged after the commit as record()'s are."""
+        self._recorded.append(values)
+
+    def event_values(
+        self,
+        *,
+        action: str,
+        target_type: str,
+        target_id: str | None,
+        target_project_id: str | None,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        outcome: str = Outcome.SUCCESS,
+        status_code: int = 200,
+        detail: str = "",
+        context: AuditContext | None = None,
+        time: datetime | None = None,
+        event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One event's row, by column (AUDIT_FIELDS).
 
         Without a context (a change made outside a request), request_id is "" and token_id and
         project_id are None. context and time: whose and when, for an event recorded later than
@@ -167,10 +209,7 @@ class AuditLog:
             "after": after,
             "detail": _bounded("detail", detail) or "",
         }
-        # A Core INSERT, not an ORM object: a change's audit row is on every write's path, and
-        # the ORM's unit-of-work flush costs several times the statement.
-        self._session.connection().execute(_INSERT_AUDIT, values)
-        self._recorded.append(values)
+        return values
 
     def update_summary(self, event_id: str, *, after: dict[str, Any], detail: str) -> bool:
         """Rewrites the `after` and `detail` of the event `event_id` (a summary of repeated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
@@ -39,7 +40,7 @@ from cthm.domain import (
     restore_binding,
     validate_status_reason,
 )
-from cthm.store.audit import AuditContext, AuditLog
+from cthm.store.audit import AUDIT_FIELDS, AuditContext, AuditLog
 from cthm.store.census import bindings_by_status, routers_by_status
 from cthm.store.deployment import create_deployment_id, read_deployment_id
 from cthm.store.desired import restore_all_desired, restore_desired
@@ -47,6 +48,7 @@ from cthm.store.hosts import HostRepository, write_change_log
 from cthm.store.listing import apply_query, columns_of
 from cthm.store.tables import (
     AgentNamespaceRow,
+    AuditEventRow,
     BindingHostRow,
     BindingRow,
     RouterHostRow,
@@ -98,6 +100,51 @@ _BUMP_ROUTER = (
     .where(_ROUTERS.c.id == bindparam("b_router"))
     .values(revision_number=bindparam("b_revision"), updated_at=bindparam("b_now"))
 )
+# A binding create's router: its revision + 1, what the create needs of it returned, and (not
+# on SQLite, whose writer holds the database) the row locked until the commit: one statement
+# for what was a locked SELECT and an UPDATE.
+_BUMP_ROUTER_RETURNING = (
+    update(_ROUTERS)
+    .where(_ROUTERS.c.id == bindparam("b_router"))
+    .values(revision_number=_ROUTERS.c.revision_number + 1, updated_at=bindparam("b_now"))
+    .returning(
+        _ROUTERS.c.id, _ROUTERS.c.project_id, _ROUTERS.c.namespace, _ROUTERS.c.revision_number
+    )
+)
+
+
+def _bump_and_insert() -> Any:
+    """PostgreSQL: _BUMP_ROUTER_RETURNING, the binding's INSERT and its audit event's in one
+    statement (one round trip): the binding takes its router and project from the bumped row, so
+    none is inserted when the router is gone; a binding holding the port fails the whole
+    statement. Parameters: b_router, b_now, v_<column> for the binding's other columns and
+    a_<column> for the audit event's."""
+    bumped = _BUMP_ROUTER_RETURNING.cte("bumped")
+    names = [name for name in BINDING_FIELDS if name not in ("router_id", "project_id")]
+    inserted = (
+        insert(_BINDINGS)
+        .from_select(
+            ["router_id", "project_id", *names],
+            select(
+                bumped.c.id,
+                bumped.c.project_id,
+                *(bindparam(f"v_{name}", type_=_BINDINGS.c[name].type) for name in names),
+            ),
+        )
+        .returning(_BINDINGS.c.id)
+        .cte("inserted")
+    )
+    events = cast(Table, AuditEventRow.__table__)
+    audited = (
+        insert(events)
+        .values({name: bindparam(f"a_{name}", type_=events.c[name].type) for name in AUDIT_FIELDS})
+        .cte("audited")
+    )
+    # add_cte: the INSERTs run though the SELECT does not read them.
+    return select(*bumped.c).add_cte(inserted, audited)
+
+
+_BUMP_AND_INSERT_BINDING = _bump_and_insert()
 # The agents' status reports (set_router_statuses, set_binding_statuses): one executemany per
 # table for a run of routers (SQLite: see below), each row guarded by its revision (a report on
 # an older revision never overwrites newer state). Run as the driver's SQL: SQLAlchemy's
@@ -238,6 +285,9 @@ class Repository:
         # (router, new revision, binding changed) of each revision this unit moved; the Store
         # keeps them once committed (store/revisions.py).
         self.revision_notes: list[tuple[str, int, str | None]] = []
+        # (router, revision) -> the binding that revision changed, as committed (None: deleted):
+        # an agent's reload then reads none of the bindings (store/revisions.py).
+        self.revision_contents: dict[tuple[str, int], HelperBinding | None] = {}
         self.audit = AuditLog(session, audit)
         self.tokens = TokenStore(session)
         self.hosts = HostRepository(session, self.audit)
@@ -419,34 +469,44 @@ class Repository:
         router: Router | None = None,
     ) -> HelperBinding:
         """quota: the limits of the router's project, checked in this transaction (None: none;
-        the API always gives one). OverQuota if the binding would exceed one.
-        router: the binding's router as read in this unit of work (get_router) and not changed
-        in it since, so that it is not read again where no one else can have changed it
-        either (SQLite: this unit holds the write lock since its first statement; elsewhere
-        it is read again, locked); None: read here.
+        the API always gives one). OverQuota if the binding would exceed one. The binding
+        takes its router's project, whatever its own project_id says.
+        router: the binding's router as read in this unit of work (get_router): its project,
+        for the quota check and (PostgreSQL) the audit event written with the binding (None:
+        read here, and the event written after). The binding's own project and the revision
+        bumped are those the statement bumping the router reads.
 
         Core statements, not ORM objects: this is the API's hottest write, and the ORM's flushes
-        cost more than the statements themselves."""
+        cost more than the statements themselves. PostgreSQL: one statement (the router's bump
+        and the binding's INSERT) and no SELECT before it (_BUMP_AND_INSERT_BINDING)."""
         self._session.flush()  # what the ORM holds unwritten, before the Core statements below
-        if router is not None and router.id == binding.router_id:
-            head = _RouterHead(
-                router.id, router.project_id, router.namespace, router.revision_number
-            )
-        else:
-            head = self._router_head(binding.router_id)
-        taken = (binding.router_id, binding.protocol, binding.port, binding.direction)
-        self._raise_if_taken(*taken, exclude=None)
         if quota is not None and not quota.unlimited:
+            if router is not None and router.id == binding.router_id:
+                project_id = router.project_id
+            else:
+                project_id = self._router_head(binding.router_id).project_id
             # Locks the project's routers, this one among them, in id order, then counts.
-            self._check_binding_quota(head.id, head.project_id, quota)
-        if self._lock_rows:
-            # Afresh and locked (already, with a quota): the revision it bumps is the current one.
-            head = self._router_head(binding.router_id, lock=True)
+            self._check_binding_quota(binding.router_id, project_id, quota)
         now = _now()
+        # The router's revision bumped first, its row locked by that (not on SQLite: its writer
+        # holds the whole database), then the binding inserted; on PostgreSQL both at once. A
+        # binding already holding the port is found by the unique constraint, not by a SELECT
+        # before; the transaction is then rolled back and the winner named (_lost_race).
+        values = {name: getattr(binding, name) for name in BINDING_FIELDS}
+        values.update(
+            protocol=binding.protocol.value,
+            direction=binding.direction.value,
+            status=Status.PENDING.value,
+            status_reason="",
+            revision_number=1,
+            created_at=now,
+            updated_at=now,
+        )
+        known = router.project_id if router is not None and router.id == binding.router_id else ""
         created = restore_binding(
             id=binding.id,
             router_id=binding.router_id,
-            project_id=head.project_id,
+            project_id=known or binding.project_id,  # known: checked below; else replaced
             protocol=binding.protocol,
             port=binding.port,
             helper=binding.helper,
@@ -457,15 +517,52 @@ class Repository:
             created_at=now,
             updated_at=now,
         )
-        values = {name: getattr(created, name) for name in BINDING_FIELDS}
-        values.update(protocol=binding.protocol.value, direction=binding.direction.value)
-        values["status"] = Status.PENDING.value
+        action = "create_router_conntrack_helper"
+        router_params = {"b_router": binding.router_id, "b_now": now}
+        connection = self._session.connection()
+        taken = (binding.router_id, binding.protocol, binding.port, binding.direction)
+        event: dict[str, Any] | None = None
         try:
-            self._session.connection().execute(_INSERT_BINDING, values)
+            if connection.dialect.name == "postgresql" and known:
+                event = self.audit.event_values(
+                    action=action,
+                    target_type="conntrack_helper",
+                    target_id=created.id,
+                    target_project_id=created.project_id,
+                    before=None,
+                    after=_binding_values(created),
+                    status_code=201,
+                )
+                params = {
+                    f"v_{name}": value
+                    for name, value in values.items()
+                    if name not in ("router_id", "project_id")  # the bumped row's
+                }
+                params.update((f"a_{name}", value) for name, value in event.items())
+                bumped = connection.execute(
+                    _BUMP_AND_INSERT_BINDING, router_params | params
+                ).one_or_none()
+            else:  # SQLite; PostgreSQL without the project known beforehand
+                bumped = connection.execute(_BUMP_ROUTER_RETURNING, router_params).one_or_none()
+                if bumped is not None:
+                    values["project_id"] = bumped.project_id
+                    connection.execute(_INSERT_BINDING, values)
         except IntegrityError:
             self._lost_race(lambda: self._raise_if_taken(*taken, exclude=None))
-        self._bump_router(head, now, changed=created.id)
-        self._audit_binding("create_router_conntrack_helper", 201, None, created)
+        if bumped is None:
+            raise RouterNotFound(binding.router_id)
+        head = _RouterHead(bumped.id, bumped.project_id, bumped.namespace, bumped.revision_number)
+        if event is not None and head.project_id != known:
+            # The event was written for the project read before: changed since (rolled back).
+            raise Conflict("the router changed meanwhile; retry")
+        if created.project_id != head.project_id:
+            created = dataclasses.replace(created, project_id=head.project_id)
+        self._bumped_router(head, now, changed=created.id)
+        self.revision_contents[head.id, head.revision_number] = created
+        if event is None:
+            self._audit_binding(action, 201, None, created)
+        else:
+            self.audit.recorded(event)  # inserted with the binding
         return created
 
     def get_binding(self, router_id: str, binding_id: str, *, lock: bool = False) -> HelperBinding:
@@ -583,6 +680,7 @@ class Repository:
         self._flush_or_conflict(lambda: self._raise_if_taken(*taken, exclude=binding_id))
         self._touch_router(router_row, changed=binding_id)
         updated = _binding(row)
+        self.revision_contents[router_row.id, router_row.revision_number] = updated
         self._audit_binding("update_router_conntrack_helper", 200, before, updated)
         return updated
 
@@ -595,6 +693,7 @@ class Repository:
         self._session.delete(row)
         self._session.flush()
         self._touch_router(router_row, changed=binding_id)
+        self.revision_contents[router_row.id, router_row.revision_number] = None
         self._audit_binding("delete_router_conntrack_helper", 204, binding, None)
         return binding
 
@@ -733,14 +832,19 @@ class Repository:
         return _RouterHead(row.id, row.project_id, row.namespace, row.revision_number)
 
     def _bump_router(self, head: _RouterHead, now: datetime, *, changed: str | None = None) -> None:
-        """_touch_router for a router read by _router_head: its revision + 1, by a Core UPDATE.
-        A RouterRow of it this session holds is given the new values, so that a later read in
-        this unit of work does not see the old revision."""
+        """_touch_router for a router read by _router_head: its revision + 1, by a Core UPDATE."""
         revision = head.revision_number + 1
-        self.revision_notes.append((head.id, revision, changed))
         self._session.connection().execute(
             _BUMP_ROUTER, {"b_router": head.id, "b_revision": revision, "b_now": now}
         )
+        self._bumped_router(head._replace(revision_number=revision), now, changed=changed)
+
+    def _bumped_router(self, head: _RouterHead, now: datetime, *, changed: str | None) -> None:
+        """What follows a router's revision bump to `head.revision_number` in the database: the
+        notes of this unit of work, and a RouterRow of it this session holds given the new
+        values, so that a later read in this unit of work does not see the old revision."""
+        revision = head.revision_number
+        self.revision_notes.append((head.id, revision, changed))
         cached = self._session.identity_map.get(identity_key(RouterRow, head.id))
         if cached is not None:
             set_committed_value(cached, "revision_number", revision)

@@ -183,7 +183,7 @@ class Store:
                 raise Unavailable(_describe(exc)) from exc
         # After the commit, never before: a log line must not tell of a change that was undone.
         if repository.revision_notes:
-            self.revision_notes.note(repository.revision_notes)
+            self.revision_notes.note(repository.revision_notes, repository.revision_contents)
         emit(repository.audit.committed_events())
         if repository.changed_routers:
             self._notify(frozenset(repository.changed_routers))
