@@ -49,7 +49,7 @@ from sqlalchemy import update
 
 from cthm.agent import Agent, LocalStoreSource
 from cthm.domain import HelperCatalog, assignments_for, new_binding
-from cthm.netfilter import AGENT_THREADS, IptablesBackend, NftablesBackend, make_runner
+from cthm.netfilter import IptablesBackend, NftablesBackend, make_runner
 from cthm.store import Store
 from cthm.store.tables import BindingRow, RouterRow
 
@@ -85,11 +85,7 @@ KEYS = [
 
 
 def make_backend(kind: str) -> NftablesBackend | IptablesBackend:
-    """The backend an agent builds for `kind` (libnftables: its AGENT_THREADS threads)."""
-    if kind == "iptables":
-        return IptablesBackend()
-    threads = AGENT_THREADS if kind == "libnftables" else 1
-    return NftablesBackend(make_runner(kind, threads=threads))
+    return IptablesBackend() if kind == "iptables" else NftablesBackend(make_runner(kind))
 
 
 class Fleet:

@@ -14,7 +14,6 @@ import cthm
 import cthm.netfilter
 
 EXPECTED = {
-    "AGENT_THREADS",
     "IPTABLES_FLAVOURS",
     "NETNS_DIR",
     "RUNNER_KINDS",
@@ -48,7 +47,6 @@ EXPECTED = {
     "Operation",
     "RawTable",
     "Shadow",
-    "ShardedRunner",
     "SubprocessRunner",
     "Transaction",
     "UnsafeNamespace",

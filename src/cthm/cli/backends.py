@@ -17,7 +17,6 @@ from typing import Any
 from cthm.agent import KernelBackend
 from cthm.cli.errors import ServiceError, ServiceSettingError
 from cthm.netfilter import (
-    AGENT_THREADS,
     NETNS_DIR,
     BackendChoice,
     BackendUnavailable,
@@ -63,7 +62,7 @@ class PreparedBackends:
 def nftables_runner(nft_backend: str) -> tuple[NftRunner | None, str]:
     """The nftables runner, or None and why when nftables cannot be used here."""
     try:
-        return make_usable_runner(nft_backend, threads=AGENT_THREADS), ""
+        return make_usable_runner(nft_backend), ""
     except OSError as exc:  # LibraryUnavailable, NftablesUnavailable
         return None, str(exc)
 

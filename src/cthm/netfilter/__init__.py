@@ -47,7 +47,6 @@ from cthm.netfilter.errors import (
     translate_error,
 )
 from cthm.netfilter.factory import (
-    AGENT_THREADS,
     RUNNER_KINDS,
     NftablesUnavailable,
     make_runner,
@@ -72,12 +71,10 @@ from cthm.netfilter.parse import parse_table
 from cthm.netfilter.render import desired_table, render, render_delete, render_probe
 from cthm.netfilter.runner import NftRunner
 from cthm.netfilter.scratch import scratch_namespace
-from cthm.netfilter.shards import ShardedRunner
 from cthm.netfilter.subprocess_runner import SubprocessRunner, run_in_namespace
 from cthm.netfilter.transaction import Operation, Transaction
 
 __all__ = [
-    "AGENT_THREADS",
     "IPTABLES_FLAVOURS",
     "NETNS_DIR",
     "RUNNER_KINDS",
@@ -111,7 +108,6 @@ __all__ = [
     "Operation",
     "RawTable",
     "Shadow",
-    "ShardedRunner",
     "SubprocessRunner",
     "Transaction",
     "UnsafeNamespace",

@@ -1,7 +1,10 @@
 """Running nft text in-process with libnftables, inside any namespace, from one worker thread.
 
 A libnftables context binds its netlink socket to the network namespace its thread is in when
-the context is created (measured). So one dedicated worker thread does all the work: for each
+the context is created (measured). So one dedicated worker thread does all the work (and never
+two: libnftables is not safe to use from two threads at once even with a context each; tried,
+a 1000-router cold sync read back a helper object with another's protocol, and once aborted
+the process on an assertion in its JSON output, json.c set_dtype_json): for each
 call it opens /run/netns/NAME (netns.open_namespace: never through a symlink, never the host's
 namespace), `setns()`s into it (netns.enter), uses a context created in that namespace
 (cached: creating one costs far more than an apply), runs, and `setns()`s back to the

@@ -38,7 +38,6 @@ from oslo_config import cfg
 from cthm.agent import Agent, DesiredStateSource, KernelBackend, ReconcileResult
 from cthm.domain import HelperCatalog, InvalidInput, Status
 from cthm.netfilter import (
-    AGENT_THREADS,
     IptablesBackend,
     NamespaceNotFound,
     NftablesBackend,
@@ -117,7 +116,7 @@ def build_backend(kind: str, owner: str) -> tuple[KernelBackend, NftRunner | Non
     """The backend of `[cthm] backend`, and the nftables runner (also for the migration's
     cheap look at a namespace; None if nftables cannot be used and is not needed)."""
     if kind == "nftables":
-        runner = make_usable_runner("auto", threads=AGENT_THREADS)
+        runner = make_usable_runner("auto")
         return NftablesBackend(runner, owner=owner), runner
     probe: NftRunner | None
     try:
