@@ -117,3 +117,16 @@ def world(tmp_path: Path, netns: NamespaceFactory) -> Iterator[World]:
         w.agent.stop()
         backend.close()
         store.close()
+
+
+def add_ftp_router(store: Store, ports: list[int], namespace: str) -> tuple[Router, list[str]]:
+    """A router in `namespace` with one tcp ftp binding per port, through the repository; the
+    router and its bindings' ids."""
+    catalog = HelperCatalog()
+    with store.unit_of_work() as repo:
+        router = repo.add_router(new_router(name="r", project_id="p", namespace=namespace))
+        ids = [
+            repo.add_binding(new_binding(catalog, router, protocol="tcp", port=p, helper="ftp")).id
+            for p in ports
+        ]
+    return router, ids

@@ -5,8 +5,6 @@ table as desired, tombstones removed (real store on both databases, the fake ker
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from agent_support import RefusingFake
 from test_report_group_commit import Commits
@@ -19,16 +17,6 @@ from cthm.store import Store
 
 ROUTERS = 12
 PORTS = (21, 2121, 2122)
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    store = Store(database_url)
-    store.migrate()
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def add_routers(store: Store) -> list[Router]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_support import RefusingFake
+from agent_support import RefusingFake, add_ftp_router
 from sqlalchemy import Engine, event
 
 from cthm.agent import Action, Agent, LocalStoreSource
@@ -19,7 +19,6 @@ from cthm.domain import (
     HelperCatalog,
     ListQuery,
     Protocol,
-    Router,
     Status,
     new_binding,
     new_router,
@@ -52,27 +51,9 @@ class Statements:
         return [s for s in self.seen if f" {table}" in s]
 
 
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    store = Store(database_url)
-    store.migrate()
-    yield store
-    store.close()
-
-
-def add_router(store: Store, ports: list[int]) -> tuple[Router, list[str]]:
-    with store.unit_of_work() as repo:
-        router = repo.add_router(new_router(name="r", project_id="p", namespace=NAMESPACE))
-        ids = [
-            repo.add_binding(new_binding(CATALOG, router, protocol="tcp", port=p, helper="ftp")).id
-            for p in ports
-        ]
-    return router, ids
-
-
 def test_a_reload_after_this_process_writes_reads_no_binding(store: Store) -> None:
     source = LocalStoreSource(store)
-    router, ids = add_router(store, [21, 2121, 3000])
+    router, ids = add_ftp_router(store, [21, 2121, 3000], NAMESPACE)
     last = source.load(router.id)
     assert last is not None
     # As the API writes: one unit of work each.
@@ -107,7 +88,7 @@ def test_another_process_write_between_ours_makes_the_reload_read(
     store: Store, database_url: str
 ) -> None:
     source = LocalStoreSource(store)
-    router, ids = add_router(store, [21, 2121])
+    router, ids = add_ftp_router(store, [21, 2121], NAMESPACE)
     last = source.load(router.id)
     assert last is not None
     other = Store(database_url)  # another process's view of the same database
@@ -170,7 +151,7 @@ class Setup:
         self.source = LocalStoreSource(store)
         backend = NftablesBackend(self.kernel, owner="commits-test")
         self.agent = Agent(self.source, backend, CATALOG)
-        self.router, self.ids = add_router(store, [2000 + i for i in range(20)])
+        self.router, self.ids = add_ftp_router(store, [2000 + i for i in range(20)], NAMESPACE)
 
     def reconcile(self) -> tuple[Action, str]:
         """As a worker does: the report held, then flushed."""

@@ -5,36 +5,17 @@ say) makes the reload find them by scanning, as before. Either way reload() == l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
+from agent_support import add_ftp_router
 from sqlalchemy import update
 
 from cthm.agent import LocalStoreSource
-from cthm.domain import Direction, HelperCatalog, Protocol, Router, new_binding, new_router
+from cthm.domain import Direction, HelperCatalog, Protocol, new_binding
 from cthm.store import Store
 from cthm.store.revisions import NOTES_PER_ROUTER, RevisionNotes
 from cthm.store.tables import BindingRow, RouterRow
 
 CATALOG = HelperCatalog()
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    store = Store(database_url)
-    store.migrate()
-    yield store
-    store.close()
-
-
-def add_router(store: Store, ports: list[int]) -> tuple[Router, list[str]]:
-    with store.unit_of_work() as repo:
-        router = repo.add_router(new_router(name="r", project_id="p", namespace="qr-notes"))
-        ids = [
-            repo.add_binding(new_binding(CATALOG, router, protocol="tcp", port=p, helper="ftp")).id
-            for p in ports
-        ]
-    return router, ids
 
 
 def revision(store: Store, router_id: str) -> int:
@@ -46,7 +27,7 @@ def revision(store: Store, router_id: str) -> int:
 
 def test_notes_name_the_bindings_changed_and_reload_equals_load(store: Store) -> None:
     source = LocalStoreSource(store)
-    router, ids = add_router(store, [21, 2121, 3000])
+    router, ids = add_ftp_router(store, [21, 2121, 3000], "qr-notes")
     last = source.load(router.id)
     assert last is not None
     since = last.router.revision_number
@@ -75,7 +56,7 @@ def test_another_process_write_leaves_a_gap_and_reload_still_equals_load(
     store: Store, database_url: str
 ) -> None:
     source = LocalStoreSource(store)
-    router, ids = add_router(store, [21, 2121])
+    router, ids = add_ftp_router(store, [21, 2121], "qr-notes")
     last = source.load(router.id)
     assert last is not None
     since = last.router.revision_number
@@ -105,7 +86,7 @@ def test_another_process_write_leaves_a_gap_and_reload_still_equals_load(
 
 def test_an_edit_behind_the_stores_back_that_moves_the_revision_is_read(store: Store) -> None:
     source = LocalStoreSource(store)
-    router, ids = add_router(store, [21, 2121])
+    router, ids = add_ftp_router(store, [21, 2121], "qr-notes")
     last = source.load(router.id)
     assert last is not None
     with store.unit_of_work() as repo:
@@ -124,7 +105,7 @@ def test_an_edit_behind_the_stores_back_that_moves_the_revision_is_read(store: S
 
 
 def test_a_rolled_back_write_leaves_no_note(store: Store) -> None:
-    router, _ = add_router(store, [21])
+    router, _ = add_ftp_router(store, [21], "qr-notes")
     since = revision(store, router.id)
 
     def undone() -> None:
