@@ -235,3 +235,17 @@ def test_a_name_that_is_no_longer_its_namespace_has_no_generation(
     finally:
         if path.is_symlink() or (path.is_file() and not path.is_mount()):
             path.unlink()
+
+
+def test_a_visit_frees_the_contexts_of_namespaces_gone_as_any_entry_does(
+    netns: NamespaceFactory,
+) -> None:
+    runner = LibNftablesRunner(prune_interval=0.0)  # every entry prunes
+    try:
+        gone, visited = netns.create("pgone"), netns.create("pvisit")
+        runner.run(gone, "add table inet cthm\n")
+        netns.delete(gone)
+        assert runner.batch(lambda: runner.table_exists(visited, "cthm"), visited) is False
+        assert [key[0] for key in runner.cached_contexts()] == [visited]
+    finally:
+        runner.close()

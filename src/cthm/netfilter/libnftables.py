@@ -396,6 +396,8 @@ class LibNftablesRunner:
         visits run the job as it is."""
         if self._visiting is not None or self._broken is not None:
             return job()
+        if time.monotonic() - self._last_prune > self._prune_interval:
+            self._prune()  # as every entry into a namespace does (_inside)
         try:
             fd, identity = open_namespace(namespace, self._netns_dir)
         except NftError:
