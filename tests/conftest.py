@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cthm.store import Store
 from cthm.testing import NamespaceFactory
 from support.databases import DATABASES, PostgresServer, TestDatabases, kind_of, start_server
 from support.stdlib_bindings import restore_stdlib_bindings
@@ -105,6 +106,17 @@ def database_url(request: pytest.FixtureRequest, test_databases: TestDatabases) 
     of SQLite's is made by the first migrate(), as in production). Restrict a test to SQLite
     with support.databases.sqlite_only."""
     return test_databases.new(request.param)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A migrated store on `database_url` (each database), closed after the test."""
+    store = Store(database_url)
+    store.migrate()
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from agent_support import world
 
 from cthm.store import Store
 
-__all__ = ["db", "store", "world"]
+__all__ = ["db", "world"]
 
 
 @pytest.fixture
@@ -21,16 +21,5 @@ def db(tmp_path: Path) -> Iterator[tuple[Store, Path]]:
     store.migrate()
     try:
         yield store, path
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    """A migrated store on each database of the `database_url` fixture."""
-    store = Store(database_url)
-    store.migrate()
-    try:
-        yield store
     finally:
         store.close()

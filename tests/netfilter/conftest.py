@@ -19,6 +19,14 @@ def lib_runner() -> Iterator[LibNftablesRunner]:
     runner.close()
 
 
+@pytest.fixture
+def lib() -> Iterator[LibNftablesRunner]:
+    """A libnftables runner of the test's own (its contexts and generations start empty)."""
+    runner = LibNftablesRunner()
+    yield runner
+    runner.close()
+
+
 @pytest.fixture(scope="module")
 def sub_runner() -> Iterator[SubprocessRunner]:
     runner = SubprocessRunner(timeout=10)

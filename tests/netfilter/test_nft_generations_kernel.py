@@ -5,7 +5,7 @@ of a table this backend just wrote is known without a text listing, and only of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
@@ -59,13 +59,6 @@ class TrackedSpy:
 
     def close(self) -> None:
         """The inner runner belongs to the test."""
-
-
-@pytest.fixture
-def lib() -> Iterator[LibNftablesRunner]:
-    runner = LibNftablesRunner()
-    yield runner
-    runner.close()
 
 
 @pytest.fixture

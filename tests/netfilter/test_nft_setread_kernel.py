@@ -6,7 +6,7 @@ its touched sets this way, still from the kernel (drift by hand shows), and fall
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -17,6 +17,7 @@ from cthm.netfilter import (
     NftablesBackend,
     NftNotFound,
 )
+from cthm.netfilter.model import KernelTable
 from cthm.netfilter.parse import parse_set
 from cthm.netfilter.runner import Generation
 from cthm.testing import NamespaceFactory
@@ -29,13 +30,6 @@ TCP, UDP = Protocol.TCP, Protocol.UDP
 OWNER = "6f1d2c3b-0000-4000-8000-00000000000d"
 FTP = [Assignment(TCP, 21, "ftp"), Assignment(TCP, 2121, "ftp"), Assignment(UDP, 69, "tftp")]
 SET = "ingress-ftp-tcp"
-
-
-@pytest.fixture
-def lib() -> Iterator[LibNftablesRunner]:
-    runner = LibNftablesRunner()
-    yield runner
-    runner.close()
 
 
 @pytest.fixture
@@ -172,14 +166,21 @@ class Spy:
         """The inner runner belongs to the test."""
 
 
-def test_partial_sync_reads_back_by_netlink_from_the_kernel(
-    lib: LibNftablesRunner, netns: NamespaceFactory
-) -> None:
-    router = netns.create("upd")
+def applied(
+    lib: LibNftablesRunner, netns: NamespaceFactory, label: str
+) -> tuple[str, Spy, NftablesBackend, KernelTable | None]:
+    """A namespace of its own with FTP applied through a spy of `lib`, and the table read back."""
+    router = netns.create(label)
     spy = Spy(lib)
     backend = NftablesBackend(spy, owner=OWNER)
     backend.apply(router, FTP)
-    table = backend.read(router)
+    return router, spy, backend, backend.read(router)
+
+
+def test_partial_sync_reads_back_by_netlink_from_the_kernel(
+    lib: LibNftablesRunner, netns: NamespaceFactory
+) -> None:
+    router, spy, backend, table = applied(lib, netns, "upd")
     assert table == backend.desired(FTP)
     assert table is not None
     nft(router, "add", "element", "inet", "cthm", SET, "{ 8021 }")  # drift, by hand
@@ -197,11 +198,7 @@ def test_partial_sync_reads_back_by_netlink_from_the_kernel(
 def test_partial_sync_falls_back_to_nft_for_a_set_it_cannot_vouch_for(
     lib: LibNftablesRunner, netns: NamespaceFactory
 ) -> None:
-    router = netns.create("odd")
-    spy = Spy(lib)
-    backend = NftablesBackend(spy, owner=OWNER)
-    backend.apply(router, FTP)
-    table = backend.read(router)
+    router, spy, backend, table = applied(lib, netns, "odd")
     assert table is not None
     nft(router, "add", "element", "inet", "cthm", SET, '{ 8021 comment "by hand" }')
     spy.ran.clear()
@@ -238,11 +235,7 @@ def test_first_read_of_a_namespace_without_a_table_runs_no_nft(
 def test_a_refused_partial_sync_reads_nothing_and_changes_nothing(
     lib: LibNftablesRunner, netns: NamespaceFactory
 ) -> None:
-    router = netns.create("refused")
-    spy = Spy(lib)
-    backend = NftablesBackend(spy, owner=OWNER)
-    backend.apply(router, FTP)
-    table = backend.read(router)
+    router, spy, backend, table = applied(lib, netns, "refused")
     assert table is not None
     nft(router, "delete", "element", "inet", "cthm", SET, "{ 2121 }")
     before = nft(router, "list", "ruleset")

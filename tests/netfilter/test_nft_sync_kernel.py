@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -31,13 +30,6 @@ pytestmark = pytest.mark.kernel
 TCP, UDP = Protocol.TCP, Protocol.UDP
 OWNER = "6f1d2c3b-0000-4000-8000-00000000000e"
 FTP = [Assignment(TCP, 21, "ftp"), Assignment(TCP, 2121, "ftp"), Assignment(UDP, 69, "tftp")]
-
-
-@pytest.fixture
-def lib() -> Iterator[LibNftablesRunner]:
-    runner = LibNftablesRunner()
-    yield runner
-    runner.close()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,16 +24,6 @@ def db_path(tmp_path: Path, database_url: str) -> Path:
     if kind_of(database_url) != "sqlite":
         pytest.skip("works on the SQLite file itself (db_path); plain_sql reads both databases")
     return tmp_path / "cthm.db"
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    store = Store(database_url)
-    store.migrate()
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 @pytest.fixture

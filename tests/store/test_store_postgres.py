@@ -36,6 +36,7 @@ from cthm.domain import (
 )
 from cthm.store import Store
 from cthm.store.hosts import CHANGE_CHANNEL, CHANGE_LOG_LOCK_KEY
+from cthm.store.listener import conninfo
 from cthm.store.store import migration_head
 from cthm.store.tokens import hash_secret
 from cthm.testing.service import CTHM, clean_env
@@ -92,11 +93,6 @@ def plain_engine(url: str) -> Engine:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return create_engine(parsed)
-
-
-def libpq_url(url: str) -> str:
-    """The SQLAlchemy URL as psycopg takes it (no `+psycopg`)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def run_threads(count: int, target: Callable[[int], None]) -> list[BaseException | None]:
@@ -506,7 +502,7 @@ def test_a_write_takes_its_change_log_revision_only_once_it_holds_the_lock(
     or a writer waiting behind the holder would commit a smaller revision after its bigger one."""
     with store.unit_of_work() as repo:
         router = repo.add_router(new_router(name="r", project_id="p"))
-    holder = psycopg.connect(libpq_url(database_url))
+    holder = psycopg.connect(conninfo(database_url))
     outcome: list[BaseException | None] = []
     try:
         holder.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGE_LOG_LOCK_KEY,))
@@ -556,7 +552,7 @@ def _waits_for_an_advisory_lock(connection: psycopg.Connection[Any]) -> bool:
 @postgres_only
 def test_notify_carries_the_new_revision(database_url: str) -> None:
     store = Store(database_url)
-    listener = psycopg.connect(libpq_url(database_url), autocommit=True)
+    listener = psycopg.connect(conninfo(database_url), autocommit=True)
     try:
         listener.execute(f"LISTEN {CHANGE_CHANNEL}")
         with store.unit_of_work() as repo:

@@ -14,11 +14,11 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 
 from cthm.domain import Unavailable, new_binding, new_router
 from cthm.store import Store, engine
 from cthm.store.hosts import CHANGE_CHANNEL
+from cthm.store.listener import conninfo
 from support.databases import PlainSql
 from support.store import CATALOG, MakeRouter
 
@@ -99,14 +99,10 @@ def test_a_create_given_its_router_is_two_statements_on_postgresql(
     assert plain_sql("SELECT revision_number FROM routers") == [(router.revision_number + 1,)]
 
 
-def libpq_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @postgres_only
 def test_a_change_to_several_routers_notifies_its_last_revision_once(database_url: str) -> None:
     store = Store(database_url)
-    listener = psycopg.connect(libpq_url(database_url), autocommit=True)
+    listener = psycopg.connect(conninfo(database_url), autocommit=True)
     try:
         listener.execute(f"LISTEN {CHANGE_CHANNEL}")
         with store.unit_of_work() as repo:

@@ -464,8 +464,7 @@ class LibNftablesRunner:
 
         def run(ctx: int, key: ContextKey) -> tuple[int, str, str]:
             if not outcome:
-                fresh = known is None or visit is None or visit.key != key
-                outcome.append(self._generation(key) if fresh else known)
+                outcome.append(self._generation(key) if known is None else known)
             result = self._library.run(ctx, commands, json=json, dry_run=False)
             after = self._generation(key)
             outcome.append(after)
