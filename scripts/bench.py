@@ -3,7 +3,9 @@
 namespaces it creates; every measured run verified by reading the tables back.
 
 Agent side (per runner: libnftables in-process, the nft binary, iptables), each scenario on
-its own fleet (database and namespaces; bindings loaded in bulk, not timed):
+its own fleet (database and namespaces; bindings loaded in bulk, not timed); with libnftables
+the agent's backend has the kernel-worker processes `cthm serve` gives it on this machine
+(`--kernel-processes N` to choose; netfilter/sync_processes.py):
 - cold sync K routers x N (100x10, 100x1000, 1000x10): the kernel emptied and every status
   PENDING, then from Agent.resync() (the full sync of every router: the agent's start and its
   periodic resync) until the agent applied every router, in an agent running already (its
@@ -49,7 +51,13 @@ from sqlalchemy import update
 
 from cthm.agent import Agent, LocalStoreSource
 from cthm.domain import HelperCatalog, assignments_for, new_binding
-from cthm.netfilter import IptablesBackend, NftablesBackend, make_runner
+from cthm.netfilter import (
+    IptablesBackend,
+    NftablesBackend,
+    SyncProcesses,
+    default_process_count,
+    make_runner,
+)
 from cthm.store import Store
 from cthm.store.tables import BindingRow, RouterRow
 
@@ -82,6 +90,11 @@ KEYS = [
     Key("cold_start_100x1000_ms", "cold start (new agent) 100 x 1000", None, None),
     Key("post_ack_p50_ms", "POST acknowledged (SQLite), p50", 3, None),
 ]
+
+
+# Kernel-worker processes of the agent's nftables backend (libnftables): the product's default
+# unless --kernel-processes says otherwise (netfilter/sync_processes.py).
+KERNEL_PROCESSES = [default_process_count()]
 
 
 def make_backend(kind: str) -> NftablesBackend | IptablesBackend:
@@ -118,6 +131,10 @@ class Fleet:
         """A new agent with a new backend (stopping the previous ones): a cold start."""
         self.stop_agent()
         self.backend = make_backend(kind)
+        if kind == "libnftables" and KERNEL_PROCESSES[0]:  # as `cthm serve` builds it
+            assert isinstance(self.backend, NftablesBackend)
+            processes = SyncProcesses(KERNEL_PROCESSES[0], owner=None)
+            self.backend = NftablesBackend(self.backend.runner, processes=processes)
         # No orphan sweep: the benchmark must never touch namespaces it did not create.
         self.agent = Agent(
             LocalStoreSource(self.store),
@@ -486,7 +503,17 @@ def main() -> int:
         help="only that agent-side scenario, after one cold start of its fleet (no API, no"
         " Neutron rows; the other keys stay null): for iterating on the agent's change path",
     )
+    parser.add_argument(
+        "--kernel-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the in-process agent's kernel-worker processes (libnftables runner); 0: none"
+        f" [the product's default here: {default_process_count()}]",
+    )
     args = parser.parse_args()
+    if args.kernel_processes is not None:
+        KERNEL_PROCESSES[0] = args.kernel_processes
     # The benchmark empties tables between repetitions on purpose; only errors are worth
     # printing beside the table.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")

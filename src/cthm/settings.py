@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     allowed_helpers: list[str] | None = None
     resync_interval: float = Field(default=60.0, gt=0, le=86400)
     agent_workers: int = Field(default=2, ge=1, le=64)
+    # Kernel-worker processes sharing the agent's bursts of full syncs (libnftables only;
+    # netfilter/sync_processes.py): None, one per CPU up to 4 (none on one CPU); 0: none.
+    agent_kernel_processes: int | None = Field(default=None, ge=0, le=16)
     nft_backend: str = Field(default="auto", pattern="^(auto|libnftables|subprocess)$")
     # How rules reach the kernel: nftables (`table inet cthm`), iptables (`raw` table chains),
     # or auto: decided once at start by looking (read-only) at what the node's routers use.

@@ -22,6 +22,8 @@ EXPECTED = {
     "BackendChoice",
     "BackendUnavailable",
     "FakeNftables",
+    "SyncProcesses",
+    "default_process_count",
     "FakeRun",
     "FakeUnsupported",
     "ForeignRule",

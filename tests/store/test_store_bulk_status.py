@@ -4,11 +4,13 @@ guarded by its revision and its reason cleaned."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from cthm.domain import HelperBinding, Router, Status
 from cthm.store import Store
 from cthm.store.repository import _STATUS_CHUNK
+from support.databases import PlainSql
 
 MakeRouter = Callable[..., Router]
 MakeBinding = Callable[..., HelperBinding]
@@ -60,10 +62,31 @@ def test_many_statuses_are_written_at_once_each_guarded_by_its_revision(
 
 
 def test_more_rows_than_one_statement_holds_are_all_written(
-    store: Store, make_router: MakeRouter
+    store: Store, make_router: MakeRouter, plain_sql: PlainSql
 ) -> None:
-    routers = [make_router(f"r{index}") for index in range(_STATUS_CHUNK + 3)]
+    seed = make_router("r0")
+    # The others are copies of its row made by hand in one statement: stored one by one they
+    # took 15-25 s (six statements and a commit each), which is not what this test is about.
+    copies = [(str(uuid.UUID(int=n)), f"r{n}", f"ns-{n}") for n in range(1, _STATUS_CHUNK + 3)]
+    values = ", ".join(["(?, ?, ?)"] * len(copies))
+    plain_sql(
+        "INSERT INTO routers (id, name, project_id, namespace, status, status_reason, "
+        "revision_number, created_at, updated_at) "
+        "SELECT v.column1, v.column2, r.project_id, v.column3, r.status, r.status_reason, "
+        f"r.revision_number, r.created_at, r.updated_at FROM routers r, (VALUES {values}) AS v "
+        "WHERE r.id = ?",
+        *(field for copy in copies for field in copy),
+        seed.id,
+    )
+    ids = [seed.id, *(router_id for router_id, _, _ in copies)]
+    assert plain_sql("SELECT status, COUNT(*) FROM routers GROUP BY status") == [
+        (Status.PENDING.value, len(ids))
+    ]
+    assert len(ids) > _STATUS_CHUNK
     with store.unit_of_work() as repo:
-        repo.set_router_statuses((r.id, r.revision_number, Status.ACTIVE, "") for r in routers)
-    with store.unit_of_work(write=False) as repo:
-        assert {repo.get_router(r.id).status for r in routers} == {Status.ACTIVE}
+        repo.set_router_statuses((i, seed.revision_number, Status.ACTIVE, "") for i in ids)
+    assert plain_sql("SELECT status, COUNT(*) FROM routers GROUP BY status") == [
+        (Status.ACTIVE.value, len(ids))
+    ]
+    with store.unit_of_work(write=False) as repo:  # and the store reads them so
+        assert repo.get_router(ids[-1]).status == Status.ACTIVE

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from traffic_support import assign_with_nft
 
@@ -108,15 +109,32 @@ def router_traffic(helper_traffic: HelperTraffic) -> HelperTraffic:
     return helper_traffic.router_originated()
 
 
-@pytest.fixture(params=["nftables", "iptables"])
+@pytest.fixture(scope="module", params=["nftables", "iptables"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """The kernel backend a `service` runs: every test through cthm runs on both."""
+    """The kernel backend a `service` runs: every test through cthm runs on both (module
+    scope: the module's tests on one backend share its server)."""
     kind: str = request.param
     return kind
 
 
-@pytest.fixture
-def service(tmp_path: Path, backend: str) -> Iterator[ServerProcess]:
-    """A real `cthm serve` (API and in-process agent) on `backend`."""
-    with ServerProcess(tmp_path / "data", tmp_path / "logs", args=("--backend", backend)) as s:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[ServerProcess]:
+    base = tmp_path_factory.mktemp(f"serve-{backend}")
+    with ServerProcess(base / "data", base / "logs", args=("--backend", backend)) as s:
         yield s
+
+
+@pytest.fixture
+def service(served: ServerProcess) -> Iterator[ServerProcess]:
+    """A real `cthm serve` (API and in-process agent) on `backend`: one per module and backend
+    (a start cost a few seconds of each test); every router a test made is deleted when it
+    ends, so the next test meets a server with none."""
+    assert served.process is not None
+    assert served.process.poll() is None, served.logs()  # an earlier test left it dead
+    yield served
+    with httpx.Client(base_url=served.url, timeout=10, headers=served.auth_headers()) as client:
+        listed = client.get("/v2.0/routers")
+        assert listed.status_code == 200, listed.text
+        for router in listed.json()["routers"]:
+            deleted = client.delete(f"/v2.0/routers/{router['id']}")
+            assert deleted.status_code == 204, deleted.text

@@ -18,6 +18,7 @@ table, so the IPv4 plane stays exactly as build_topology makes it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,7 +83,25 @@ def add_ipv6(topology: Topology) -> Plane:
     run_in_namespace(
         t.router_ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"], timeout=10
     )
+    _wait_no_tentative((t.client_ns, t.router_ns, t.server_ns))
     return p
+
+
+def _wait_no_tentative(namespaces: tuple[str, ...], timeout: float = 10.0) -> None:
+    """Until no address is tentative: the veths' link-local addresses still go through
+    duplicate address detection (~2 s), and traffic sent before it ends is lost (a test that
+    started at once saw its first FTP connect time out)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):
+        pending = [
+            ns
+            for ns in namespaces
+            if run_in_namespace(ns, ["ip", "-6", "addr", "show", "tentative"], timeout=10).stdout
+        ]
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not pending, f"IPv6 addresses still tentative in {pending}"
 
 
 def allow_new(topology: Topology, plane: Plane, protocol: str, port: int) -> None:

@@ -232,6 +232,11 @@ class Agent:
             sequence = self.reconciler.sequence()
             states = self._source.load_all()
         ids = sorted(set(states) | set(self._source.tombstones()))
+        # A backend that shares bursts of full syncs with other processes starts them now,
+        # while the routers are queued (NftablesBackend with SyncProcesses).
+        expect = getattr(self._backend, "expect_full_syncs", None)
+        if callable(expect):
+            expect(len(ids))
         self.reconciler.book.need_full(ids)
         self.reconciler.check_shadows(ids)
         self.reconciler.preload(states, sequence)

@@ -31,7 +31,7 @@ from cthm.api import audit, policy
 from cthm.api.access_log import AccessLogMiddleware
 from cthm.api.auth import CHALLENGE, AuthenticationMiddleware, Authenticator, openapi_security
 from cthm.api.auth_audit import FailedAuthentications
-from cthm.api.deps import ApiContext, HelperAvailability, require_json_body
+from cthm.api.deps import ApiContext, HelperAvailability, before_route
 from cthm.api.errors import (
     INTERNAL_ERROR_MESSAGE,
     Denial,
@@ -129,7 +129,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         lifespan=_lifespan,
-        dependencies=[Depends(require_json_body)],
+        dependencies=[Depends(before_route)],
         responses={
             400: {"model": ErrorResponse, "description": "invalid request"},
             401: {"model": ErrorResponse, "description": "authentication required"},
@@ -170,12 +170,14 @@ def create_app(
     app.add_exception_handler(CthmError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    # First the bindings' routes, the API's hot path: routing tries the included routers in
+    # order (a router tried costs a match of each route of it), and no other path is theirs.
+    app.include_router(conntrack_helpers.router)
     # Before the routers' routes: GET /v2.0/routers/{router_id} would take it.
     app.include_router(kernel_state_routes.bulk)
     for module in (
         versions,
         routers,
-        conntrack_helpers,
         router_status,
         kernel_state_routes,
         resync_routes,

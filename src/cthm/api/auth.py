@@ -52,6 +52,7 @@ CLIENT_KEY_MAX = 64
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Where a write request's unit of work waits in the request's ASGI state (see HeldUnit).
 HELD_UNIT = "cthm_unit_of_work"
+BEGIN_LIMITER = "cthm_begin_threads"
 # Threads that may wait at once for a write unit to begin (SQLite: for the write lock), apart
 # from the thread pool that runs the routes: waiting writers must never take every thread
 # while the writer they wait for needs one to finish.
@@ -196,22 +197,54 @@ def _now() -> datetime:
 
 
 class HeldUnit:
-    """A write request's one transaction: begun by the authentication middleware, which looks
-    the token up in it, then handed to the route's repository (deps.get_repository), which
-    commits or rolls it back before the response is sent. Whatever the route does not claim
-    (no route, a body refused before the route ran) the middleware rolls back.
+    """A write request's one transaction, and its token, read in it.
+
+    The middleware only checks the token's form (no thread hop); the token is looked up by
+    whichever comes first: a route that ends its transaction in its own thread
+    (deps.ends_transaction) begins the unit there and reads the token as its first statement
+    (one thread hop for the whole write); any other route, by its first dependency
+    (`authenticate_write`); an answer sent before either (no route, a body refused), by
+    the middleware before that answer goes out. A route's repository commits or rolls it back
+    before the response is sent; whatever no route claimed the middleware rolls back.
 
     Its steps run in worker threads, one after the other, never at once."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        secret: str = "",
+        check: Callable[[AuthToken | None], Principal] | None = None,
+    ) -> None:
         self._unit = store.unit_of_work(write=True)
+        self.secret = secret
+        self._check = check
         self.repository: Repository | None = None
+        self.principal: Principal | None = None
+        self.attempted = False  # the token was (or is being) looked up
         self._claimed = False
         self.ended = False
 
     def begin(self) -> Repository:
         self.repository = self._unit.__enter__()
         return self.repository
+
+    def authenticate(self, router_id: str | None = None) -> Principal:
+        """Begins the unit and reads the token in it, as its first statement. AuthFailure (or
+        the store's error, as the unit of work names it: Unavailable) once the unit is rolled
+        back: nothing is held while the failure waits out the throttle. router_id: the router
+        the route reads first, read in the same statement (Repository.lookup_token)."""
+        if self.principal is not None:
+            return self.principal
+        if self._check is None or self.attempted:  # never twice, never without the checks
+            raise AuthFailure("no token looked up for this request")
+        self.attempted = True
+        try:
+            principal = self._check(self.begin().lookup_token(self.secret, router_id=router_id))
+        except BaseException as exc:
+            self.end(exc)
+            raise
+        self.principal = principal
+        return principal
 
     def claim(self) -> Repository | None:
         """The repository, to its one user; None once claimed or ended."""
@@ -266,31 +299,27 @@ class Authenticator:
         store: Store,
         headers: Iterable[tuple[bytes, bytes]],
         client: str,
-        held: HeldUnit | None = None,
         limiter: anyio.CapacityLimiter | None = None,
     ) -> Principal:
-        """The principal of a valid token. Raises AuthFailure (after waiting as the throttle
-        decides), or CthmError when the store cannot answer (Unavailable: 503).
-        held: a write request's unit of work, begun here and the token read in it (it stays
-        open on success, and is rolled back on failure before any wait); None: the token is
-        read in a transaction of its own. limiter: the threads the lookup may use."""
+        """The principal of a valid token, read in a transaction of its own. Raises AuthFailure
+        (after waiting as the throttle decides), or CthmError when the store cannot answer
+        (Unavailable: 503). limiter: the threads the lookup may use."""
         try:
             secret = secret_from_headers(headers)
-            if held is None:
-                token = await anyio.to_thread.run_sync(_lookup, store, secret, limiter=limiter)
-            else:
-                token = await anyio.to_thread.run_sync(_lookup_held, held, secret, limiter=limiter)
-            if token is None:
-                raise AuthFailure("an unknown token")
-            if token.revoked_at is not None:
-                raise AuthFailure("a revoked token", token.id)
-            if not token.usable_at(self.clock()):
-                raise AuthFailure("an expired token", token.id)
+            token = await anyio.to_thread.run_sync(_lookup, store, secret, limiter=limiter)
+            return self.check(token)
         except AuthFailure as failure:
-            if held is not None:
-                await held.end_in_thread(failure)  # never hold the transaction while waiting
-            await self._fail(failure, client)
+            await self.fail(failure, client)
             raise
+
+    def check(self, token: AuthToken | None) -> Principal:
+        """The principal of a token as looked up; AuthFailure if none, revoked or expired."""
+        if token is None:
+            raise AuthFailure("an unknown token")
+        if token.revoked_at is not None:
+            raise AuthFailure("a revoked token", token.id)
+        if not token.usable_at(self.clock()):
+            raise AuthFailure("an expired token", token.id)
         return Principal(
             token_id=token.id,
             project_id=token.project_id,
@@ -298,7 +327,8 @@ class Authenticator:
             host=token.host,
         )
 
-    async def _fail(self, failure: AuthFailure, client: str) -> None:
+    async def fail(self, failure: AuthFailure, client: str) -> None:
+        """Counts a failure against `client`, logs it, and waits as the throttle decides."""
         state = self.throttle.record_failure(client)
         failure.failures_in_a_row = state.count
         which = f" (token id {failure.token_id})" if failure.token_id else ""
@@ -320,10 +350,6 @@ class Authenticator:
 def _lookup(store: Store, secret: str) -> AuthToken | None:
     with store.unit_of_work(write=False) as repo:
         return repo.tokens.lookup(secret)
-
-
-def _lookup_held(held: HeldUnit, secret: str) -> AuthToken | None:
-    return held.begin().tokens.lookup(secret)
 
 
 async def _buffered(receive: Receive) -> Receive:
@@ -377,53 +403,74 @@ class AuthenticationMiddleware:
             return
         client = scope.get("client")
         key = client_key(client[0] if client else None)
-        # A write request is one transaction: the token is read in the one its change is made
-        # in (one BEGIN and COMMIT, one fsync, one thread hop fewer).
-        held, limiter = None, None
         if scope["method"] not in READ_METHODS:
-            receive = await _buffered(receive)
-            held = HeldUnit(self.store)
-            if self._begin_threads is None:
-                self._begin_threads = anyio.CapacityLimiter(BEGIN_THREADS)
-            limiter = self._begin_threads
+            await self._write(scope, receive, send, key)
+            return
         try:
             principal = await self.authenticator.authenticate(
-                self.store, scope.get("headers") or (), key, held, limiter
+                self.store, scope.get("headers") or (), key
             )
         except AuthFailure as failure:
-            denied = Unauthenticated(
-                token_id=failure.token_id,
-                client=key,
-                failures_in_a_row=failure.failures_in_a_row,
-            )
-            response = await _handled(scope, receive, denied)
-            response.headers.update(CHALLENGE)
-            await response(scope, receive, send)
+            await self._deny(scope, receive, send, failure, key)
             return
         except CthmError as exc:  # the store cannot answer (503): neither yes nor no
-            if held is not None:
-                await held.end_in_thread(exc)
             await (await _handled(scope, receive, exc))(scope, receive, send)
             return
-        except BaseException as exc:
-            if held is None:
-                raise
-            try:
-                await held.end_in_thread(exc)
-            except CthmError as named:
-                # The driver's error (the database is down) as the unit of work names it on its
-                # way out (Unavailable: 503), never a 500.
-                await (await _handled(scope, receive, named))(scope, receive, send)
-                return
-            raise
-        state = scope.setdefault("state", {})
-        state["principal"] = principal
-        if held is None:
-            await self.app(scope, receive, send)
-            return
-        state[HELD_UNIT] = held
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _write(self, scope: Scope, receive: Receive, send: Send, key: str) -> None:
+        """A write request is one transaction, its token read in it (HeldUnit): here only the
+        token's form is checked; the lookup is the route's first statement, in its thread.
+        Whatever answers before the token was read (no route, a refused body, an error) waits
+        for the lookup, and a failed one is answered 401 instead: nothing is told to a caller
+        not known, and nothing of a route runs before its token is checked."""
+        receive = await _buffered(receive)
         try:
-            await self.app(scope, receive, send)
+            secret = secret_from_headers(scope.get("headers") or ())
+        except AuthFailure as malformed:
+            await self.authenticator.fail(malformed, key)
+            await self._deny(scope, receive, send, malformed, key)
+            return
+        if self._begin_threads is None:
+            self._begin_threads = anyio.CapacityLimiter(BEGIN_THREADS)
+        held = HeldUnit(self.store, secret, self.authenticator.check)
+        state = scope.setdefault("state", {})
+        state[HELD_UNIT] = held
+        state[BEGIN_LIMITER] = self._begin_threads
+        failure: AuthFailure | None = None
+        unavailable: CthmError | None = None
+
+        async def settle() -> bool:
+            """Reads the token if nothing has; whether the request's answer may go out."""
+            nonlocal failure, unavailable
+            if failure is None and unavailable is None and not held.attempted:
+                held.attempted = True
+                try:
+                    token = await anyio.to_thread.run_sync(
+                        _lookup, self.store, secret, limiter=self._begin_threads
+                    )
+                    state["principal"] = self.authenticator.check(token)
+                except AuthFailure as exc:
+                    failure = exc
+                except CthmError as exc:  # neither yes nor no: the 503 is the answer
+                    unavailable = exc
+            return failure is None and unavailable is None
+
+        async def settled_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not await settle():
+                return
+            if failure is None and unavailable is None:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, settled_send)
+        except AuthFailure as exc:  # where the token was read: before anything was answered
+            failure = exc
+        except Exception:
+            if await settle():
+                raise
+            log.info("a request whose token failed raised too", exc_info=True)
         finally:
             # Not claimed by a route (none matched, or the request was refused before it ran):
             # nothing was changed in it; rolled back.
@@ -431,6 +478,35 @@ class AuthenticationMiddleware:
                 await held.end_in_thread(_NotClaimed())
             except CthmError as exc:
                 log.warning("rolling back an unused transaction failed: %s", exc.message)
+        if failure is not None:
+            await self.authenticator.fail(failure, key)
+            await self._deny(scope, receive, send, failure, key)
+        elif unavailable is not None:
+            await (await _handled(scope, receive, unavailable))(scope, receive, send)
+
+    async def _deny(
+        self, scope: Scope, receive: Receive, send: Send, failure: AuthFailure, key: str
+    ) -> None:
+        denied = Unauthenticated(
+            token_id=failure.token_id,
+            client=key,
+            failures_in_a_row=failure.failures_in_a_row,
+        )
+        response = await _handled(scope, receive, denied)
+        response.headers.update(CHALLENGE)
+        await response(scope, receive, send)
+
+
+async def authenticate_write(scope: Scope) -> None:
+    """A write route's token, read in its transaction now (a thread hop), for routes that do
+    not read it in their own thread (deps.ends_transaction): before anything of theirs runs.
+    AuthFailure goes up to the middleware, which answers 401."""
+    state = scope.get("state") or {}
+    held = state.get(HELD_UNIT)
+    if not isinstance(held, HeldUnit) or held.principal is not None:
+        return
+    principal = await anyio.to_thread.run_sync(held.authenticate, limiter=state[BEGIN_LIMITER])
+    state["principal"] = principal
 
 
 async def _handled(scope: Scope, receive: Receive, error: CthmError) -> Response:

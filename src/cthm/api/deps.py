@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import email.message
 import functools
+import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar, cast, overload
 
 import anyio
 import anyio.to_thread
 from fastapi import Depends, Header, Request
 
-from cthm.api.auth import HELD_UNIT, HeldUnit, get_principal
+from cthm.api.auth import HELD_UNIT, HeldUnit, authenticate_write, get_principal
+from cthm.api.errors import Unauthenticated
 from cthm.api.principal import Principal
 from cthm.api.query import Params, reject_query
 from cthm.domain import HelperCatalog, InvalidInput, Protocol
@@ -97,15 +98,12 @@ async def get_repository(request: Request) -> AsyncIterator[Repository]:
     repository = held.claim() if isinstance(held, HeldUnit) else None
     if held is not None and repository is not None:
         repository.audit.context = audit
-        _ending.set(held)  # for a route that commits in its own thread (ends_transaction)
         try:
             yield repository
         except BaseException as exc:
             await held.end_in_thread(exc)
             raise
-        finally:
-            _ending.set(None)
-        await held.end_in_thread()  # nothing left to do if the route committed it
+        await held.end_in_thread()
         return
     store = (await get_context(request)).store
     unit = store.unit_of_work(write=request.method not in _READ_METHODS, audit=audit)
@@ -124,29 +122,101 @@ async def get_repository(request: Request) -> AsyncIterator[Repository]:
         )
 
 
-_ending: ContextVar[HeldUnit | None] = ContextVar("cthm_ending", default=None)
-
-
-def ends_transaction(endpoint: _Endpoint) -> _Endpoint:
-    """For a write route (a plain `def`, run in a worker thread): its request's transaction is
-    committed in that thread as the route returns, not in one more thread hop after it. The
-    transaction is SQLite's write lock: a hop (and the event loop's turn) fewer while holding
-    it. A commit that fails is raised by the route, so it is still the response."""
-
-    @functools.wraps(endpoint)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        result = endpoint(*args, **kwargs)
-        held = _ending.get()
-        if held is not None:
-            held.end()
-        return result
-
-    return cast(_Endpoint, run)
-
-
 # scope="function": the transaction ends (commit or rollback) before the response goes out, so
 # a commit that fails becomes the response instead of being lost after a 2xx was sent.
 RepoDep = Annotated[Repository, Depends(get_repository, scope="function")]
+
+
+# The request, as a parameter only ends_transaction's wrapper takes (not the route's own).
+_REQUEST_PARAMETER = "cthm_request"
+# Marks a route wrapped by ends_transaction: its token is read in its own thread.
+_IN_ITS_THREAD = "cthm_authenticates_in_its_thread"
+
+
+@overload
+def ends_transaction(endpoint: _Endpoint, /) -> _Endpoint: ...
+@overload
+def ends_transaction(*, router: str) -> Callable[[_Endpoint], _Endpoint]: ...
+def ends_transaction(
+    endpoint: _Endpoint | None = None, /, *, router: str | None = None
+) -> _Endpoint | Callable[[_Endpoint], _Endpoint]:
+    """For a write route (a plain `def`, run in a worker thread) taking `RepoDep` (and maybe
+    `PrincipalDep`, `ContextDep`), and no query (refused as `no_query` does, by before_route):
+    its whole transaction runs in that one thread: begun there, the token read
+    in it as its first statement (auth.HeldUnit), then the route, then the commit as it returns.
+    One thread hop per write instead of two (the token's, then the route's and its commit's);
+    the transaction (SQLite's write lock) is not held while the event loop routes the request
+    and solves its dependencies. FastAPI resolves
+    none of those three for it: this wrapper gives them to the route. A token that fails
+    raises AuthFailure (the middleware answers 401); a commit that fails is raised by the
+    route, so it is still the response.
+
+    router: the name of the path parameter naming the router the route reads first
+    (`load_router`), read in the token's statement: one statement fewer."""
+    if endpoint is None:
+        return functools.partial(_ends_transaction, router=router)
+    return _ends_transaction(endpoint, router=router)
+
+
+def _ends_transaction(endpoint: _Endpoint, router: str | None) -> _Endpoint:
+    """ends_transaction's wrapper."""
+    signature = inspect.signature(endpoint, eval_str=True)
+    if router is not None and router not in signature.parameters:
+        raise TypeError(f"{endpoint.__name__} has no parameter {router!r}")
+    names = {
+        parameter.annotation: name
+        for name, parameter in signature.parameters.items()
+        if any(parameter.annotation is given for given in (RepoDep, PrincipalDep, ContextDep))
+    }
+    repo_name, principal_name = names.get(RepoDep), names.get(PrincipalDep)
+    context_name = names.get(ContextDep)
+    if repo_name is None:
+        raise TypeError(f"{endpoint.__name__}: ends_transaction needs a RepoDep parameter")
+    own = [p for p in signature.parameters.values() if p.name not in names.values()]
+    # FastAPI gives one parameter the request: the route's own, if it takes it.
+    request_name = next((p.name for p in own if p.annotation is Request), None)
+    if request_name is None:
+        own.append(
+            inspect.Parameter(
+                _REQUEST_PARAMETER, inspect.Parameter.KEYWORD_ONLY, annotation=Request
+            )
+        )
+
+    @functools.wraps(endpoint)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if request_name is None:
+            request: Request = kwargs.pop(_REQUEST_PARAMETER)
+        else:
+            request = kwargs[request_name]
+        held = request.scope.get("state", {}).get(HELD_UNIT)
+        if not isinstance(held, HeldUnit):  # a route reached without the middleware: refuse
+            raise Unauthenticated()
+        principal = held.authenticate(None if router is None else kwargs[router])
+        request.state.principal = principal  # for the error handlers' audit of a denial
+        repository = held.claim()
+        if repository is None:
+            raise RuntimeError("the request's transaction was claimed before its route ran")
+        repository.audit.context = AuditContext(
+            request_id=getattr(request.state, "request_id", ""),
+            token_id=principal.token_id,
+            project_id=principal.project_id,
+        )
+        kwargs[repo_name] = repository
+        if principal_name is not None:
+            kwargs[principal_name] = principal
+        if context_name is not None:
+            kwargs[context_name] = request.app.state.cthm
+        try:
+            result = endpoint(*args, **kwargs)
+        except BaseException as exc:
+            held.end(exc)
+            raise
+        held.end()
+        return result
+
+    run.__signature__ = signature.replace(parameters=own)  # type: ignore[attr-defined]
+    setattr(run, _IN_ITS_THREAD, True)
+    return cast(_Endpoint, run)
 
 
 async def get_query_params(request: Request) -> Params:
@@ -161,11 +231,28 @@ async def no_query(request: Request) -> None:
     reject_query(await get_query_params(request))
 
 
-async def require_json_body(request: Request) -> None:
+async def before_route(request: Request) -> None:
+    """Every route's first dependency: a write's token is read now, before anything of the
+    route runs, unless the route reads it itself, first thing in its own thread
+    (ends_transaction); then the body's type, and for those routes, that no query is given
+    (as `no_query`: a dependency solved costs ~50 us)."""
+    if request.method in _READ_METHODS:
+        return
+    in_its_thread = getattr(request.scope.get("endpoint"), _IN_ITS_THREAD, False)
+    if not in_its_thread:
+        await authenticate_write(request.scope)
+    require_json_body(request)
+    if in_its_thread and request.scope.get("query_string"):
+        reject_query(request.query_params.multi_items())
+
+
+def require_json_body(request: Request) -> None:
     """Requests with a body must say it is JSON (Content-Type: application/json)."""
     if request.method not in _BODY_METHODS:
         return
     value = request.headers.get("content-type")
+    if value == "application/json":  # what nearly every client sends: no parsing
+        return
     if not value:
         raise InvalidInput("Content-Type is missing; send the body as application/json")
     message = email.message.Message()

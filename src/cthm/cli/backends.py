@@ -22,11 +22,14 @@ from cthm.netfilter import (
     BackendUnavailable,
     IptablesBackend,
     LegacyGuard,
+    LibNftablesRunner,
     NftablesBackend,
     NftRunner,
+    SyncProcesses,
     UnsafeValue,
     check_owner,
     decide,
+    default_process_count,
     make_usable_runner,
     namespaces_to_observe,
     observe,
@@ -40,6 +43,9 @@ class BackendSettings:
     backend: str = "nftables"
     iptables_flavour: str = "default"
     nft_backend: str = "auto"
+    # Kernel-worker processes for the nftables backend's full syncs (None: the machine's
+    # default, sync_processes.default_process_count(); 0: none).
+    kernel_processes: int | None = None
 
 
 @dataclass
@@ -96,10 +102,18 @@ def choose_backend(
 
 
 def build_backends(
-    choice: BackendChoice, runner: NftRunner | None, owner: str, *, nft_backend: str
+    choice: BackendChoice,
+    runner: NftRunner | None,
+    owner: str,
+    *,
+    nft_backend: str,
+    kernel_processes: int | None = 0,
+    netns_dir: Path = NETNS_DIR,
 ) -> tuple[KernelBackend, tuple[KernelBackend, ...]]:
     """The backend in use, and the retired ones. The runner goes to the nftables backend, or is
-    closed when nothing needs it. The caller checked that nftables has a runner when chosen."""
+    closed when nothing needs it. The caller checked that nftables has a runner when chosen.
+    kernel_processes: worker processes for the nftables backend in use (with the libnftables
+    runner; None: the machine's default)."""
 
     def iptables(flavour: str) -> KernelBackend:
         backend = IptablesBackend(nft_backend, flavour=flavour, owner=owner)
@@ -109,6 +123,10 @@ def build_backends(
     retired = [iptables(flavour) for flavour in choice.retired_flavours]
     if choice.backend == "nftables":
         assert nftables is not None  # checked by the caller
+        count = default_process_count() if kernel_processes is None else kernel_processes
+        if count and isinstance(nftables.runner, LibNftablesRunner):
+            processes = SyncProcesses(count, owner=owner, netns_dir=netns_dir)
+            nftables = NftablesBackend(nftables.runner, owner=owner, processes=processes)
         return nftables, tuple(retired)
     if nftables is not None:
         if choice.retire_nftables:
@@ -134,7 +152,14 @@ def prepare_backends(
         choice = choose_backend(settings, runner, claimed, netns_dir=netns_dir)
         if choice.backend == "nftables" and runner is None:
             raise ServiceError(f"cannot program nftables: {problem}")
-        backend, retired = build_backends(choice, runner, owner(), nft_backend=settings.nft_backend)
+        backend, retired = build_backends(
+            choice,
+            runner,
+            owner(),
+            nft_backend=settings.nft_backend,
+            kernel_processes=settings.kernel_processes,
+            netns_dir=netns_dir,
+        )
         built = True
     finally:
         if runner is not None and not built:

@@ -197,7 +197,12 @@ class Service:
         """Chooses the backend and builds the agent, not started: nothing in the kernel yet."""
         settings = self.settings
         prepared = prepare_backends(
-            BackendSettings(settings.backend, settings.iptables_flavour, settings.nft_backend),
+            BackendSettings(
+                settings.backend,
+                settings.iptables_flavour,
+                settings.nft_backend,
+                settings.agent_kernel_processes,
+            ),
             functools.partial(stored_namespaces, store),
             functools.partial(_identity, store),
         )

@@ -72,6 +72,7 @@ from cthm.netfilter.render import desired_table, render, render_delete, render_p
 from cthm.netfilter.runner import NftRunner
 from cthm.netfilter.scratch import scratch_namespace
 from cthm.netfilter.subprocess_runner import SubprocessRunner, run_in_namespace
+from cthm.netfilter.sync_processes import SyncProcesses, default_process_count
 from cthm.netfilter.transaction import Operation, Transaction
 
 __all__ = [
@@ -109,11 +110,13 @@ __all__ = [
     "RawTable",
     "Shadow",
     "SubprocessRunner",
+    "SyncProcesses",
     "Transaction",
     "UnsafeNamespace",
     "UnsafeValue",
     "check_owner",
     "decide",
+    "default_process_count",
     "desired_table",
     "find_shadows",
     "find_shadows_in",

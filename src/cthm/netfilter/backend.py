@@ -14,7 +14,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Literal, NamedTuple, overload
+from typing import TYPE_CHECKING, Literal, NamedTuple, overload
 
 from cthm.domain import Assignment, Direction, Protocol
 from cthm.netfilter.errors import NftNotFound, UnsafeValue
@@ -39,6 +39,9 @@ from cthm.netfilter.runner import (
     TrackedRunner,
 )
 from cthm.netfilter.transaction import Transaction
+
+if TYPE_CHECKING:
+    from cthm.netfilter.sync_processes import SyncProcesses
 
 LIST_COMMAND = f"list table {TABLE_FAMILY} {TABLE_NAME}"
 LIST_SET_COMMAND = f"list set {TABLE_FAMILY} {TABLE_NAME} {{name}}"
@@ -102,10 +105,19 @@ def _port_sets(assignments: Iterable[Assignment]) -> dict[SetKey, set[int]]:
 class NftablesBackend:
     label = "nftables"  # for logs: which backend did what
 
-    def __init__(self, runner: NftRunner, *, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        runner: NftRunner,
+        *,
+        owner: str | None = None,
+        processes: SyncProcesses | None = None,
+    ) -> None:
         """owner: the deployment id every table this backend writes is marked with (its
-        comment `cthm:<owner>`); None writes unmarked tables (tests, tools that only read)."""
+        comment `cthm:<owner>`); None writes unmarked tables (tests, tools that only read).
+        processes: kernel-worker processes that share this backend's full syncs (sync();
+        closed with it), made with the same owner."""
         self.runner = runner
+        self._processes = processes
         self.owner = check_owner(owner) if owner is not None else None
         # The last listing parsed per namespace. parse_table is a pure function of the listing
         # text, and an unchanged table lists byte-for-byte the same (handles included), so an
@@ -359,6 +371,71 @@ class NftablesBackend:
         known = self._last_if_unchanged(namespace)
         if known is not None and known[0] == want:
             return known[0], None
+        if self._processes is not None:
+            pinned = self._instance(namespace)
+            before, after, seen = self._processes.sync(
+                namespace, assignments, want, lambda: self._sync_here(namespace, assignments, want)
+            )
+            if seen is not None:
+                self._adopt(namespace, after if after is not None else before, pinned, seen)
+            return before, after
+        return self._sync_here(namespace, assignments, want)
+
+    def listed_at(self, namespace: str) -> tuple[int, int, int] | None:
+        """(st_dev, st_ino, generation id) of the namespace instance and ruleset generation
+        this backend's last listing of it was taken at, when known (a kernel worker tells the
+        agent, which adopts the listing: `_adopt`)."""
+        with self._parsed_lock:
+            generation = self._listed.get(namespace)
+        pinned = self._instance(namespace)
+        if generation is None or pinned is None or pinned[2] != generation.context:
+            return None
+        return (pinned[0], pinned[1], generation.id)
+
+    def _instance(self, namespace: str) -> tuple[int, int, int] | None:
+        instance = getattr(self.runner, "instance", None)
+        found = instance(namespace) if callable(instance) else None
+        return found if isinstance(found, tuple) else None
+
+    def _adopt(
+        self,
+        namespace: str,
+        table: KernelTable | None,
+        pinned: tuple[int, int, int] | None,
+        seen: tuple[int, int, int],
+    ) -> None:
+        """Takes a kernel worker's last listing of the namespace as this backend's own, so a
+        no-op resync is answered here by the generation alone (no call to the worker): only
+        when this process's runner pinned that very namespace instance since before the worker
+        was asked (its context's kept socket: `pinned`, the same serial now) and the namespace
+        is still at the generation the worker listed at. Without a context here, one is made
+        in the background for next time."""
+        if pinned is None:
+            watch = getattr(self.runner, "watch", None)
+            if callable(watch) and self._generations is not None:
+                watch(namespace)
+            return
+        if table is None or (pinned[0], pinned[1]) != seen[:2] or self._generations is None:
+            return
+        now = self._generations.generation(namespace)
+        if now is None or now.context != pinned[2] or now.id != seen[2]:
+            return
+        with self._parsed_lock:
+            # No listing text: the next listing of it is parsed afresh.
+            self._parsed[namespace] = ("", table)
+            self._listed[namespace] = now
+            self._committed.pop(namespace, None)
+
+    def expect_full_syncs(self, count: int) -> None:
+        """`count` full syncs are coming at once (the agent's resync): kernel-worker processes,
+        if any, start now rather than at the first syncs that overlap."""
+        if self._processes is not None:
+            self._processes.expect(count)
+
+    def _sync_here(
+        self, namespace: str, assignments: Sequence[Assignment], want: object
+    ) -> tuple[KernelTable | None, KernelTable | None]:
+        """sync() in this process."""
         # Rendered here, on the caller's thread, as the read-back is parsed here below: the
         # runner's thread, every sync's serial path, does only the kernel work, and its next
         # namespace's nft runs (without the GIL) while this thread does the Python.
@@ -501,4 +578,6 @@ class NftablesBackend:
         return True
 
     def close(self) -> None:
+        if self._processes is not None:
+            self._processes.close()
         self.runner.close()

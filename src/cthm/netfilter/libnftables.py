@@ -50,6 +50,7 @@ context is only made while a descriptor below FD_SETSIZE is free.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -337,6 +338,27 @@ class LibNftablesRunner:
         kept = self._gen_sockets.get(key)
         found = None if kept is None else kept.ask(_generation_id)
         return None if found is None or kept is None else Generation(kept.serial, found)
+
+    def instance(self, namespace: str) -> tuple[int, int, int] | None:
+        """(st_dev, st_ino, context serial) of the namespace instance this runner holds a
+        context of (its kept socket pins that instance), or None; from any thread. An equal
+        answer later, with the same serial, means the instance was pinned all along."""
+        key = self._keys.get(namespace)
+        serial = None if key is None else self._serials.get(key)
+        return None if key is None or serial is None else (key[1], key[2], serial)
+
+    def watch(self, namespace: str) -> None:
+        """Makes a context of the namespace soon, in the worker thread, without waiting for it
+        (so that generation() can answer for it later); any failure is left to later calls."""
+        check_namespace(namespace)
+        future: Future[None] = Future()
+        with self._lock:
+            if not self._closed:
+                self._queue.put((lambda: self._watch(namespace), future))
+
+    def _watch(self, namespace: str) -> None:
+        with contextlib.suppress(NftError, OSError):  # the namespace's next real call says why
+            self._inside(namespace, lambda ctx, key: None, lambda key: key in self._contexts)
 
     def cached_contexts(self) -> list[ContextKey]:
         """The (name, st_dev, st_ino) of every cached context, least recently used first."""

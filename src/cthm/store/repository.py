@@ -22,6 +22,7 @@ from cthm.domain import (
     CHANGE_MODIFIED,
     CHANGE_RESYNC,
     UNLIMITED,
+    AuthToken,
     BindingConflict,
     BindingNotFound,
     BindingQuota,
@@ -216,6 +217,21 @@ def _router(row: RouterRow | Row[Any]) -> Router:
     )
 
 
+def _prefixed_router(row: Row[Any]) -> Router:
+    """A router from columns named `r_<column>` (TokenStore.lookup_with_router)."""
+    return Router(
+        id=row.r_id,
+        name=row.r_name,
+        project_id=row.r_project_id,
+        namespace=row.r_namespace,
+        status=Status(row.r_status),
+        status_reason=row.r_status_reason,
+        revision_number=row.r_revision_number,
+        created_at=row.r_created_at,
+        updated_at=row.r_updated_at,
+    )
+
+
 # A desired binding's columns, as store/desired.py's restore_desired takes them.
 DESIRED_COLUMNS = (
     BindingRow.id,
@@ -298,6 +314,10 @@ class Repository:
         self._changes: dict[str, tuple[str, str]] = {}
         # The first and last change-log revision this unit wrote, once written (at the commit).
         self.change_revisions: tuple[int, int] | None = None
+        # A router read with this unit's token (lookup_token), for the route's first read of
+        # it (get_router, router_project); dropped by anything that reads a router to change
+        # it or changes one: (router id, the router or None if none).
+        self._prefetched: tuple[str, Router | None] | None = None
         # Told the revisions of the change log just written, before the COMMIT (Store: its
         # listener must not tell them again when their NOTIFY comes back).
         self.committing: Callable[[tuple[int, int]], None] | None = None
@@ -338,9 +358,25 @@ class Repository:
         self._audit_router("create_router", 201, None, created)
         return created
 
+    def lookup_token(self, secret: str, *, router_id: str | None = None) -> AuthToken | None:
+        """tokens.lookup(secret), the first read of a write's transaction. router_id: the
+        router the write reads next (its path's), read in the same statement (one statement
+        fewer) and kept for that read only; nothing of it is used unless the caller reads it."""
+        if router_id is None:
+            return self.tokens.lookup(secret)
+        token, row = self.tokens.lookup_with_router(secret, router_id)
+        if token is not None:
+            self._prefetched = (router_id, None if row.r_id is None else _prefixed_router(row))
+        return token
+
     def get_router(self, router_id: str, *, lock: bool = False) -> Router:
         """lock: for a check before a write (If-Match): the row is locked until the commit, so
         no concurrent writer changes it between the check and the write."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] == router_id and not lock:
+            if prefetched[1] is None:
+                raise RouterNotFound(router_id)
+            return prefetched[1]
         if lock:
             return _router(self._router_row(router_id, lock=lock))
         # A Core read (every request on a router does this one): no ORM object to build.
@@ -353,6 +389,9 @@ class Repository:
     def router_project(self, router_id: str) -> str | None:
         """The project of a router, None if there is no such router. One query that returns one
         row either way (a scalar subquery), so an existing id and an unknown one cost the same."""
+        if self._prefetched is not None and self._prefetched[0] == router_id:
+            found = self._prefetched[1]  # kept for get_router: both cost nothing either way
+            return None if found is None else found.project_id
         owner = select(RouterRow.project_id).where(RouterRow.id == router_id).scalar_subquery()
         project_id: str | None = self._session.execute(select(owner)).scalar_one()
         return project_id
@@ -799,6 +838,7 @@ class Repository:
         """lock: read afresh and locked until the commit (see __init__), for a change made from
         what is read: a revision_number += 1 or an If-Match check must not race another
         writer's."""
+        self._prefetched = None  # read to be changed: a router read before is not read again
         if lock and self._lock_rows:
             row = self._session.get(
                 RouterRow, router_id, with_for_update=True, populate_existing=True
@@ -844,6 +884,7 @@ class Repository:
         notes of this unit of work, and a RouterRow of it this session holds given the new
         values, so that a later read in this unit of work does not see the old revision."""
         revision = head.revision_number
+        self._prefetched = None
         self.revision_notes.append((head.id, revision, changed))
         cached = self._session.identity_map.get(identity_key(RouterRow, head.id))
         if cached is not None:
@@ -865,6 +906,7 @@ class Repository:
     ) -> None:
         """kernel: the change reaches the kernel (a binding's), so the change feed tells it.
         changed: the binding changed (store/revisions.py; None: not said)."""
+        self._prefetched = None
         row.revision_number += 1
         self.revision_notes.append((row.id, row.revision_number, changed if kernel else ""))
         row.updated_at = _now()
@@ -874,6 +916,7 @@ class Repository:
             self._note_change(row.id, row.namespace, CHANGE_MODIFIED)
 
     def _note_change(self, router_id: str, namespace: str, kind: str) -> None:
+        self._prefetched = None  # written since: a router read before is not read again as is
         self._changes.pop(router_id, None)  # re-inserted: dict order is change order
         self._changes[router_id] = (namespace, kind)
 

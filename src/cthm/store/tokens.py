@@ -30,7 +30,7 @@ from cthm.domain import (
     validate_project_id,
 )
 from cthm.store.listing import apply_query, columns_of
-from cthm.store.tables import TokenRow
+from cthm.store.tables import RouterRow, TokenRow
 
 SECRET_PREFIX = "cthm_"  # noqa: S105 (marks a string as a cthm token)
 SECRET_BYTES = 32  # 256 bits -> 43 urlsafe base64 characters
@@ -52,6 +52,16 @@ _TOKENS = cast(Table, TokenRow.__table__)
 # Every column but the hash: what _token() reads.
 _LOOKUP = select(*(c for c in _TOKENS.c if c.name != "secret_hash")).where(
     _TOKENS.c.secret_hash == bindparam("b_hash")
+)
+
+
+_ROUTERS = cast(Table, RouterRow.__table__)
+# The token and, in the same statement, a router by id (its columns as `r_<name>`; NULL if
+# none): a write's first two reads in one (Repository.lookup_token).
+_LOOKUP_WITH_ROUTER = (
+    select(*_LOOKUP.selected_columns, *(c.label(f"r_{c.name}") for c in _ROUTERS.c))
+    .select_from(_TOKENS.outerjoin(_ROUTERS, _ROUTERS.c.id == bindparam("b_router")))
+    .where(_TOKENS.c.secret_hash == bindparam("b_hash"))
 )
 
 
@@ -140,6 +150,16 @@ class TokenStore:
             .one_or_none()
         )
         return None if row is None else _token(row)
+
+    def lookup_with_router(self, secret: str, router_id: str) -> tuple[AuthToken | None, Any]:
+        """lookup(secret), and the router `router_id`'s row in the same statement: a row whose
+        columns are named `r_<column>`, all None if there is no such router (None: no token)."""
+        row = (
+            self._session.connection()
+            .execute(_LOOKUP_WITH_ROUTER, {"b_hash": hash_secret(secret), "b_router": router_id})
+            .one_or_none()
+        )
+        return (None, None) if row is None else (_token(row), row)
 
     def authenticate(self, secret: str, now: datetime) -> AuthToken | None:
         """The token with this secret if it can be used at `now`; None: unknown, expired or

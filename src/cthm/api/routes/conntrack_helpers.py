@@ -6,7 +6,7 @@ whichever router the caller may see (Neutron loaded it by id alone until 2026).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from cthm.api import policy
@@ -17,7 +17,6 @@ from cthm.api.deps import (
     QueryDep,
     RepoDep,
     ends_transaction,
-    no_query,
 )
 from cthm.api.principal import Principal
 from cthm.api.query import (
@@ -89,10 +88,9 @@ def _check_high_risk(
     "",
     status_code=201,
     response_model=ConntrackHelperResponse,
-    dependencies=[Depends(no_query)],
     responses=FORBIDDEN,
 )
-@ends_transaction
+@ends_transaction(router="router_id")
 def create_conntrack_helper(
     router_id: str,
     body: ConntrackHelperCreateRequest,
@@ -164,7 +162,6 @@ def show_conntrack_helper(
 @router.put(
     "/{binding_id}",
     response_model=ConntrackHelperResponse,
-    dependencies=[Depends(no_query)],
     responses=FORBIDDEN,
 )
 @ends_transaction
@@ -206,9 +203,7 @@ def update_conntrack_helper(
     return respond(200, {"conntrack_helper": binding_body(updated)})
 
 
-@router.delete(
-    "/{binding_id}", status_code=204, dependencies=[Depends(no_query)], responses=FORBIDDEN
-)
+@router.delete("/{binding_id}", status_code=204, responses=FORBIDDEN)
 @ends_transaction
 def delete_conntrack_helper(
     router_id: str,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from cthm.api import policy
@@ -12,7 +12,6 @@ from cthm.api.deps import (
     QueryDep,
     RepoDep,
     ends_transaction,
-    no_query,
 )
 from cthm.api.query import (
     openapi_parameters,
@@ -67,7 +66,6 @@ def _project_of(project_id: str | None, tenant_id: str | None, default: str) -> 
     "",
     status_code=201,
     response_model=RouterResponse,
-    dependencies=[Depends(no_query)],
     responses=FORBIDDEN,
 )
 @ends_transaction
@@ -147,7 +145,6 @@ def show_router(
 @router.put(
     "/{router_id}",
     response_model=RouterResponse,
-    dependencies=[Depends(no_query)],
     responses=FORBIDDEN,
 )
 @ends_transaction
@@ -166,9 +163,7 @@ def update_router(
     return respond(200, {"router": _with_bindings(request, repo, found)})
 
 
-@router.delete(
-    "/{router_id}", status_code=204, dependencies=[Depends(no_query)], responses=FORBIDDEN
-)
+@router.delete("/{router_id}", status_code=204, responses=FORBIDDEN)
 @ends_transaction
 def delete_router(
     router_id: str, repo: RepoDep, principal: PrincipalDep, if_match: IfMatchDep

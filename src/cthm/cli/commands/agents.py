@@ -171,6 +171,13 @@ def delete(state: CliState, agent_id: str, force: bool) -> None:
     help="Routers reconciled at once.",
 )
 @click.option(
+    "--kernel-processes",
+    type=click.IntRange(min=0, max=16),
+    default=None,
+    help="Worker processes sharing bursts of full syncs (nftables with libnftables); 0: "
+    "none. [one per CPU, at most 4; none on one CPU]",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -205,6 +212,7 @@ def run(
     report_interval: float,
     resync_interval: float,
     workers: int,
+    kernel_processes: int | None,
     log_level: str,
     log_format: str,
     metrics_listen: str | None,
@@ -224,7 +232,7 @@ def run(
     configure_logging(log_level.upper(), log_format=log_format.lower())
     if not is_loopback_url(url) and url.startswith("http://"):
         log.warning("the API at %s is plain http: the token crosses the network in clear", url)
-    settings = BackendSettings(backend, iptables_flavour, nft_backend)
+    settings = BackendSettings(backend, iptables_flavour, nft_backend, kernel_processes)
     _run_node_agent(
         url,
         token,
