@@ -58,6 +58,7 @@ from cthm.netfilter import (
     default_process_count,
     make_runner,
 )
+from cthm.settings import Settings
 from cthm.store import Store
 from cthm.store.tables import BindingRow, RouterRow
 
@@ -140,7 +141,7 @@ class Fleet:
             LocalStoreSource(self.store),
             self.backend,
             self.catalog,
-            workers=2,
+            workers=Settings.model_fields["agent_workers"].default,  # as `cthm serve`
             resync_interval=86400,  # the resync is measured on demand, never by the timer
             sweep_orphans=False,
         )

@@ -166,7 +166,7 @@ def delete(state: CliState, agent_id: str, force: bool) -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1, max=64),
-    default=2,
+    default=4,
     show_default=True,
     help="Routers reconciled at once.",
 )
