@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NotRequired, TypedDict, Unpack, cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
@@ -78,6 +78,26 @@ class AuditContext:
     project_id: str | None
 
 
+class AuditEvent(TypedDict):
+    """What an audit event is given (AuditLog.record, event_values): its target and change, and
+    optionally its outcome, HTTP status and detail; context and time for an event recorded later
+    than it happened (denied attempts, written in batches; default: the unit's, now); event_id
+    when the caller needs to know the row's id in advance (default: a new one)."""
+
+    action: str
+    target_type: str
+    target_id: str | None
+    target_project_id: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    outcome: NotRequired[str]
+    status_code: NotRequired[int]
+    detail: NotRequired[str]
+    context: NotRequired[AuditContext | None]
+    time: NotRequired[datetime | None]
+    event_id: NotRequired[str | None]
+
+
 def redact(text: str) -> str:
     return _SECRET.sub("cthm_[redacted]", text)
 
@@ -125,38 +145,10 @@ class AuditLog:
         # Each recorded row's values, by column (AUDIT_FIELDS), for the log after the commit.
         self._recorded: list[dict[str, Any]] = []
 
-    def record(
-        self,
-        *,
-        action: str,
-        target_type: str,
-        target_id: str | None,
-        target_project_id: str | None,
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-        outcome: str = Outcome.SUCCESS,
-        status_code: int = 200,
-        detail: str = "",
-        context: AuditContext | None = None,
-        time: datetime | None = None,
-        event_id: str | None = None,
-    ) -> None:
-        """Adds one row to this transaction (flushed now, so a refused insert fails the change).
-        The arguments are event_values'."""
-        values = self.event_values(
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            target_project_id=target_project_id,
-            before=before,
-            after=after,
-            outcome=outcome,
-            status_code=status_code,
-            detail=detail,
-            context=context,
-            time=time,
-            event_id=event_id,
-        )
+    def record(self, **event: Unpack[AuditEvent]) -> None:
+        """Adds one row, event_values(**event), to this transaction (flushed now, so a refused
+        insert fails the change)."""
+        values = self.event_values(**event)
         # A Core INSERT, not an ORM object: a change's audit row is on every write's path, and
         # the ORM's unit-of-work flush costs several times the statement.
         self._session.connection().execute(_INSERT_AUDIT, values)
@@ -167,47 +159,30 @@ class AuditLog:
         trip with the change it records), to be logged after the commit as record()'s are."""
         self._recorded.append(values)
 
-    def event_values(
-        self,
-        *,
-        action: str,
-        target_type: str,
-        target_id: str | None,
-        target_project_id: str | None,
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-        outcome: str = Outcome.SUCCESS,
-        status_code: int = 200,
-        detail: str = "",
-        context: AuditContext | None = None,
-        time: datetime | None = None,
-        event_id: str | None = None,
-    ) -> dict[str, Any]:
-        """One event's row, by column (AUDIT_FIELDS).
-
-        Without a context (a change made outside a request), request_id is "" and token_id and
-        project_id are None. context and time: whose and when, for an event recorded later than
-        it happened (denied attempts, written in batches); default: this unit's, now.
-        event_id: the row's id when the caller needs to know it in advance (default: a new one).
-        """
+    def event_values(self, **event: Unpack[AuditEvent]) -> dict[str, Any]:
+        """One event's row, by column (AUDIT_FIELDS). Without a context (a change made outside
+        a request, and none for this unit), request_id is "" and token_id and project_id are
+        None."""
         context = (
-            context or self.context or AuditContext(request_id="", token_id=None, project_id=None)
+            event.get("context")
+            or self.context
+            or AuditContext(request_id="", token_id=None, project_id=None)
         )
         values: dict[str, Any] = {
-            "id": event_id or str(uuid.uuid4()),
-            "time": time or _now(),
+            "id": event.get("event_id") or str(uuid.uuid4()),
+            "time": event.get("time") or _now(),
             "request_id": _bounded("request_id", context.request_id) or "",
             "token_id": _bounded("token_id", context.token_id),
             "project_id": _bounded("project_id", context.project_id),
-            "action": _bounded("action", action) or "",
-            "target_type": _bounded("target_type", target_type) or "",
-            "target_id": _bounded("target_id", target_id),
-            "target_project_id": _bounded("target_project_id", target_project_id),
-            "outcome": Outcome(outcome).value,
-            "status_code": status_code,
-            "before": before,
-            "after": after,
-            "detail": _bounded("detail", detail) or "",
+            "action": _bounded("action", event["action"]) or "",
+            "target_type": _bounded("target_type", event["target_type"]) or "",
+            "target_id": _bounded("target_id", event["target_id"]),
+            "target_project_id": _bounded("target_project_id", event["target_project_id"]),
+            "outcome": Outcome(event.get("outcome", Outcome.SUCCESS)).value,
+            "status_code": event.get("status_code", 200),
+            "before": event["before"],
+            "after": event["after"],
+            "detail": _bounded("detail", event.get("detail", "")) or "",
         }
         return values
 
