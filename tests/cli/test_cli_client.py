@@ -17,6 +17,11 @@ from cthm.cli.client import ClientError, CthmClient, ServerUnreachable
 
 Cthm = Callable[..., Result]
 
+# Well formed, known to no server: these tests are about reaching one, and without a token the
+# client stops before trying (it would read the default data directory's admin.token, which a
+# machine may or may not have).
+SOME_TOKEN = "cthm_" + "A" * 43
+
 
 @pytest.mark.parametrize(
     "args",
@@ -30,7 +35,7 @@ Cthm = Callable[..., Result]
 )
 def test_a_server_that_is_down_is_exit_3(args: tuple[str, ...]) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    assert_error(run(*args, url=url), 3, f"cannot reach cthm at {url}", "refused")
+    assert_error(run(*args, url=url, token=SOME_TOKEN), 3, f"cannot reach cthm at {url}", "refused")
 
 
 def test_a_silent_server_times_out_with_exit_3() -> None:
@@ -39,7 +44,7 @@ def test_a_silent_server_times_out_with_exit_3() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        result = run("--timeout", "0.3", "router", "list", url=url)
+        result = run("--timeout", "0.3", "router", "list", url=url, token=SOME_TOKEN)
     assert_error(result, 3, f"cannot reach cthm at {url}", "no answer within 0.3s")
 
 
@@ -73,8 +78,12 @@ def foreign_url() -> Iterator[str]:
 
 
 def test_a_server_that_is_not_cthm_is_one_line(foreign_url: str) -> None:
-    assert_error(run("router", "list", url=foreign_url), 1, "is this a cthm server?")
-    assert_error(run("router", "show", str(uuid.uuid4()), url=foreign_url), 1, "HTTP 500")
+    assert_error(
+        run("router", "list", url=foreign_url, token=SOME_TOKEN), 1, "is this a cthm server?"
+    )
+    assert_error(
+        run("router", "show", str(uuid.uuid4()), url=foreign_url, token=SOME_TOKEN), 1, "HTTP 500"
+    )
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1:9797", "not a url", "http://", "127.0.0.1:9797"])
@@ -89,7 +98,7 @@ def test_the_url_option_wins_over_the_environment(server: ServerProcess, project
         url=down, token=server.admin_token,
     )  # fmt: skip
     assert result.returncode == 0, result
-    assert_error(run("router", "list", url=down), 3, down)
+    assert_error(run("router", "list", url=down, token=server.admin_token), 3, down)
 
 
 def test_a_closed_stdout_is_not_a_traceback(server: ServerProcess) -> None:

@@ -111,7 +111,7 @@ def test_data_survives_a_restart_and_signals_stop_cleanly(tmp_path: Path) -> Non
         assert second.stop(signal.SIGINT) == 0, second.logs()
     assert "Traceback" not in second.stderr
     assert not (data_dir / "cthm.db-wal").exists()
-    assert_error(run("router", "list", url=second.url), 3)  # it really stopped
+    assert_error(run("router", "list", url=second.url, token=token), 3)  # it really stopped
 
 
 def test_settings_from_a_config_file(tmp_path: Path) -> None:
