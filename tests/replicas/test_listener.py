@@ -7,11 +7,14 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from cthm.domain import new_router
 from cthm.store import Store
@@ -110,5 +113,32 @@ def test_subscribers_hear_of_commits_made_by_another_store(database: str) -> Non
                 break
         assert router.id in found
     finally:
+        listening.close()
+        writing.close()
+
+
+def test_a_wake_up_alone_is_told_without_reading_the_change_log(database: str) -> None:
+    """A subscriber that needs no router ids (the API's watches read again by revision) is woken
+    by another store's commit, and the listening store reads nothing for it: a replica without
+    an agent pays no query per write of another replica."""
+    woken: queue.Queue[frozenset[str]] = queue.Queue()
+    listening, writing = Store(database), Store(database)
+    read_by_the_listener: list[str] = []
+
+    def note(*args: object) -> None:
+        if threading.current_thread().name == "cthm-change-listener":
+            read_by_the_listener.append(str(args[2]))
+
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        listening.subscribe(woken.put, router_ids=False)
+        assert woken.get(timeout=WAIT) == frozenset()  # listening now
+        for name in ("a", "b"):
+            with writing.unit_of_work() as repo:
+                repo.add_router(new_router(name=name, project_id="p", namespace=f"qrouter-{name}"))
+            assert woken.get(timeout=WAIT) == frozenset()
+        assert read_by_the_listener == []
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
         listening.close()
         writing.close()

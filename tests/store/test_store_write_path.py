@@ -100,6 +100,74 @@ def test_a_create_given_its_router_is_two_statements_on_postgresql(
 
 
 @postgres_only
+def test_the_apis_create_is_one_statement_with_its_change_log_row_on_postgresql(
+    database_url: str, plain_sql: PlainSql
+) -> None:
+    """The API's create (its router read with the token, last_change): the router's bump, the
+    binding, its audit event and the change log's lock, row and NOTIFY in one statement; the
+    row's revision is the one the unit reports and listeners hear at the commit."""
+    store = Store(database_url)
+    listener = psycopg.connect(conninfo(database_url), autocommit=True)
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    try:
+        with store.unit_of_work() as repo:
+            router = repo.add_router(new_router(name="a", project_id="p"))
+        listener.execute(f"LISTEN {CHANGE_CHANNEL}")
+        with store.unit_of_work() as repo:
+            read = repo.get_router(router.id)
+            event.listen(store._engine, "before_cursor_execute", record)
+            wanted = new_binding(CATALOG, read, protocol="tcp", port=2300, helper="ftp")
+            created = repo.add_binding(wanted, router=read, last_change=True)
+        event.remove(store._engine, "before_cursor_execute", record)
+        assert repo.change_revisions is not None
+        first, last = repo.change_revisions
+        payloads = [n.payload for n in listener.notifies(timeout=5.0, stop_after=1)]
+    finally:
+        if event.contains(store._engine, "before_cursor_execute", record):
+            event.remove(store._engine, "before_cursor_execute", record)
+        listener.close()
+        store.close()
+    assert len(statements) == 1, statements
+    for table in ("conntrack_helpers", "audit_events", "change_log"):
+        assert f"INSERT INTO {table}" in statements[0]
+    assert first == last
+    assert payloads == [str(last)]
+    assert plain_sql("SELECT revision, router_id, kind FROM change_log ORDER BY revision")[-1] == (
+        last,
+        router.id,
+        "MODIFIED",
+    )
+    assert plain_sql(f"SELECT port FROM conntrack_helpers WHERE id = '{created.id}'") == [(2300,)]
+    assert plain_sql(f"SELECT count(*) FROM audit_events WHERE target_id = '{created.id}'") == [
+        (1,)
+    ]
+
+
+def test_a_change_after_the_units_last_change_is_refused_and_nothing_is_kept(
+    store: Store, make_router: MakeRouter, plain_sql: PlainSql
+) -> None:
+    router = make_router()
+    log_before = plain_sql("SELECT count(*) FROM change_log")
+
+    def create_then_resync() -> None:
+        with store.unit_of_work() as repo:
+            read = repo.get_router(router.id)
+            wanted = new_binding(CATALOG, read, protocol="tcp", port=2400, helper="ftp")
+            repo.add_binding(wanted, router=read, last_change=True)
+            repo.request_resync(router.id)
+
+    with pytest.raises(RuntimeError, match="last_change"):
+        create_then_resync()
+    assert plain_sql("SELECT count(*) FROM conntrack_helpers") == [(0,)]
+    assert plain_sql("SELECT count(*) FROM change_log") == log_before
+    assert plain_sql("SELECT revision_number FROM routers") == [(router.revision_number,)]
+
+
+@postgres_only
 def test_a_change_to_several_routers_notifies_its_last_revision_once(database_url: str) -> None:
     store = Store(database_url)
     listener = psycopg.connect(conninfo(database_url), autocommit=True)

@@ -1,5 +1,6 @@
-"""The API's request metrics (cthm.metrics): a pure ASGI middleware, outermost, so every answer
-is counted (a 401 before routing, a 413, a 500 included).
+"""The API's request metrics (cthm.metrics), counted by the outermost middleware
+(app.RequestContextMiddleware), so every answer is counted (a 401 before routing, a 413, a 500
+included).
 
 The route label is the matched route's template (`/v2.0/routers/{router_id}`), never the raw
 path: ids would make one series per object. A route of a mounted app (the status page) is
@@ -10,43 +11,35 @@ the app's routes.
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import Iterable, Iterator
 
+from prometheus_client import Counter, Histogram
 from starlette.routing import BaseRoute, Match, Mount
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from cthm import metrics
 
 UNMATCHED = "unmatched"
 
 
-class RequestMetricsMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+def count_answer(scope: Scope, route: str, status: int, seconds: float) -> None:
+    """One answered request in the metrics (`route`: route_template's)."""
+    method = metrics.normal_method(str(scope.get("method", "")))
+    duration, requests = _series(method, route, status)
+    duration.observe(seconds)
+    requests.inc()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        code = 500  # an exception nothing answered
 
-        async def send_noting_code(message: Message) -> None:
-            nonlocal code
-            if message["type"] == "http.response.start":
-                code = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_noting_code)
-        finally:
-            method = metrics.normal_method(str(scope.get("method", "")))
-            route = route_template(scope)
-            metrics.API_REQUEST_DURATION.labels(method=method, route=route).observe(
-                time.perf_counter() - started
-            )
-            metrics.API_REQUESTS.labels(method=method, route=route, code=str(code)).inc()
+# The labelled series of a (method, route, status): looked up by prometheus-client's labels()
+# once, not on every request. Bounded as the series themselves are (methods are normalised,
+# routes are templates or UNMATCHED, statuses are the few the API answers).
+@functools.cache
+def _series(method: str, route: str, status: int) -> tuple[Histogram, Counter]:
+    return (
+        metrics.API_REQUEST_DURATION.labels(method=method, route=route),
+        metrics.API_REQUESTS.labels(method=method, route=route, code=str(status)),
+    )
 
 
 def route_template(scope: Scope) -> str:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as cast_
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from cthm.domain import (
@@ -157,10 +158,16 @@ def write_change_log(
         if postgresql:
             # Only the revision (NOTIFY payloads are limited): listeners re-read by revision.
             connection.execute(select(func.pg_notify(CHANGE_CHANNEL, str(last))))
+    prune_change_log(connection, first, last, keep)
+    return first, last
+
+
+def prune_change_log(connection: Connection, first: int, last: int, keep: int) -> None:
+    """After revisions first..last were written: the log pruned to about the newest `keep`
+    rows when the head crossed a multiple of PRUNE_EVERY (or of `keep`, if smaller)."""
     every = max(1, min(PRUNE_EVERY, keep))
     if last // every != (first - 1) // every:
         connection.execute(delete(_CHANGE_LOG).where(_CHANGE_LOG.c.revision <= last - keep))
-    return first, last
 
 
 def _agent(row: AgentRow) -> AgentRecord:

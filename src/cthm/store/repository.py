@@ -9,7 +9,20 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, NamedTuple, NoReturn, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+    update,
+)
+from sqlalchemy import cast as cast_
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -45,13 +58,20 @@ from cthm.store.audit import AUDIT_FIELDS, AuditContext, AuditLog
 from cthm.store.census import bindings_by_status, routers_by_status
 from cthm.store.deployment import create_deployment_id, read_deployment_id
 from cthm.store.desired import restore_all_desired, restore_desired
-from cthm.store.hosts import HostRepository, write_change_log
+from cthm.store.hosts import (
+    CHANGE_CHANNEL,
+    CHANGE_LOG_LOCK_KEY,
+    HostRepository,
+    prune_change_log,
+    write_change_log,
+)
 from cthm.store.listing import apply_query, columns_of
 from cthm.store.tables import (
     AgentNamespaceRow,
     AuditEventRow,
     BindingHostRow,
     BindingRow,
+    ChangeLogRow,
     RouterHostRow,
     RouterRow,
     RouterTombstoneRow,
@@ -114,12 +134,18 @@ _BUMP_ROUTER_RETURNING = (
 )
 
 
-def _bump_and_insert() -> Any:
-    """PostgreSQL: _BUMP_ROUTER_RETURNING, the binding's INSERT and its audit event's in one
-    statement (one round trip): the binding takes its router and project from the bumped row, so
-    none is inserted when the router is gone; a binding holding the port fails the whole
-    statement. Parameters: b_router, b_now, v_<column> for the binding's other columns and
-    a_<column> for the audit event's."""
+class _CreateCtes(NamedTuple):
+    bumped: Any  # the router's row, its revision + 1 (locked until the commit)
+    inserted: Any  # the binding's row
+    audited: Any  # its audit event's row
+
+
+def _create_ctes() -> _CreateCtes:
+    """PostgreSQL: _BUMP_ROUTER_RETURNING, the binding's INSERT and its audit event's, as the
+    CTEs of one statement: the binding takes its router and project from the bumped row, so none
+    is inserted when the router is gone; a binding holding the port fails the whole statement.
+    Parameters: b_router, b_now, v_<column> for the binding's other columns and a_<column> for
+    the audit event's."""
     bumped = _BUMP_ROUTER_RETURNING.cte("bumped")
     names = [name for name in BINDING_FIELDS if name not in ("router_id", "project_id")]
     inserted = (
@@ -141,11 +167,61 @@ def _bump_and_insert() -> Any:
         .values({name: bindparam(f"a_{name}", type_=events.c[name].type) for name in AUDIT_FIELDS})
         .cte("audited")
     )
+    return _CreateCtes(bumped, inserted, audited)
+
+
+def _bump_and_insert() -> Any:
+    """_create_ctes' in one statement (one round trip) returning the bumped router's columns."""
+    bumped, inserted, audited = _create_ctes()
     # add_cte: the INSERTs run though the SELECT does not read them.
     return select(*bumped.c).add_cte(inserted, audited)
 
 
+def _bump_insert_and_log() -> Any:
+    """_bump_and_insert, and the router's change-log row (hosts.write_change_log's one-row
+    statement) in the same statement: one round trip fewer, for a create that is the last change
+    of its unit of work. The change-log lock is taken once the binding's row is in (`locked`
+    reads `inserted`): after every row lock the create takes, and after a wait for a concurrent
+    insert of the same port, as when it was taken by a statement of its own just before the
+    commit; so no writer holds it while waiting for another one. The row's revision (the
+    sequence's nextval) is taken once the lock is granted. Returns the bumped router's columns,
+    the revision written (`revision`) and the NOTIFY's result; no row if the router is gone.
+    Parameters: _create_ctes', and c_kind for the change's kind."""
+    bumped, inserted, audited = _create_ctes()
+    locked = (
+        select(func.pg_advisory_xact_lock(literal(CHANGE_LOG_LOCK_KEY, BigInteger)).label("locked"))
+        .select_from(inserted)
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    log = cast(Table, ChangeLogRow.__table__)
+    written = (
+        insert(log)
+        .from_select(
+            ["router_id", "namespace", "kind", "time"],
+            select(
+                bumped.c.id,
+                bumped.c.namespace,
+                bindparam("c_kind", type_=log.c.kind.type),
+                bindparam("b_now", type_=log.c.time.type),
+            ).select_from(bumped.join(locked, true())),
+        )
+        .returning(log.c.revision)
+        .cte("written")
+    )
+    return (
+        select(
+            *bumped.c,
+            written.c.revision.label("revision"),
+            func.pg_notify(CHANGE_CHANNEL, cast_(written.c.revision, Text)).label("notified"),
+        )
+        .select_from(bumped.join(written, true()))
+        .add_cte(inserted, audited, locked, written)
+    )
+
+
 _BUMP_AND_INSERT_BINDING = _bump_and_insert()
+_BUMP_INSERT_AND_LOG_BINDING = _bump_insert_and_log()
 # The agents' status reports (set_router_statuses, set_binding_statuses): one executemany per
 # table for a run of routers (SQLite: see below), each row guarded by its revision (a report on
 # an older revision never overwrites newer state). Run as the driver's SQL: SQLAlchemy's
@@ -312,8 +388,11 @@ class Repository:
         # Router id -> (namespace, kind) of this unit of work's kernel changes: one change-log
         # row each, written just before the commit (the last kind wins).
         self._changes: dict[str, tuple[str, str]] = {}
-        # The first and last change-log revision this unit wrote, once written (at the commit).
+        # The first and last change-log revision this unit wrote, once written (at the commit,
+        # or with a last_change).
         self.change_revisions: tuple[int, int] | None = None
+        # A last_change wrote its change-log row: no change may follow it.
+        self._changes_closed = False
         # A router read with this unit's token (lookup_token), for the route's first read of
         # it (get_router, router_project); dropped by anything that reads a router to change
         # it or changes one: (router id, the router or None if none).
@@ -506,6 +585,7 @@ class Repository:
         *,
         quota: BindingQuota | None = None,
         router: Router | None = None,
+        last_change: bool = False,
     ) -> HelperBinding:
         """quota: the limits of the router's project, checked in this transaction (None: none;
         the API always gives one). OverQuota if the binding would exceed one. The binding
@@ -514,10 +594,15 @@ class Repository:
         for the quota check and (PostgreSQL) the audit event written with the binding (None:
         read here, and the event written after). The binding's own project and the revision
         bumped are those the statement bumping the router reads.
+        last_change: nothing else is changed in this unit of work after it (the API's create):
+        on PostgreSQL, with `router` given, the change log's row is written by the same
+        statement too (_BUMP_INSERT_AND_LOG_BINDING); a change noted after it raises
+        RuntimeError (on either database).
 
         Core statements, not ORM objects: this is the API's hottest write, and the ORM's flushes
         cost more than the statements themselves. PostgreSQL: one statement (the router's bump
         and the binding's INSERT) and no SELECT before it (_BUMP_AND_INSERT_BINDING)."""
+        self._check_changes_open()
         self._session.flush()  # what the ORM holds unwritten, before the Core statements below
         if quota is not None and not quota.unlimited:
             if router is not None and router.id == binding.router_id:
@@ -561,6 +646,7 @@ class Repository:
         connection = self._session.connection()
         taken = (binding.router_id, binding.protocol, binding.port, binding.direction)
         event: dict[str, Any] | None = None
+        logged = False  # the change log's row written with the binding
         try:
             if connection.dialect.name == "postgresql" and known:
                 event = self.audit.event_values(
@@ -578,8 +664,12 @@ class Repository:
                     if name not in ("router_id", "project_id")  # the bumped row's
                 }
                 params.update((f"a_{name}", value) for name, value in event.items())
+                logged = last_change and not self._changes
+                if logged:
+                    params["c_kind"] = CHANGE_MODIFIED
                 bumped = connection.execute(
-                    _BUMP_AND_INSERT_BINDING, router_params | params
+                    _BUMP_INSERT_AND_LOG_BINDING if logged else _BUMP_AND_INSERT_BINDING,
+                    router_params | params,
                 ).one_or_none()
             else:  # SQLite; PostgreSQL without the project known beforehand
                 bumped = connection.execute(_BUMP_ROUTER_RETURNING, router_params).one_or_none()
@@ -596,7 +686,13 @@ class Repository:
             raise Conflict("the router changed meanwhile; retry")
         if created.project_id != head.project_id:
             created = dataclasses.replace(created, project_id=head.project_id)
-        self._bumped_router(head, now, changed=created.id)
+        self._bumped_router(head, now, changed=created.id, logged=logged)
+        if logged:
+            revision = bumped.revision
+            prune_change_log(connection, revision, revision, self.change_history)
+            self.change_revisions = (revision, revision)
+        # On every database, so a caller breaking the promise fails in every test run.
+        self._changes_closed = last_change
         self.revision_contents[head.id, head.revision_number] = created
         if event is None:
             self._audit_binding(action, 201, None, created)
@@ -879,10 +975,13 @@ class Repository:
         )
         self._bumped_router(head._replace(revision_number=revision), now, changed=changed)
 
-    def _bumped_router(self, head: _RouterHead, now: datetime, *, changed: str | None) -> None:
+    def _bumped_router(
+        self, head: _RouterHead, now: datetime, *, changed: str | None, logged: bool = False
+    ) -> None:
         """What follows a router's revision bump to `head.revision_number` in the database: the
         notes of this unit of work, and a RouterRow of it this session holds given the new
-        values, so that a later read in this unit of work does not see the old revision."""
+        values, so that a later read in this unit of work does not see the old revision.
+        logged: its change-log row is written already (not noted for the commit)."""
         revision = head.revision_number
         self._prefetched = None
         self.revision_notes.append((head.id, revision, changed))
@@ -891,7 +990,8 @@ class Repository:
             set_committed_value(cached, "revision_number", revision)
             set_committed_value(cached, "updated_at", now)
         self.changed_routers.add(head.id)
-        self._note_change(head.id, head.namespace, CHANGE_MODIFIED)
+        if not logged:
+            self._note_change(head.id, head.namespace, CHANGE_MODIFIED)
 
     def _lost_race(self, explain: Callable[[], None]) -> NoReturn:
         """After a unique constraint refused a write: a concurrent writer won (see
@@ -916,20 +1016,26 @@ class Repository:
             self._note_change(row.id, row.namespace, CHANGE_MODIFIED)
 
     def _note_change(self, router_id: str, namespace: str, kind: str) -> None:
+        self._check_changes_open()
         self._prefetched = None  # written since: a router read before is not read again as is
         self._changes.pop(router_id, None)  # re-inserted: dict order is change order
         self._changes[router_id] = (namespace, kind)
+
+    def _check_changes_open(self) -> None:
+        if self._changes_closed:
+            # Its row would follow a revision already written, out of the lock's order.
+            raise RuntimeError("a change after the unit of work's last_change")
 
     def write_changes(self) -> None:
         """The change log's rows of the changes noted so far; the unit of work calls it just
         before its commit (rather than a session event listened to per unit: its registration
         and dispatch cost more than the call)."""
-        if not self._changes:
-            return
-        changes, self._changes = self._changes, {}
-        self.change_revisions = write_change_log(
-            self._session, changes, self.change_history, _now()
-        )
+        if self._changes:
+            changes, self._changes = self._changes, {}
+            self.change_revisions = write_change_log(
+                self._session, changes, self.change_history, _now()
+            )
+        # Also for a row written with its change (add_binding's last_change).
         if self.change_revisions is not None and self.committing is not None:
             self.committing(self.change_revisions)
 

@@ -67,6 +67,9 @@ class Store:
         # and the newest revision the subscribers were told of through it.
         self._listener: ChangeListener | None = None
         self._told_revision: int | None = None
+        # Whether a subscriber needs to know which routers other processes changed (an agent);
+        # the API's watches read again by revision themselves and need only the wake-up.
+        self._router_ids_wanted = False
         self._committing: set[tuple[int, int]] = set()  # this process's, being committed
         # Denied attempts are committed in the background (see audit_writer: a denial must not
         # cost its request more than an unknown id does).
@@ -117,12 +120,18 @@ class Store:
         except SQLAlchemyError as exc:
             raise Unavailable(f"cannot migrate the database: {_describe(exc)}") from exc
 
-    def subscribe(self, callback: ChangeCallback) -> None:
+    def subscribe(self, callback: ChangeCallback, *, router_ids: bool = True) -> None:
         """callback(router ids) after each commit that changed routers, in the committing
         thread. On PostgreSQL also from the listener's thread, for the commits of every process
-        on the database (other replicas'; this one's a second time): see _changed_anywhere."""
+        on the database (other replicas'; this one's a second time): see _changed_anywhere.
+
+        router_ids=False: the callback ignores which routers changed. While no subscriber
+        wants them, another process's commit wakes the subscribers (with no router) without
+        reading the change log: a replica without an agent pays nothing per other replica's
+        write."""
         with self._lock:
             self._subscribers.append(callback)
+            self._router_ids_wanted = self._router_ids_wanted or router_ids
             if self._listener is None and self.dialect == "postgresql":
                 from cthm.store.listener import ChangeListener  # psycopg: PostgreSQL only
 
@@ -373,9 +382,13 @@ class Store:
             own = revision is not None and any(
                 first <= revision <= last for first, last in self._committing
             )
+            read = self._router_ids_wanted
         if own or (revision is not None and told is not None and revision <= told):
             return  # an earlier read covered it, or this process's own commit tells it
         changed: frozenset[str] = frozenset()
+        if not read:
+            self._notify(changed)
+            return
         try:
             with self.unit_of_work(write=False) as repo:
                 head = repo.hosts.head_revision()

@@ -124,7 +124,9 @@ def create_conntrack_helper(
         binding_id=None,
     )
     # Counted in this request's write transaction: two creates at the limit cannot both pass.
-    created = repo.add_binding(wanted, quota=settings.binding_quota(owner.project_id), router=owner)
+    created = repo.add_binding(
+        wanted, quota=settings.binding_quota(owner.project_id), router=owner, last_change=True
+    )
     return respond(201, {"conntrack_helper": binding_body(created)})
 
 
