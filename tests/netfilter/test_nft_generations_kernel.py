@@ -206,7 +206,8 @@ def test_a_sync_in_one_visit_knows_its_own_commit_without_a_text_listing(
     assert (before, after) == (None, want)
     assert after is not None
     assert after.owner == OWNER
-    assert [json for _, json in spy.ran()] == [False, True]  # the apply, one JSON listing
+    # The apply, and one listing: its text, equal to the desired table's (listing.py).
+    assert spy.ran() == [("add table inet cthm", False), (LIST, False)]
     spy.calls.clear()
     assert backend.sync(namespace, FTP, want) == (want, None)
     assert spy.ran() == []
@@ -227,4 +228,4 @@ def test_a_sync_in_one_visit_knows_its_own_commit_without_a_text_listing(
     nft(namespace, "delete", "table", "inet", "cthm")
     spy.calls.clear()
     assert backend.sync(namespace, FTP, want) == (None, want)
-    assert [json for _, json in spy.ran()] == [False, True]
+    assert spy.ran() == [("add table inet cthm", False), (LIST, False)]

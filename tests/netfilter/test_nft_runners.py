@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import shutil
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from cthm.domain import Assignment, Protocol
 from cthm.netfilter import (
     LibNftablesRunner,
     LibraryUnavailable,
     NamespaceNotFound,
+    NftablesBackend,
     NftBusy,
     NftError,
     NftExists,
@@ -420,3 +423,107 @@ def test_subprocess_checks_the_namespace_first(
     with pytest.raises(NamespaceNotFound, match=r"namespace .*absent not found"):
         SubprocessRunner().run(netns.name("absent"), "list tables")
     assert not marker.exists()
+
+
+# -- contexts whose nft cache is emptied (kernel-worker processes) ----------------------------
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def allocated_bytes() -> int:
+    """What malloc has handed out and not had back, in every arena (glibc's mallinfo2):
+    unlike the resident size, not hidden by memory freed earlier and reused."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        pytest.skip("no mallinfo2 (glibc 2.33 or later) to count allocations with")
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+@kernel
+def test_a_runner_that_empties_its_caches_still_commits_and_lists_exactly(
+    netns: NamespaceFactory,
+) -> None:
+    """The empty dry run that drops a context's cache must leave nothing behind: the next
+    command commits (not a dry run) and lists only its own output (both buffers rewound)."""
+    ftp = [Assignment(Protocol.TCP, 21, "ftp"), Assignment(Protocol.UDP, 69, "tftp")]
+    names = [netns.create(f"e{i}") for i in range(2)]
+    runner = LibNftablesRunner(keep_caches=False)
+    backend = NftablesBackend(runner)
+    try:
+        want = backend.desired(ftp)
+        for namespace in names:  # alternately: each visit leaves its context's cache empty
+            assert backend.sync(namespace, ftp, want) == (None, want)
+            assert "table inet cthm" in nft(namespace, "list", "tables")  # committed
+        for namespace in names:
+            nft(namespace, "add", "element", "inet", "cthm", "ingress-ftp-tcp", "{ 2121 }")
+            have = backend.read(namespace)
+            assert have is not None
+            assert Assignment(Protocol.TCP, 2121, "ftp") in have.assignments
+            more = [*ftp, Assignment(Protocol.TCP, 2122, "ftp")]
+            assert backend.update(namespace, have, more) is not None
+            assert "2122" in nft(namespace, "list", "set", "inet", "cthm", "ingress-ftp-tcp")
+            assert runner.run(namespace, "list tables") == "table inet cthm\n"
+    finally:
+        backend.close()
+
+
+@kernel
+def test_contexts_whose_caches_are_emptied_hold_far_less_memory(netns: NamespaceFactory) -> None:
+    """What keep_caches=False is for: nft's cache of a table (four hash tables of 8192
+    buckets each) is most of what a context that committed holds (~540 of ~700 KB)."""
+    ftp = [Assignment(Protocol.TCP, 21, "ftp"), Assignment(Protocol.UDP, 69, "tftp")]
+    count = 30
+    grown: dict[bool, int] = {}
+    for keep in (False, True):
+        names = [netns.create(f"m{int(keep)}{i}") for i in range(count)]
+        runner = LibNftablesRunner(keep_caches=keep, max_contexts=count)
+        backend = NftablesBackend(runner)
+        try:
+            want = backend.desired(ftp)
+            backend.sync(names[0], ftp, want)  # the thread's first allocations
+            start = allocated_bytes()
+            for namespace in names[1:]:
+                assert backend.sync(namespace, ftp, want) == (None, want)
+            grown[keep] = allocated_bytes() - start
+            assert len(runner.cached_contexts()) == count  # every context kept
+        finally:
+            backend.close()
+    assert grown[True] > (count - 1) * 300_000  # ~540 KB a context more than emptied
+    assert grown[False] * 2 < grown[True]
+
+
+@kernel
+def test_watch_makes_a_context_only_while_the_cache_has_room(netns: NamespaceFactory) -> None:
+    names = [netns.create(f"w{i}") for i in range(3)]
+    runner = LibNftablesRunner(max_contexts=2)
+    try:
+        runner.watch(names[0])  # room: made (in the background; the next call queues behind)
+        assert [key[0] for key in runner.cached_contexts()] == [names[0]]
+        runner.run(names[1], "list tables")
+        runner.watch(names[2])  # full: none freed for a context nobody asked for yet
+        assert [key[0] for key in runner.cached_contexts()] == names[:2]
+        assert runner.instance(names[2]) is None
+        runner.run(names[2], "list tables")  # a real call still makes one (freeing another)
+        assert runner.instance(names[2]) is not None
+        assert len(runner.cached_contexts()) == 2
+    finally:
+        runner.close()

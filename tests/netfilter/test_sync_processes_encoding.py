@@ -5,7 +5,7 @@ caller's own desired table (the same object); anything else as itself."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cthm.domain import Assignment, Direction, Protocol
@@ -46,11 +46,13 @@ _tables = st.builds(
 )
 
 
+@settings(deadline=None)  # no timing asserts (a loaded machine once took 0.3 s for one)
 @given(_assignments)
 def test_assignments_come_back_equal(assignments: tuple[Assignment, ...]) -> None:
     assert _decoded_assignments(_encoded_assignments(assignments)) == assignments
 
 
+@settings(deadline=None)
 @given(_tables, _tables)
 def test_a_table_comes_back_equal_or_as_the_callers_own_desired_table(
     table: KernelTable, want: KernelTable

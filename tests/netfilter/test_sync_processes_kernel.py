@@ -274,3 +274,78 @@ def test_close_ends_the_workers_and_they_never_see_cthms_settings(
     assert pool.pids == []
     assert not any(alive(pid) for pid in pids)
     backend.close()  # idempotent
+
+
+def taken(pool: SyncProcesses, count: int) -> Callable[[], bool]:
+    """Whether `count` syncs went to the workers."""
+    return lambda: pool.counts["remote"] == count
+
+
+def test_a_sync_waits_behind_a_busy_worker_and_runs_here_when_one_waits_already(
+    backend: NftablesBackend, processes: SyncProcesses, netns: NamespaceFactory
+) -> None:
+    """A busy worker takes one more sync (it waits its turn), not two: the third runs in this
+    process at once. The worker is stopped meanwhile (SIGSTOP), so "busy" lasts."""
+    first, second, third = (netns.create(f"spq{i}") for i in range(3))
+    want = backend.desired(FTP)
+    assert processes.wait_ready(READY)
+    [pid] = processes.pids
+    results: dict[str, object] = {}
+
+    def sync(name: str) -> None:
+        try:
+            results[name] = backend.sync(name, FTP, want)
+        except BaseException as exc:  # reported below
+            results[name] = exc
+
+    os.kill(pid, signal.SIGSTOP)  # our own worker, by its pid
+    threads = []
+    try:
+        for name in (first, second):
+            threads.append(threading.Thread(target=sync, args=(name,)))
+            threads[-1].start()
+            assert wait_until(taken(processes, len(threads)))
+        assert backend.sync(third, FTP, want) == (None, want)  # here, the worker stopped
+        assert processes.counts == {"local": 1, "remote": 2}
+        assert results == {}  # the two are still waiting for the worker
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        for thread in threads:
+            thread.join(READY)
+    assert results == {first: (None, want), second: (None, want)}
+    assert all(backend.read(name) == want for name in (first, second, third))
+    assert processes.pids == [pid]
+
+
+def test_a_sync_waiting_behind_a_worker_that_hangs_runs_here_once_it_is_killed(
+    lib: LibNftablesRunner, netns: NamespaceFactory
+) -> None:
+    hung, waiting = netns.create("sph1"), netns.create("sph2")
+    pool = SyncProcesses(1, owner=OWNER, start_after=0, timeout=1.0)
+    backend = NftablesBackend(lib, owner=OWNER, processes=pool)
+    errors: list[BaseException] = []
+
+    def sync_hung() -> None:
+        try:
+            backend.sync(hung, FTP, backend.desired(FTP))
+        except BaseException as exc:  # checked below
+            errors.append(exc)
+
+    try:
+        assert pool.wait_ready(READY)
+        [pid] = pool.pids
+        os.kill(pid, signal.SIGSTOP)
+        thread = threading.Thread(target=sync_hung)
+        thread.start()
+        assert wait_until(taken(pool, 1))
+        want = backend.desired(FTP)
+        assert backend.sync(waiting, FTP, want) == (None, want)  # after the kill, here
+        thread.join(READY)
+        assert [type(exc) for exc in errors] == [NftOther]
+        assert "did not answer" in str(errors[0])
+        assert not alive(pid)
+        assert pool.counts == {"local": 1, "remote": 1}
+        assert backend.read(waiting) == want
+        assert backend.read(hung) is None  # the hung worker never applied it
+    finally:
+        backend.close()

@@ -9,6 +9,7 @@ anyone, makes the next read list again."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from bisect import bisect_left
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, overload
 
 from cthm.domain import Assignment, Direction, Protocol
 from cthm.netfilter.errors import NftNotFound, UnsafeValue
+from cthm.netfilter.listing import expected_listing
 from cthm.netfilter.model import (
     TABLE_FAMILY,
     TABLE_NAME,
@@ -43,7 +45,12 @@ from cthm.netfilter.transaction import Transaction
 if TYPE_CHECKING:
     from cthm.netfilter.sync_processes import SyncProcesses
 
+log = logging.getLogger(__name__)
+
 LIST_COMMAND = f"list table {TABLE_FAMILY} {TABLE_NAME}"
+# Full syncs in a row whose read-back's text listing differed from listing.py's though the
+# table was the desired one: then only the JSON listing is read (listing.py's doc).
+_TEXT_MISSES = 8
 LIST_SET_COMMAND = f"list set {TABLE_FAMILY} {TABLE_NAME} {{name}}"
 
 # A port set of the layout, by what it holds: (direction, helper type, protocol).
@@ -52,6 +59,13 @@ SetKey = tuple[Direction, str, Protocol]
 _TABLE_HANDLE = re.compile(
     rf'"table": {{"family": "{TABLE_FAMILY}", "name": "{TABLE_NAME}", "handle": (\d+)'
 )
+
+
+class _Shown(NamedTuple):
+    """A text listing of cthm's table, and the generation it was listed at (None: unknown)."""
+
+    text: str
+    generation: Generation | None
 
 
 class _Listing(NamedTuple):
@@ -162,6 +176,7 @@ class NftablesBackend:
         )
         self._listed: dict[str, Generation] = {}
         self._committed: dict[str, Generation] = {}
+        self._text_misses = 0  # (_TEXT_MISSES)
         self._owners: dict[str, tuple[int, int, str | None]] = {}
 
     def read(self, namespace: str) -> KernelTable | None:
@@ -440,19 +455,60 @@ class NftablesBackend:
         # runner's thread, every sync's serial path, does only the kernel work, and its next
         # namespace's nft runs (without the GIL) while this thread does the Python.
         text = str(render(assignments, self.owner))  # raises UnsafeValue before anything runs
+        # The read-back's text listing, when equal to this, is the desired table (listing.py).
+        expected: list[str | None] = []
 
-        def job() -> tuple[KernelTable | None, KernelTable | _Listing | None]:
+        def job() -> tuple[KernelTable | None, KernelTable | _Listing | _Shown | None]:
             before = self._read(namespace, ask_first=False, probe=True)
             if before == want:
                 return before, None
             self._apply_text(namespace, text)
+            # (Made only now: most full syncs of a resync apply nothing.)
+            expected.append(
+                expected_listing(want)
+                if isinstance(want, KernelTable) and self._text_misses < _TEXT_MISSES
+                else None
+            )
+            if expected[0] is not None:
+                shown = self._list_text(namespace)
+                if shown is not None and shown.text == expected[0]:
+                    return before, shown
             return before, self._read(namespace, ask_first=False, raw=True)  # (our commit)
 
         # One visit of the namespace: entered once for the three calls (LibNftablesRunner).
         before, after = job() if self._batcher is None else self._batcher.batch(job, namespace)
+        if isinstance(after, _Shown):
+            assert isinstance(want, KernelTable)  # (expected was made of it)
+            self._text_misses = 0
+            with self._parsed_lock:
+                # No JSON text: the next listing of it is parsed afresh (as _adopt's).
+                self._parsed[namespace] = ("", want)
+                if after.generation is not None:
+                    self._listed[namespace] = after.generation
+                else:
+                    self._listed.pop(namespace, None)
+            return before, want
         if isinstance(after, _Listing):
             after = self._finish(namespace, after)
+            if expected and expected[0] is not None and after == want:
+                # The kernel holds the desired table, yet nft did not list it as expected:
+                # not this nft's layout. A few in a row and the JSON listing is read at once.
+                # (A count shared by the callers' threads: a race only miscounts it.)
+                self._text_misses += 1
+                if self._text_misses == _TEXT_MISSES:
+                    log.info("nft lists tables unlike listing.py expects: reading JSON only")
         return before, after
+
+    def _list_text(self, namespace: str) -> _Shown | None:
+        """The text listing of cthm's table and the generation it was listed at; None when
+        there is none."""
+        try:
+            if self._tracked is not None:
+                before, after, listed = self._tracked.run_tracked(namespace, LIST_COMMAND)
+                return _Shown(listed or "", before if before == after else None)
+            return _Shown(self.runner.run(namespace, LIST_COMMAND), None)
+        except NftNotFound:
+            return None  # (the JSON read then says so too)
 
     def update(
         self, namespace: str, verified: object, assignments: Sequence[Assignment]

@@ -11,8 +11,13 @@ agent's reconciler checks as it checks its own.
 
 A sync goes to the worker that synced the namespace last (its libnftables context and last
 listing are there: a no-op resync lists nothing), at first the one its name hashes to; when
-that one is busy, to another idle one; when none is idle, it runs in the agent's process as
-without workers (and a no-op there is answered by the agent's own last listing). The workers
+that one is busy, to another idle one; when none is idle, it waits behind a worker's one sync
+in progress (home first), and only when every worker has one waiting already does it run in
+the agent's process as without workers (a no-op there is answered by the agent's own last
+listing). Waiting ~1 ms for a worker costs the agent less than the sync itself: its process,
+whose reconciles hold the GIL, is what a burst waits for (measured, cold 100 x 10 on 2 CPUs,
+two workers: 91-96 -> 82-89 ms); a sync never waits behind more than one, so behind a worker
+that hangs at most one more waits, until the timeout kills it (then it runs here). The workers
 start when the agent says a burst is coming (`expect`: its resync of at least `start_after`
 routers), or at the first syncs once `start_after` of them overlapped: a node with a few
 routers never pays for them. Until a started worker says it is ready (its imports: ~0.2 s), its
@@ -73,6 +78,13 @@ SyncResult = tuple[KernelTable | None, KernelTable | None]
 Seen = tuple[int, int, int]
 DEFAULT_TIMEOUT = 120.0  # a full sync of a router of 10,000 ports takes well under a second
 START_AFTER = 4  # overlapping syncs before the workers are started (module doc)
+# libnftables contexts a worker keeps (the agent's runner: 256), their nft caches emptied after
+# each sync (LibNftablesRunner keep_caches): ~160 KB each instead of ~700, so ~960 fit in the
+# memory 256 took, and a cold sync of 1000 routers makes no context anew (measured, one
+# process, 500 namespaces in turn: 1.16 -> 0.92 ms of CPU a full sync, RSS 298 -> 195 MB). The
+# context's own socket must stay below FD_SETSIZE (libnftables.py): beyond ~1000 the runner
+# frees one for each new one anyway.
+WORKER_CONTEXTS = 960
 _RESTART_GAP = 1.0  # seconds between two starts of one worker
 _STOP_WAIT = 2.0
 # The errors a worker sends back as themselves (name -> class); anything else is NftOther.
@@ -292,8 +304,8 @@ class SyncProcesses:
         local: Callable[[], SyncResult],
     ) -> tuple[KernelTable | None, KernelTable | None, Seen | None]:
         """NftablesBackend.sync(namespace, assignments, want) in a worker (module doc), or
-        `local()` (the same in this process) when none is idle and ready: (before, after,
-        where the worker's last listing stands, if known; None for a local sync)."""
+        `local()` (the same in this process) when none may take it: (before, after, where the
+        worker's last listing stands, if known; None for a local sync)."""
         with self._lock:
             # The worker that synced the namespace last holds its last listing (a no-op resync
             # then lists nothing); else its home, by the name's hash.
@@ -307,13 +319,19 @@ class SyncProcesses:
                     self._overlaps += 1
                 if self._overlaps >= self._start_after:
                     worker.start()  # unless running (or started less than a second ago)
-                # Only an idle worker takes a sync: none ever waits behind another's (nor
-                # behind a worker that hangs until its timeout). The home one first; another
-                # before this process (measured, cold 100 x 10 on 2 CPUs: 110 -> 90 ms).
-                for index in range(home, home + len(self._workers)):
-                    worker = self._workers[index % len(self._workers)]
-                    if worker.in_flight == 0 and worker.is_ready():
-                        remote = True
+                # An idle worker first, the home one before others (measured, cold 100 x 10
+                # on 2 CPUs: 110 -> 90 ms); else one running a sync with none waiting behind
+                # it (module doc); else this process.
+                order = [
+                    self._workers[index % len(self._workers)]
+                    for index in range(home, home + len(self._workers))
+                ]
+                for busy in (0, 1):
+                    for worker in order:
+                        if worker.in_flight == busy and worker.is_ready():
+                            remote = True
+                            break
+                    if remote:
                         break
             if remote:
                 self._placed[namespace] = worker.index
@@ -328,8 +346,14 @@ class SyncProcesses:
             assert isinstance(want, KernelTable)
             request = ("sync", namespace, *self._encoded(namespace, assignments, want))
             with worker.lock:
-                before, after, seen = worker.call(request, self._timeout)
-            return _decoded_table(before, want), _decoded_table(after, want), seen
+                if worker.ready:
+                    before, after, seen = worker.call(request, self._timeout)
+                    return _decoded_table(before, want), _decoded_table(after, want), seen
+            # The worker ended (killed after a timeout, or died) while this sync waited.
+            with self._lock:
+                self.counts["remote"] -= 1
+                self.counts["local"] += 1
+            return (*local(), None)
         finally:
             with self._lock:
                 if remote:

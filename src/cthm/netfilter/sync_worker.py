@@ -15,7 +15,7 @@ from pathlib import Path
 from cthm.netfilter.backend import NftablesBackend
 from cthm.netfilter.libnftables import LIBRARY, LibNftablesRunner
 from cthm.netfilter.netns import NETNS_DIR
-from cthm.netfilter.sync_processes import serve
+from cthm.netfilter.sync_processes import WORKER_CONTEXTS, serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     conn = Connection(args.fd)
     logging.basicConfig(level=logging.WARNING, format="cthm kernel worker %(process)d: %(message)s")
-    runner = LibNftablesRunner(library=args.library, netns_dir=args.netns_dir)
+    runner = LibNftablesRunner(
+        library=args.library,
+        netns_dir=args.netns_dir,
+        max_contexts=WORKER_CONTEXTS,
+        keep_caches=False,
+    )
     backend = NftablesBackend(runner, owner=args.owner)
     try:
         # The loop runs on the runner's own thread, where its calls run at once: no hand-off
