@@ -16,10 +16,10 @@ from cthm.netfilter import LibNftablesRunner, NftablesBackend
 from cthm.netfilter import backend as backend_module
 from cthm.netfilter.listing import expected_listing
 from cthm.netfilter.model import KernelTable
-from cthm.netfilter.runner import Generation
 from cthm.testing import NamespaceFactory
 
 from .conftest import nft
+from .test_nft_generations_kernel import TrackedSpy
 
 pytestmark = pytest.mark.kernel
 
@@ -48,37 +48,6 @@ def tables(seed: int) -> list[list[Assignment]]:
     return shapes
 
 
-class ListingSpy:
-    """Passes every call to a real LibNftablesRunner and records (commands, as JSON) of what nft
-    ran (a spy)."""
-
-    def __init__(self, inner: LibNftablesRunner) -> None:
-        self.inner = inner
-        self.ran: list[tuple[str, bool]] = []
-
-    def run(
-        self, namespace: str, commands: str, *, json: bool = False, dry_run: bool = False
-    ) -> str:
-        self.ran.append((commands.splitlines()[0], json))
-        return self.inner.run(namespace, commands, json=json, dry_run=dry_run)
-
-    def run_tracked(
-        self,
-        namespace: str,
-        commands: str,
-        *,
-        json: bool = False,
-        unless: Generation | None = None,
-    ) -> tuple[Generation | None, Generation | None, str | None]:
-        before, after, out = self.inner.run_tracked(namespace, commands, json=json, unless=unless)
-        if out is not None:
-            self.ran.append((commands.splitlines()[0], json))
-        return before, after, out
-
-    def close(self) -> None:
-        """The inner runner belongs to the test."""
-
-
 @pytest.mark.parametrize("owner", [OWNER, None])
 def test_what_listing_expects_is_what_nft_lists(
     lib: LibNftablesRunner, netns: NamespaceFactory, owner: str | None
@@ -96,14 +65,14 @@ def test_a_read_back_that_is_not_the_desired_table_is_never_taken_for_it(
     lib: LibNftablesRunner, netns: NamespaceFactory
 ) -> None:
     namespace = netns.create("lsw")
-    spy = ListingSpy(lib)
+    spy = TrackedSpy(lib)
     backend = NftablesBackend(spy, owner=OWNER)
     other = backend.desired(FTP[:1])  # a desired table of other assignments than applied
     before, after = backend.sync(namespace, FTP, other)
     assert before is None
     assert after == backend.desired(FTP)  # what the kernel holds, from its JSON listing
     assert after != other
-    assert spy.ran[-2:] == [(LIST, False), (LIST, True)]  # the text differed: JSON told
+    assert spy.ran()[-2:] == [(LIST, False), (LIST, True)]  # the text differed: JSON told
 
 
 def test_where_nft_lists_otherwise_syncs_verify_by_json_and_stop_listing_text(
@@ -116,13 +85,13 @@ def test_where_nft_lists_otherwise_syncs_verify_by_json_and_stop_listing_text(
 
     monkeypatch.setattr(backend_module, "expected_listing", unlike)
     names = [netns.create(f"lso{i}") for i in range(10)]
-    spy = ListingSpy(lib)
+    spy = TrackedSpy(lib)
     backend = NftablesBackend(spy, owner=OWNER)
     want = backend.desired(FTP)
     texts = []
     for namespace in names:
-        spy.ran.clear()
+        spy.calls.clear()
         assert backend.sync(namespace, FTP, want) == (None, want)  # verified, by JSON
-        texts.append((LIST, False) in spy.ran)
-        assert (LIST, True) in spy.ran
+        texts.append((LIST, False) in spy.ran())
+        assert (LIST, True) in spy.ran()
     assert texts == [True] * 8 + [False] * 2  # eight misses in a row: no text listing more
