@@ -57,12 +57,7 @@ from typing import Any
 
 from cthm.domain import Assignment, Direction, Protocol
 from cthm.netfilter.errors import (
-    NamespaceNotFound,
-    NamespaceNotPermitted,
-    NftBusy,
     NftError,
-    NftExists,
-    NftNotFound,
     NftOther,
     UnsafeValue,
 )
@@ -87,20 +82,20 @@ START_AFTER = 4  # overlapping syncs before the workers are started (module doc)
 WORKER_CONTEXTS = 960
 _RESTART_GAP = 1.0  # seconds between two starts of one worker
 _STOP_WAIT = 2.0
-# The errors a worker sends back as themselves (name -> class); anything else is NftOther.
+
+
+def _error_classes(root: type[Exception]) -> list[type[Exception]]:
+    found = [root]
+    for sub in root.__subclasses__():
+        found += _error_classes(sub)
+    return found
+
+
+# The errors a worker sends back as themselves (name -> class): every NftError (the namespace
+# checks' UnsafeNamespace included, once netns is imported, as it is above) and UnsafeValue;
+# anything else is NftOther.
 _ERRORS: dict[str, type[Exception]] = {
-    cls.__name__: cls
-    for cls in (
-        NftError,
-        NftNotFound,
-        NftExists,
-        NftBusy,
-        NftOther,
-        NamespaceNotFound,
-        NamespaceNotPermitted,
-        UnsafeNamespace,
-        UnsafeValue,
-    )
+    cls.__name__: cls for cls in (*_error_classes(NftError), UnsafeValue)
 }
 
 

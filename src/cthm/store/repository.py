@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from itertools import chain
+from types import SimpleNamespace
 from typing import Any, NamedTuple, NoReturn, TypeVar, cast
 
 from sqlalchemy import (
@@ -279,7 +280,7 @@ def _binding_values(binding: HelperBinding) -> dict[str, Any]:
     }
 
 
-def _router(row: RouterRow | Row[Any]) -> Router:
+def _router(row: RouterRow | Row[Any] | SimpleNamespace) -> Router:
     return Router(
         id=row.id,
         name=row.name,
@@ -295,17 +296,8 @@ def _router(row: RouterRow | Row[Any]) -> Router:
 
 def _prefixed_router(row: Row[Any]) -> Router:
     """A router from columns named `r_<column>` (TokenStore.lookup_with_router)."""
-    return Router(
-        id=row.r_id,
-        name=row.r_name,
-        project_id=row.r_project_id,
-        namespace=row.r_namespace,
-        status=Status(row.r_status),
-        status_reason=row.r_status_reason,
-        revision_number=row.r_revision_number,
-        created_at=row.r_created_at,
-        updated_at=row.r_updated_at,
-    )
+    columns = row._mapping
+    return _router(SimpleNamespace(**{k[2:]: v for k, v in columns.items() if k.startswith("r_")}))
 
 
 # A desired binding's columns, as store/desired.py's restore_desired takes them.
