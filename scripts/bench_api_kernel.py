@@ -5,17 +5,20 @@ a write's acknowledgement, each through a real `cthm serve` process on SQLite.
 API -> kernel: one `cthm serve` with its embedded agent (nftables) on a fresh data directory;
 routers holding N bindings (1000, 10) in namespaces this bench creates, loaded into the
 database before the server starts (not timed); every router ACTIVE and its table read back as
-desired before the first write. Then per router, `nft monitor` running in its namespace, each
-round: POST one binding (tcp, ftp), timed from sending the request until the monitor prints
-the line by which the kernel holds its port (the element added to the set, or the map rule
-of the layout before named sets); then DELETE it, timed until the kernel no longer holds it;
-after each round the table is read back and must hold exactly the loaded bindings (not
-timed). A pause of 50 ms after each write lets the agent write its statuses, so the next
-write meets a quiet server as a user's would. No periodic resync during the rounds (1 hour).
+desired before the first write. Then per router, the netlink watcher (netlink_watch.py) in
+its namespace, each round: POST one binding (tcp, ftp), timed from sending the request (its
+bytes prepared before the clock starts, one keep-alive connection) until the kernel's
+notification of the transaction that added its port to the table's set was read (the watcher's
+timestamp: when the kernel announced its commit); then DELETE it, timed until the transaction
+that removed it; after each round the table is read back and must hold exactly the loaded
+bindings (not timed). A pause of 50 ms after each write lets the agent write its statuses, so
+the next write meets a quiet server as a user's would. No periodic resync during the rounds
+(1 hour).
 
 POST acknowledged: one `cthm serve --no-agent` on a fresh SQLite database (WAL, synchronous
 FULL: acknowledged means durable), one client, one request at a time on one keep-alive
-connection; a warm-up, then the measured POSTs (each 201).
+connection, timed from sending its prepared bytes until the whole answer was read; a
+warm-up, then the measured POSTs (each 201).
 
 Every namespace carries a unique prefix and is deleted by exactly its name; servers are
 stopped by their pid; also on failure, Ctrl-C or SIGTERM. Alone: prints human lines, then one
@@ -25,7 +28,7 @@ JSON summary (`scripts/bench.py` runs it as part of `make bench`).
 from __future__ import annotations
 
 import argparse
-import functools
+import json
 import logging
 import os
 import statistics
@@ -38,11 +41,10 @@ from typing import Any
 
 import httpx
 from bench_support import (
+    KernelWatch,
     LoadedRouter,
     Namespaces,
-    NftMonitor,
-    holds_port,
-    lacks_port,
+    RawHttp,
     load_routers,
     percentile,
     run_reported,
@@ -116,7 +118,7 @@ class Checker:
 
 
 def _rounds_on(
-    client: httpx.Client,
+    http: RawHttp,
     entry: LoadedRouter,
     rounds: int,
     checker: Checker,
@@ -126,31 +128,32 @@ def _rounds_on(
     until it no longer does; read the table back."""
     times: dict[str, list[float]] = {"add": [], "delete": [], "post_answer": [], "timeouts": []}
     url = f"/v2.0/routers/{entry.router.id}/conntrack_helpers"
-    monitor = NftMonitor(entry.router.namespace)
+    watch = KernelWatch(entry.router.namespace)
     try:
-        time.sleep(0.3)  # `nft monitor` subscribed
         for i in range(rounds):
             port = FIRST_WRITTEN_PORT + i
             body = {"conntrack_helper": {"protocol": "tcp", "port": port, "helper": "ftp"}}
-            monitor.drain()
+            request = http.prepare("POST", url, body)
+            watch.drain()
             start = time.perf_counter()
-            response = client.post(url, json=body)
+            status, answer = http.send(request)
             times["post_answer"].append((time.perf_counter() - start) * 1000)
-            if response.status_code != 201:
-                raise RuntimeError(f"POST binding: {response.status_code} {response.text}")
-            seen = monitor.wait_for(functools.partial(holds_port, port), start, WRITE_TIMEOUT)
+            if status != 201:
+                raise RuntimeError(f"POST binding: {status} {answer[:500]!r}")
+            seen = watch.wait_for(port, True, start, WRITE_TIMEOUT)
             if seen is None:
                 times["timeouts"].append(port)
             else:
                 times["add"].append((seen - start) * 1000)
             time.sleep(PAUSE)
-            binding_id = response.json()["conntrack_helper"]["id"]
-            monitor.drain()
+            binding_id = json.loads(answer)["conntrack_helper"]["id"]
+            request = http.prepare("DELETE", f"{url}/{binding_id}")
+            watch.drain()
             start = time.perf_counter()
-            response = client.delete(f"{url}/{binding_id}")
-            if response.status_code != 204:
-                raise RuntimeError(f"DELETE binding: {response.status_code} {response.text}")
-            seen = monitor.wait_for(functools.partial(lacks_port, port), start, WRITE_TIMEOUT)
+            status, answer = http.send(request)
+            if status != 204:
+                raise RuntimeError(f"DELETE binding: {status} {answer[:500]!r}")
+            seen = watch.wait_for(port, False, start, WRITE_TIMEOUT)
             if seen is None:
                 times["timeouts"].append(port)
             else:
@@ -158,7 +161,7 @@ def _rounds_on(
             time.sleep(PAUSE)
             checker.check(entry, catalog)
     finally:
-        monitor.close()
+        watch.close()
     return times
 
 
@@ -204,8 +207,10 @@ def api_to_kernel(
     for entry in loaded:
         checker.check(entry, catalog)
     result: dict[str, Any] = {}
+    http = RawHttp(server.url, server.auth_headers(), REQUEST_TIMEOUT)
+    stack.callback(http.close)
     for size, entry in zip(sizes, loaded, strict=True):
-        times = _rounds_on(client, entry, rounds, checker, catalog)
+        times = _rounds_on(http, entry, rounds, checker, catalog)
         result[f"n{size}"] = {
             "bindings": size,
             "rounds": rounds,
@@ -240,16 +245,21 @@ def post_ack(stack: ExitStack, work: Path, posts: int, warmup: int, say: Any) ->
         response = client.post("/v2.0/routers", json={"router": {"name": "bench-ack"}})
         response.raise_for_status()
         url = f"/v2.0/routers/{response.json()['router']['id']}/conntrack_helpers"
+        http = RawHttp(server.url, server.auth_headers(), REQUEST_TIMEOUT)
         samples = []
-        for i in range(warmup + posts):
-            body = {"conntrack_helper": {"protocol": "tcp", "port": 1 + i, "helper": "ftp"}}
-            start = time.perf_counter()
-            response = client.post(url, json=body)
-            took = (time.perf_counter() - start) * 1000
-            if response.status_code != 201:
-                raise RuntimeError(f"POST binding: {response.status_code} {response.text}")
-            if i >= warmup:
-                samples.append(took)
+        try:
+            for i in range(warmup + posts):
+                body = {"conntrack_helper": {"protocol": "tcp", "port": 1 + i, "helper": "ftp"}}
+                request = http.prepare("POST", url, body)
+                start = time.perf_counter()
+                status, answer = http.send(request)
+                took = (time.perf_counter() - start) * 1000
+                if status != 201:
+                    raise RuntimeError(f"POST binding: {status} {answer[:500]!r}")
+                if i >= warmup:
+                    samples.append(took)
+        finally:
+            http.close()
         stored = client.get(url, params={"fields": "id", "limit": 10000}).json()
         if len(stored["conntrack_helpers"]) != warmup + posts:
             raise RuntimeError("POST acknowledged: not every created binding is stored")
