@@ -24,6 +24,7 @@ OWNER = "6f1d2c3b-0000-4000-8000-00000000000b"
 OTHER = "6f1d2c3b-0000-4000-8000-00000000000c"
 FTP = [Assignment(TCP, 21, "ftp"), Assignment(TCP, 2121, "ftp"), Assignment(UDP, 69, "tftp")]
 LIST = "list table inet cthm"
+CREATE = f'add table inet cthm {{ comment "cthm:{OWNER}"; }}'  # a table made anew
 T = TypeVar("T")
 
 
@@ -206,8 +207,9 @@ def test_a_sync_in_one_visit_knows_its_own_commit_without_a_text_listing(
     assert (before, after) == (None, want)
     assert after is not None
     assert after.owner == OWNER
-    # The apply, and one listing: its text, equal to the desired table's (listing.py).
-    assert spy.ran() == [("add table inet cthm", False), (LIST, False)]
+    # The apply (into no table: without the head that replaces one, render.into_absent_table),
+    # and one listing: its text, equal to the desired table's (listing.py).
+    assert spy.ran() == [(CREATE, False), (LIST, False)]
     spy.calls.clear()
     assert backend.sync(namespace, FTP, want) == (want, None)
     assert spy.ran() == []
@@ -228,4 +230,4 @@ def test_a_sync_in_one_visit_knows_its_own_commit_without_a_text_listing(
     nft(namespace, "delete", "table", "inet", "cthm")
     spy.calls.clear()
     assert backend.sync(namespace, FTP, want) == (None, want)
-    assert spy.ran() == [("add table inet cthm", False), (LIST, False)]
+    assert spy.ran() == [(CREATE, False), (LIST, False)]

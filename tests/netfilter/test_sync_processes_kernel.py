@@ -349,3 +349,79 @@ def test_a_sync_waiting_behind_a_worker_that_hangs_runs_here_once_it_is_killed(
         assert backend.read(hung) is None  # the hung worker never applied it
     finally:
         backend.close()
+
+
+def test_calls_waiting_behind_one_are_sent_at_once_and_each_gets_its_own_answer(
+    lib: LibNftablesRunner, netns: NamespaceFactory
+) -> None:
+    """Pipelined calls (sent before the worker answered the one before): with one worker and
+    many threads, each sync's answer is its own namespace's, whatever order the threads read
+    the worker's answers in."""
+    names = [netns.create(f"spp{i}") for i in range(6)]
+    pool = SyncProcesses(1, owner=OWNER, start_after=0)
+    backend = NftablesBackend(lib, owner=OWNER, processes=pool)
+    # A different table per namespace (its own port), so a mixed-up answer shows.
+    tables = {name: [*FTP, Assignment(TCP, 3000 + i, "ftp")] for i, name in enumerate(names)}
+    results: dict[str, object] = {}
+
+    def sync(name: str, start: threading.Barrier) -> None:
+        start.wait(10)
+        try:
+            results[name] = backend.sync(name, tables[name], backend.desired(tables[name]))
+        except BaseException as exc:  # reported below
+            results[name] = exc
+
+    try:
+        assert pool.wait_ready(READY)
+        for _ in range(3):
+            start = threading.Barrier(len(names))
+            threads = [threading.Thread(target=sync, args=(n, start)) for n in names]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(READY)
+            for name in names:
+                want = backend.desired(tables[name])
+                assert results[name] in ((None, want), (want, None))
+                assert backend.read(name) == want
+            for name in names:  # empty again: the next round applies anew
+                backend.delete(name)
+        assert pool.counts["remote"] > 0
+    finally:
+        backend.close()
+
+
+def test_a_worker_killed_with_a_call_waiting_fails_the_one_it_ran_and_the_other_runs_here(
+    backend: NftablesBackend, processes: SyncProcesses, netns: NamespaceFactory
+) -> None:
+    running, waiting = netns.create("spk1"), netns.create("spk2")
+    want = backend.desired(FTP)
+    assert processes.wait_ready(READY)
+    [pid] = processes.pids
+    results: dict[str, object] = {}
+
+    def sync(name: str) -> None:
+        try:
+            results[name] = backend.sync(name, FTP, want)
+        except BaseException as exc:  # checked below
+            results[name] = exc
+
+    os.kill(pid, signal.SIGSTOP)  # our own worker, by its pid
+    threads = []
+    try:
+        for name in (running, waiting):  # both sent to the stopped worker
+            threads.append(threading.Thread(target=sync, args=(name,)))
+            threads[-1].start()
+            assert wait_until(taken(processes, len(threads)))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join(READY)
+    assert not alive(pid)
+    failed = [name for name, result in results.items() if isinstance(result, NftOther)]
+    assert len(failed) == 1  # the call the worker had taken; the one behind ran here
+    [done] = [name for name in (running, waiting) if name not in failed]
+    assert results[done] == (None, want)
+    assert backend.read(done) == want
+    assert backend.read(failed[0]) is None  # the killed worker never applied it
+    assert processes.counts == {"local": 1, "remote": 1}

@@ -30,7 +30,13 @@ from cthm.netfilter.model import (
     set_name,
 )
 from cthm.netfilter.parse import parse_set, parse_table, table_comment
-from cthm.netfilter.render import desired_table, render, render_delete, render_probe
+from cthm.netfilter.render import (
+    desired_table,
+    into_absent_table,
+    render,
+    render_delete,
+    render_probe,
+)
 from cthm.netfilter.runner import (
     Batcher,
     Generation,
@@ -422,9 +428,13 @@ class NftablesBackend:
         """Takes a kernel worker's last listing of the namespace as this backend's own, so a
         no-op resync is answered here by the generation alone (no call to the worker): only
         when this process's runner pinned that very namespace instance since before the worker
-        was asked (its context's kept socket: `pinned`, the same serial now) and the namespace
-        is still at the generation the worker listed at. Without a context here, one is made
-        in the background for next time."""
+        was asked (its context's kept socket: `pinned`, whose serial names it). The listing is
+        kept AT the generation the worker listed at, as this runner's context would read it
+        (serial, id): a read answers from it only while the namespace is still there, so a
+        commit since the worker's listing (or a context made anew here) lists again, as the
+        generation read here again before adopting would have told (one netlink round trip a
+        router of a resync saved). Without a context here, one is made in the background for
+        next time."""
         if pinned is None:
             watch = getattr(self.runner, "watch", None)
             if callable(watch) and self._generations is not None:
@@ -432,13 +442,10 @@ class NftablesBackend:
             return
         if table is None or (pinned[0], pinned[1]) != seen[:2] or self._generations is None:
             return
-        now = self._generations.generation(namespace)
-        if now is None or now.context != pinned[2] or now.id != seen[2]:
-            return
         with self._parsed_lock:
             # No listing text: the next listing of it is parsed afresh.
             self._parsed[namespace] = ("", table)
-            self._listed[namespace] = now
+            self._listed[namespace] = Generation(pinned[2], seen[2])
             self._committed.pop(namespace, None)
 
     def expect_full_syncs(self, count: int) -> None:
@@ -462,7 +469,7 @@ class NftablesBackend:
             before = self._read(namespace, ask_first=False, probe=True)
             if before == want:
                 return before, None
-            self._apply_text(namespace, text)
+            self._apply_text(namespace, text if before is not None else into_absent_table(text))
             # (Made only now: most full syncs of a resync apply nothing.)
             expected.append(
                 expected_listing(want)

@@ -197,6 +197,20 @@ def _make_head(owner: str | None) -> tuple[tuple[Operation, ...], tuple[str, ...
     return operations, tuple(map(_line, operations))
 
 
+# The head's first two lines: they replace a table that is there. Where the kernel just said
+# there is none, the rest alone creates it (`into_absent_table`).
+_REPLACING = _line(Operation(Verb.ADD, Table())) + _line(Operation(Verb.DELETE, Table()))
+
+
+def into_absent_table(text: str) -> str:
+    """render()'s text for a namespace with no cthm table: without the add and delete of the
+    table that make it replace one (nft's work for two more table operations, ~30 us of ~250,
+    measured). Should a table appear meanwhile, the rest adds to it instead of replacing it;
+    the full sync's read-back then differs from the desired table and the sync fails (retried,
+    replacing it): never taken for applied."""
+    return text[len(_REPLACING) :] if text.startswith(_REPLACING) else text
+
+
 def _make_kind(kind: tuple[str, Protocol]) -> _Kind:
     helper_type, protocol = kind
     name = helper_object_name(helper_type, protocol)

@@ -17,7 +17,10 @@ the agent's process as without workers (a no-op there is answered by the agent's
 listing). Waiting ~1 ms for a worker costs the agent less than the sync itself: its process,
 whose reconciles hold the GIL, is what a burst waits for (measured, cold 100 x 10 on 2 CPUs,
 two workers: 91-96 -> 82-89 ms); a sync never waits behind more than one, so behind a worker
-that hangs at most one more waits, until the timeout kills it (then it runs here). The workers
+that hangs at most one more waits, until the timeout kills it (then it runs here). The one
+waiting is sent at once (pipelined: `_Worker`), so the worker goes on to it as soon as it
+answered the first, not when the agent's thread behind got the GIL back (in a cold 100 x 10,
+~5-10 ms a worker spent idle so). The workers
 start when the agent says a burst is coming (`expect`: its resync of at least `start_after`
 routers), or at the first syncs once `start_after` of them overlapped: a node with a few
 routers never pays for them. Until a started worker says it is ready (its imports: ~0.2 s), its
@@ -63,6 +66,7 @@ from cthm.netfilter.errors import (
 )
 from cthm.netfilter.model import HelperObject, KernelTable
 from cthm.netfilter.netns import NETNS_DIR, UnsafeNamespace
+from cthm.netfilter.worker_channel import Channel
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +140,37 @@ def _rebuilt(name: str, message: str, namespace: str | None) -> Exception:
     return exc
 
 
+class _WorkerGone(Exception):
+    """The worker ended before it answered this call, which waited behind another: the kernel
+    is as if the call was never sent (the worker was killed), so the caller runs it itself."""
+
+
 class _Worker:
-    """One worker process, seen from the agent. Its lock is held for a whole call: the worker
-    answers one call at a time."""
+    """One worker process, seen from the agent. Calls are PIPELINED: each is sent at once (the
+    worker reads the next from its socket as soon as it answered one, never idle while the
+    agent's thread behind waits for the GIL), and its answers, which come in the order of the
+    calls, are read one at a time by whichever caller waits (`lock`), each answer kept for its
+    caller (by ticket: the calls' order) and its caller woken at once (`_answered`), not when
+    the reader's own answer came."""
 
     def __init__(self, index: int, command: list[str]) -> None:
         self.index = index
         self._command = command
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # reading answers, start and stop
+        self._send_lock = threading.Lock()  # sending, and changing the connection
         self.in_flight = 0  # counted under the pool's lock
         self.ready = False
         self._process: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
+        self._conn: Channel | None = None
         self._started_at = -_RESTART_GAP
+        self._sent = 0  # tickets given (calls sent), under _send_lock
+        self._read = 0  # the ticket of the next answer to read, under lock
+        self._answers: dict[int, Any] = {}  # answers read for callers yet to take them
+        self._lost_before = 0  # tickets below it that have no answer never get one
+        # Guards _reading (a caller is reading an answer) and wakes callers when an answer is
+        # read or the process ended; never held while waiting for `lock`.
+        self._answered = threading.Condition(threading.Lock())
+        self._reading = False
 
     @property
     def pid(self) -> int | None:
@@ -162,7 +184,7 @@ class _Worker:
         self._started_at = time.monotonic()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._process = subprocess.Popen(  # our own module, no shell
+            process = subprocess.Popen(  # our own module, no shell
                 [*self._command, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -175,8 +197,9 @@ class _Worker:
             return
         finally:
             theirs.close()
-        self._conn = Connection(ours.detach())
-        log.info("kernel worker %d started (pid %d)", self.index, self._process.pid)
+        with self._send_lock:
+            self._process, self._conn = process, Channel(ours)
+        log.info("kernel worker %d started (pid %d)", self.index, process.pid)
 
     def is_ready(self) -> bool:
         """Whether the worker said it is ready (asked without waiting)."""
@@ -185,8 +208,8 @@ class _Worker:
         if self._conn is None or not self.lock.acquire(blocking=False):
             return False
         try:
-            if self._conn is not None and self._conn.poll(0):
-                self.ready = self._conn.recv() == ("ready",)
+            if self._conn is not None:
+                self.ready = self._conn.receive_now() == ("ready",)
         except (EOFError, OSError):
             self._end("exited before it was ready")
         finally:
@@ -194,33 +217,93 @@ class _Worker:
         return self.ready
 
     def call(self, request: tuple[Any, ...], timeout: float) -> Any:
-        """The worker's answer to `request` (its error raised as the agent's own). The caller
-        holds `lock`."""
-        conn = self._conn
-        if conn is None or not self.ready:
-            raise NftOther("kernel worker not running")
-        try:
-            conn.send(request)
-            if not conn.poll(timeout):
-                self._end(f"did not answer in {timeout:g} s")
-                raise NftOther(f"kernel worker {self.index} did not answer in {timeout:g} s")
-            reply = conn.recv()
-        except (EOFError, OSError) as exc:
-            self._end(f"exited ({exc or 'connection closed'})")
-            raise NftOther(f"kernel worker {self.index} exited during the call") from exc
+        """The worker's answer to `request` (its error raised as the agent's own); _WorkerGone
+        when the worker ended while the call waited behind another."""
+        ticket = self._send(request)
+        while True:
+            with self._answered:
+                while self._reading and ticket not in self._answers and ticket >= self._lost_before:
+                    self._answered.wait()
+                if ticket in self._answers:
+                    reply = self._answers.pop(ticket)
+                    break
+                if ticket < self._lost_before:
+                    raise _WorkerGone
+                self._reading = True
+            try:
+                with self.lock:  # one answer, whoever's it is
+                    if ticket >= self._lost_before:
+                        self._read_one(timeout)
+            finally:
+                with self._answered:
+                    self._reading = False
+                    self._answered.notify_all()
+        if isinstance(reply, Exception):
+            raise reply
         if reply[0] == "ok":
             return reply[1]
         raise _rebuilt(*reply[1:])
 
+    def _send(self, request: tuple[Any, ...]) -> int:
+        """Sends the call now; its ticket."""
+        with self._send_lock:
+            conn = self._conn
+            if conn is None or not self.ready:
+                raise _WorkerGone
+            try:
+                conn.send(request)
+            except OSError as exc:
+                failure = exc
+            else:
+                self._sent += 1
+                return self._sent - 1
+        # The worker died (or was killed for another call meanwhile: then as if never sent).
+        with self.lock:
+            if self._conn is not conn:
+                raise _WorkerGone
+            self._end(f"exited ({failure})")
+        raise NftOther(f"kernel worker {self.index} exited during the call") from failure
+
+    def _read_one(self, timeout: float) -> None:
+        """Reads the next answer (the caller holds `lock`); a worker that does not give it within
+        `timeout` or exits is killed, that answer's caller gets the error and those behind it
+        _WorkerGone."""
+        conn, ticket = self._conn, self._read
+        assert conn is not None  # (its tickets were lost when it ended)
+        try:
+            self._answers[ticket] = conn.receive(timeout)
+            self._read += 1
+        except TimeoutError:
+            self._answers[ticket] = NftOther(
+                f"kernel worker {self.index} did not answer in {timeout:g} s"
+            )
+            self._end(f"did not answer in {timeout:g} s")
+        except (EOFError, OSError) as exc:
+            error = NftOther(f"kernel worker {self.index} exited during the call")
+            error.__cause__ = exc
+            self._answers[ticket] = error
+            self._end(f"exited ({exc or 'connection closed'})")
+
+    def _forget_process(self) -> tuple[subprocess.Popen[bytes] | None, Channel | None]:
+        """Forgets the process and its connection; the calls sent and not answered lose their
+        answer. The caller holds `lock`."""
+        with self._send_lock:
+            process, conn = self._process, self._conn
+            self._process, self._conn, self.ready = None, None, False
+            self._lost_before = self._read = self._sent
+        with self._answered:
+            self._answered.notify_all()
+        return process, conn
+
     def _end(self, why: str) -> None:
         """Kills the process (ours: by its pid) and forgets it. The caller holds `lock`."""
-        process, conn = self._process, self._conn
-        self._process, self._conn, self.ready = None, None, False
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()  # first: a call being sent to it then fails instead of blocking
+        process, conn = self._forget_process()
         if conn is not None:
             conn.close()
         if process is not None:
-            if process.poll() is None:
-                process.kill()
             process.wait()
             log.warning(
                 "kernel worker %d (pid %d) %s; exit status %s",
@@ -233,8 +316,7 @@ class _Worker:
     def stop(self) -> None:
         """Closes the socket (the worker exits after its current call), waits two seconds,
         then kills it. The caller holds `lock`."""
-        process, conn = self._process, self._conn
-        self._process, self._conn, self.ready = None, None, False
+        process, conn = self._forget_process()
         if conn is not None:
             conn.close()
         if process is None:
@@ -340,10 +422,11 @@ class SyncProcesses:
                 return (*local(), None)
             assert isinstance(want, KernelTable)
             request = ("sync", namespace, *self._encoded(namespace, assignments, want))
-            with worker.lock:
-                if worker.ready:
-                    before, after, seen = worker.call(request, self._timeout)
-                    return _decoded_table(before, want), _decoded_table(after, want), seen
+            try:
+                before, after, seen = worker.call(request, self._timeout)
+                return _decoded_table(before, want), _decoded_table(after, want), seen
+            except _WorkerGone:
+                pass
             # The worker ended (killed after a timeout, or died) while this sync waited.
             with self._lock:
                 self.counts["remote"] -= 1
