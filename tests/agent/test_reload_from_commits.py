@@ -1,8 +1,8 @@
 """An API write's way to the kernel (issue 14): the store's revision notes give each binding as
-this process committed it, so the agent's reload reads only the router's row (its revision and
-status, still read every time); a status report that leaves the router's status as read writes
-only the bindings' rows. Whatever the notes cannot vouch for is read as before: reload() ==
-load() in every case."""
+this process committed it, so the agent's reload reads at most the router's row (and not even
+that when the notes vouch for it too: test_reload_without_read.py); a status report that leaves
+the router's status as read writes only the bindings' rows. Whatever the notes cannot vouch
+for is read as before: reload() == load() in every case."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_a_reload_after_this_process_writes_reads_no_binding(store: Store) -> No
         reloaded = source.reload(router.id, last)
 
     assert statements.touching("conntrack_helpers") == []
-    assert len(statements.touching("routers")) == 1  # the router's row: read every time
+    assert len(statements.touching("routers")) == 1  # the router's row: renamed, so read
     assert reloaded is not None
     assert reloaded == source.load(router.id)
     assert [(b.id, b.protocol, b.port) for b in reloaded.bindings] == [
@@ -116,28 +116,28 @@ def test_revision_notes_give_the_bindings_as_committed_or_nothing() -> None:
     moved = new_binding(CATALOG, router, protocol="tcp", port=22, helper="ftp")
     assert notes.edits("r", 5, 5) == {}  # nothing new
     assert notes.edits("r", 5, 6) is None
-    notes.note([("r", 6, first.id), ("r", 7, "")], {("r", 6): first})
+    notes.note([("r", 6, first.id, None), ("r", 7, "", None)], {("r", 6): first})
     assert notes.edits("r", 5, 7) == {first.id: first}
-    notes.note([("r", 8, first.id)], {("r", 8): None})  # deleted
+    notes.note([("r", 8, first.id, None)], {("r", 8): None})  # deleted
     assert notes.edits("r", 5, 8) == {first.id: None}  # the newest revision's wins
     assert notes.edits("r", 7, 8) == {first.id: None}
-    notes.note([("r", 9, moved.id)])  # a write that named its binding but did not give it
+    notes.note([("r", 9, moved.id, None)])  # a write that named its binding but did not give it
     assert notes.edits("r", 5, 9) is None
     assert notes.changed("r", 5, 9) == frozenset({first.id, moved.id})  # still named
-    notes.note([("r", 10, None)])  # a write that said nothing
+    notes.note([("r", 10, None, None)])  # a write that said nothing
     assert notes.edits("r", 9, 10) is None
     assert notes.edits("r", 10, 9) is None
     notes.note(
-        [("r", 10 + n, moved.id) for n in range(1, CONTENTS_PER_ROUTER + 2)],
+        [("r", 10 + n, moved.id, None) for n in range(1, CONTENTS_PER_ROUTER + 2)],
         {("r", 10 + n): moved for n in range(1, CONTENTS_PER_ROUTER + 2)},
     )
     newest = 10 + CONTENTS_PER_ROUTER + 1
     assert notes.edits("r", newest - CONTENTS_PER_ROUTER, newest) == {moved.id: moved}
     assert notes.edits("r", 10, newest) is None  # the oldest binding given is no longer kept
     assert notes.changed("r", 10, newest) == frozenset({moved.id})  # its note is
-    notes.note(("r", newest + n, moved.id) for n in range(1, NOTES_PER_ROUTER + 1))
+    notes.note(("r", newest + n, moved.id, None) for n in range(1, NOTES_PER_ROUTER + 1))
     assert notes.edits("r", 5, 8) is None  # the oldest notes went, with their bindings
-    notes.forget("r")
+    notes.forget(["r"])
     assert notes.edits("r", 9, 10) is None
 
 

@@ -128,11 +128,11 @@ def test_revision_notes_are_bounded_and_say_none_when_not_covered() -> None:
     notes = RevisionNotes()
     assert notes.changed("r", 5, 5) == frozenset()  # nothing new
     assert notes.changed("r", 5, 6) is None
-    notes.note([("r", 6, "a"), ("r", 7, ""), ("r", 8, None)])
+    notes.note([("r", 6, "a", None), ("r", 7, "", None), ("r", 8, None, None)])
     assert notes.changed("r", 5, 7) == frozenset({"a"})
     assert notes.changed("r", 5, 8) is None  # revision 8's write did not say what it changed
     assert notes.changed("r", 7, 6) is None
-    notes.note(("r", 8 + n, f"b{n}") for n in range(1, NOTES_PER_ROUTER + 1))
+    notes.note(("r", 8 + n, f"b{n}", None) for n in range(1, NOTES_PER_ROUTER + 1))
     assert notes.changed("r", 5, 7) is None  # the oldest notes went
     last = 8 + NOTES_PER_ROUTER
     assert notes.changed("r", last - 2, last) == frozenset(
@@ -141,5 +141,5 @@ def test_revision_notes_are_bounded_and_say_none_when_not_covered() -> None:
             f"b{NOTES_PER_ROUTER}",
         }
     )
-    notes.forget("r")
+    notes.forget(["r"])
     assert notes.changed("r", last - 1, last) is None

@@ -172,6 +172,9 @@ class Store:
                         yield repository
                         if write:
                             self._check_file()  # never acknowledge a write into a vanished file
+                        # Before the commit too: a reload between it and the notes below
+                        # must not take the router's row from notes it changed otherwise.
+                        unvouched = self._unvouch(repository)
                         try:
                             repository.write_changes()  # the change log, in this transaction
                             session.commit()
@@ -193,11 +196,30 @@ class Store:
         # After the commit, never before: a log line must not tell of a change that was undone.
         if repository.revision_notes:
             self.revision_notes.note(repository.revision_notes, repository.revision_contents)
+        if unvouched:
+            self._unvouch(repository)
         emit(repository.audit.committed_events())
         if repository.changed_routers:
             self._notify(frozenset(repository.changed_routers))
         if repository.change_revisions is not None and self._listener is not None:
             self._told_own(*repository.change_revisions)
+
+    def _unvouch(self, repository: Repository) -> bool:
+        """The revision notes stop vouching for the routers this unit of work changed otherwise
+        than by noted revisions: created, deleted or resynced (their notes dropped: a router of
+        the same id may come back at revision 1), and those whose status it wrote (statuses
+        move without a revision): their rows are read again (store/revisions.py). Called
+        before the commit and after it; False when it concerns no router."""
+        statuses = repository.router_statuses_written
+        changed = repository.changed_routers
+        if not statuses and not changed:
+            return False
+        unnoted = changed.difference(note[0] for note in repository.revision_notes)
+        if unnoted:
+            self.revision_notes.forget(unnoted)
+        if statuses:
+            self.revision_notes.distrust(statuses)
+        return bool(unnoted or statuses)
 
     def _own_pending(self, revisions: tuple[int, int]) -> None:
         """Revisions this process is committing (the change log was just written, the COMMIT
@@ -387,8 +409,10 @@ class Store:
             return  # an earlier read covered it, or this process's own commit tells it
         changed: frozenset[str] = frozenset()
         if not read:
+            self.revision_notes.distrust(None)  # which routers is not known: all of them
             self._notify(changed)
             return
+        known = False
         try:
             with self.unit_of_work(write=False) as repo:
                 head = repo.hosts.head_revision()
@@ -396,11 +420,15 @@ class Store:
                     # At most the retained history; the agent's resync covers anything beyond.
                     changes = repo.hosts.changes_since(told, None, self.change_history)
                     changed = frozenset(change.router_id for change in changes)
+                    known = len(changes) < self.change_history  # else some may be left out
             with self._lock:
                 self._told_revision = max(head, self._told_revision or 0)
         except (CthmError, SQLAlchemyError) as exc:
             reason = exc.message if isinstance(exc, CthmError) else _describe(exc)
             log.warning("cannot read the changes of other processes: %s", reason)
+        # Before the subscribers hear of it: the agent's reload of these routers reads their
+        # rows, not this process's revision notes (store/revisions.py).
+        self.revision_notes.distrust(changed if known else None)
         self._notify(changed)
 
     def _notify(self, router_ids: frozenset[str]) -> None:
