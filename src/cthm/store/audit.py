@@ -23,10 +23,11 @@ from sqlalchemy.orm import Session
 
 from cthm.domain import ListQuery
 from cthm.store.listing import apply_query, columns_of
+from cthm.store.prepared import Prepared
 from cthm.store.tables import AuditEventRow
 
 audit_log = logging.getLogger("cthm.audit")
-_INSERT_AUDIT = insert(cast(Table, AuditEventRow.__table__))
+_INSERT_AUDIT = Prepared(insert(cast(Table, AuditEventRow.__table__)))
 
 AUDIT_FIELDS = (
     "id",
@@ -151,7 +152,7 @@ class AuditLog:
         values = self.event_values(**event)
         # A Core INSERT, not an ORM object: a change's audit row is on every write's path, and
         # the ORM's unit-of-work flush costs several times the statement.
-        self._session.connection().execute(_INSERT_AUDIT, values)
+        _INSERT_AUDIT.run(self._session.connection(), values)
         self._recorded.append(values)
 
     def recorded(self, values: dict[str, Any]) -> None:

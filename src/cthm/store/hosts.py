@@ -51,6 +51,7 @@ from cthm.domain import (
 )
 from cthm.store.audit import AuditLog
 from cthm.store.desired import restore_desired
+from cthm.store.prepared import Prepared
 from cthm.store.tables import (
     AgentNamespaceRow,
     AgentRow,
@@ -79,6 +80,7 @@ _STATUSES = {s.value: s for s in Status}
 _CHANGE_LOG = cast(Table, ChangeLogRow.__table__)
 _LOCK_CHANGE_LOG = select(func.pg_advisory_xact_lock(literal(CHANGE_LOG_LOCK_KEY, BigInteger)))
 _WRITE = insert(_CHANGE_LOG).returning(_CHANGE_LOG.c.revision)
+_WRITE_ONE = Prepared(_WRITE)  # SQLite's single-router write, on the driver (store/prepared.py)
 # PostgreSQL, one row: the change-log lock taken, the row written and NOTIFYed (its revision,
 # delivered at the commit), all in one statement. The row's revision (the sequence's nextval, a
 # default of the INSERT's own projection) is taken only once the row is read from `locked`,
@@ -150,6 +152,9 @@ def write_change_log(
         # The lock, the INSERT and its NOTIFY in one statement: two round trips fewer on
         # every single-router write.
         first, last, _ = connection.execute(_WRITE_ONE_AND_NOTIFY, rows[0]).one()
+    elif not postgresql and len(rows) == 1:
+        (written,) = _WRITE_ONE.rows(connection, rows[0])
+        first = last = written.revision
     else:
         if postgresql:
             connection.execute(_LOCK_CHANGE_LOG)

@@ -67,6 +67,8 @@ from cthm.store.hosts import (
     write_change_log,
 )
 from cthm.store.listing import apply_query, columns_of
+from cthm.store.prepared import Prepared
+from cthm.store.revisions import RevisionNote
 from cthm.store.tables import (
     AgentNamespaceRow,
     AuditEventRow,
@@ -116,7 +118,7 @@ _TAKEN = select(_BINDINGS.c.id).where(
     _BINDINGS.c.direction == bindparam("b_direction"),
 )
 _TAKEN_BY_ANOTHER = _TAKEN.where(_BINDINGS.c.id != bindparam("b_exclude"))
-_INSERT_BINDING = insert(_BINDINGS)
+_INSERT_BINDING = Prepared(insert(_BINDINGS))
 _BUMP_ROUTER = (
     update(_ROUTERS)
     .where(_ROUTERS.c.id == bindparam("b_router"))
@@ -133,6 +135,7 @@ _BUMP_ROUTER_RETURNING = (
         _ROUTERS.c.id, _ROUTERS.c.project_id, _ROUTERS.c.namespace, _ROUTERS.c.revision_number
     )
 )
+_BUMP_ROUTER_PREPARED = Prepared(_BUMP_ROUTER_RETURNING)
 
 
 class _CreateCtes(NamedTuple):
@@ -294,9 +297,9 @@ def _router(row: RouterRow | Row[Any] | SimpleNamespace) -> Router:
     )
 
 
-def _prefixed_router(row: Row[Any]) -> Router:
+def _prefixed_router(row: Any) -> Router:
     """A router from columns named `r_<column>` (TokenStore.lookup_with_router)."""
-    columns = row._mapping
+    columns = row._asdict()  # a Row's or a Prepared row's
     return _router(SimpleNamespace(**{k[2:]: v for k, v in columns.items() if k.startswith("r_")}))
 
 
@@ -368,10 +371,13 @@ class Repository:
         self.changed_routers: set[str] = set()
         # (router, new revision, binding changed) of each revision this unit moved; the Store
         # keeps them once committed (store/revisions.py).
-        self.revision_notes: list[tuple[str, int, str | None]] = []
+        self.revision_notes: list[RevisionNote] = []
         # (router, revision) -> the binding that revision changed, as committed (None: deleted):
         # an agent's reload then reads none of the bindings (store/revisions.py).
         self.revision_contents: dict[tuple[str, int], HelperBinding | None] = {}
+        # Routers whose status this unit wrote (no revision moves): the Store's revision notes
+        # stop vouching for their rows (store/revisions.py).
+        self.router_statuses_written: set[str] = set()
         self.audit = AuditLog(session, audit)
         self.tokens = TokenStore(session)
         self.hosts = HostRepository(session, self.audit)
@@ -664,10 +670,10 @@ class Repository:
                     router_params | params,
                 ).one_or_none()
             else:  # SQLite; PostgreSQL without the project known beforehand
-                bumped = connection.execute(_BUMP_ROUTER_RETURNING, router_params).one_or_none()
+                bumped = _BUMP_ROUTER_PREPARED.one_or_none(connection, router_params)
                 if bumped is not None:
                     values["project_id"] = bumped.project_id
-                    connection.execute(_INSERT_BINDING, values)
+                    _INSERT_BINDING.run(connection, values)
         except IntegrityError:
             self._lost_race(lambda: self._raise_if_taken(*taken, exclude=None))
         if bumped is None:
@@ -829,6 +835,7 @@ class Repository:
     def set_router_status(
         self, router_id: str, status: Status, reason: str, *, revision_number: int
     ) -> bool:
+        self.router_statuses_written.add(router_id)
         return self._set_status(RouterRow, router_id, status, reason, revision_number)
 
     def set_binding_status(
@@ -855,7 +862,9 @@ class Repository:
     def set_router_statuses(self, reports: Iterable[tuple[str, int, Status, str]]) -> None:
         """Many (router id, revision, status, reason) at once, each guarded by its revision:
         set_router_status() of each, in one statement (a cold sync reports every router)."""
-        self._set_statuses(_ROUTERS, reports)
+        rows = list(reports)
+        self.router_statuses_written.update(row[0] for row in rows)
+        self._set_statuses(_ROUTERS, rows)
 
     def set_binding_statuses(self, reports: Iterable[tuple[str, int, Status, str]]) -> None:
         """Many (binding id, revision, status, reason) at once, each guarded by its revision."""
@@ -976,7 +985,7 @@ class Repository:
         logged: its change-log row is written already (not noted for the commit)."""
         revision = head.revision_number
         self._prefetched = None
-        self.revision_notes.append((head.id, revision, changed))
+        self.revision_notes.append((head.id, revision, changed, now))
         cached = self._session.identity_map.get(identity_key(RouterRow, head.id))
         if cached is not None:
             set_committed_value(cached, "revision_number", revision)
@@ -1000,8 +1009,10 @@ class Repository:
         changed: the binding changed (store/revisions.py; None: not said)."""
         self._prefetched = None
         row.revision_number += 1
-        self.revision_notes.append((row.id, row.revision_number, changed if kernel else ""))
         row.updated_at = _now()
+        self.revision_notes.append(
+            (row.id, row.revision_number, changed if kernel else "", row.updated_at)
+        )
         self._session.flush()
         self.changed_routers.add(row.id)
         if kernel:

@@ -30,6 +30,7 @@ from cthm.domain import (
     validate_project_id,
 )
 from cthm.store.listing import apply_query, columns_of
+from cthm.store.prepared import Prepared
 from cthm.store.tables import RouterRow, TokenRow
 
 SECRET_PREFIX = "cthm_"  # noqa: S105 (marks a string as a cthm token)
@@ -50,16 +51,17 @@ TOKEN_FIELDS = (
 
 _TOKENS = cast(Table, TokenRow.__table__)
 # Every column but the hash: what _token() reads.
-_LOOKUP = select(*(c for c in _TOKENS.c if c.name != "secret_hash")).where(
+_LOOKUP_STATEMENT = select(*(c for c in _TOKENS.c if c.name != "secret_hash")).where(
     _TOKENS.c.secret_hash == bindparam("b_hash")
 )
+_LOOKUP = Prepared(_LOOKUP_STATEMENT)
 
 
 _ROUTERS = cast(Table, RouterRow.__table__)
 # The token and, in the same statement, a router by id (its columns as `r_<name>`; NULL if
 # none): a write's first two reads in one (Repository.lookup_token).
-_LOOKUP_WITH_ROUTER = (
-    select(*_LOOKUP.selected_columns, *(c.label(f"r_{c.name}") for c in _ROUTERS.c))
+_LOOKUP_WITH_ROUTER = Prepared(
+    select(*_LOOKUP_STATEMENT.selected_columns, *(c.label(f"r_{c.name}") for c in _ROUTERS.c))
     .select_from(_TOKENS.outerjoin(_ROUTERS, _ROUTERS.c.id == bindparam("b_router")))
     .where(_TOKENS.c.secret_hash == bindparam("b_hash"))
 )
@@ -144,20 +146,14 @@ class TokenStore:
     def lookup(self, secret: str) -> AuthToken | None:
         """The token with this secret, whether usable or not (None: no such token)."""
         # A Core read: every authenticated request makes it.
-        row = (
-            self._session.connection()
-            .execute(_LOOKUP, {"b_hash": hash_secret(secret)})
-            .one_or_none()
-        )
+        row = _LOOKUP.one_or_none(self._session.connection(), {"b_hash": hash_secret(secret)})
         return None if row is None else _token(row)
 
     def lookup_with_router(self, secret: str, router_id: str) -> tuple[AuthToken | None, Any]:
         """lookup(secret), and the router `router_id`'s row in the same statement: a row whose
         columns are named `r_<column>`, all None if there is no such router (None: no token)."""
-        row = (
-            self._session.connection()
-            .execute(_LOOKUP_WITH_ROUTER, {"b_hash": hash_secret(secret), "b_router": router_id})
-            .one_or_none()
+        row = _LOOKUP_WITH_ROUTER.one_or_none(
+            self._session.connection(), {"b_hash": hash_secret(secret), "b_router": router_id}
         )
         return (None, None) if row is None else (_token(row), row)
 
