@@ -10,7 +10,8 @@ under /run/netns. A namespace is identified by the nsfs inode it resolves to whe
   included): the name is opened with O_PATH|O_NOFOLLOW and refused if it is one;
 - what it opens must be an nsfs inode of a network namespace (a file that is not one yet, as
   `ip netns add` leaves it for a moment, is "not found"; another kind of namespace is refused);
-- it refuses the host's initial network namespace and the process's own;
+- it refuses the host's initial network namespace and the process's own (their identities read
+  once: neither changes while the process lives);
 - callers enter by the descriptor it returns (`enter(fd)`, `nsenter --net=/proc/self/fd/N`), so
   the name cannot be swapped between the check and the entry.
 Refusals are `UnsafeNamespace`: permanent until someone changes /run/netns.
@@ -175,10 +176,29 @@ def peek(namespace: str, read: Callable[[], T], netns_dir: Path = NETNS_DIR) -> 
 
 
 def _refuse_special(namespace: str, identity: NamespaceId) -> None:
-    if identity.ino == INIT_NET_INO or identity == _identity_of(HOST_NAMESPACE):
+    if identity.ino == INIT_NET_INO or identity == _special_identity(HOST_NAMESPACE):
         raise UnsafeNamespace(namespace, f"it is the host's initial network namespace ({identity})")
-    if identity == _identity_of(OWN_NAMESPACE):
+    if identity == _special_identity(OWN_NAMESPACE):
         raise UnsafeNamespace(namespace, f"it is cthm's own network namespace ({identity})")
+
+
+# The identities of HOST_NAMESPACE and OWN_NAMESPACE, once read. Neither changes during the
+# process's life: /proc/1 is the init process, which never changes namespace, and
+# /proc/self/ns/net is the namespace of the process's main thread (its thread group leader,
+# whichever thread asks), which cthm never moves (only worker and peek threads setns). Read
+# once, they cost every entry into a namespace two stat(2)s fewer (each gives the GIL up).
+_special: dict[Path, NamespaceId] = {}
+
+
+def _special_identity(path: Path) -> NamespaceId | None:
+    """HOST_NAMESPACE's or OWN_NAMESPACE's identity; a failed read is not kept (read again
+    next time, as before), so no check is lost to a passing error."""
+    known = _special.get(path)
+    if known is None:
+        known = _identity_of(path)
+        if known is not None:
+            _special[path] = known
+    return known
 
 
 def _identity_of(path: Path) -> NamespaceId | None:
