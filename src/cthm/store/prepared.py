@@ -91,7 +91,11 @@ class Prepared:
         try:
             form = self._forms[key]
         except KeyError:
-            form = self._forms[key] = _compile(self.statement, dialect, key[1])
+            try:
+                form = _compile(self.statement, dialect, key[1])
+            except AttributeError:  # SQLAlchemy's compiled form changed shape: its own path
+                form = None
+            self._forms[key] = form
         if form is None or not _in_transaction(connection):
             return None
         return form
