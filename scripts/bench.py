@@ -18,7 +18,8 @@ the agent's backend has the kernel-worker processes `cthm serve` gives it on thi
 - no-op resync of 100 routers (the 100x10 fleet, nothing changed): from Agent.resync() until
   every router was reconciled; nothing may be written.
 Through a real `cthm serve` (scripts/bench_api_kernel.py): POST -> kernel on routers holding
-1000 and 10 (`nft monitor` in the namespace), and POST acknowledged (SQLite, one client).
+1000 and 10 (a netlink listener in the namespace stamps the kernel's commit), and POST
+acknowledged (SQLite, one client).
 Then Neutron's L3 agent extension beside cthm's (scripts/bench_neutron.py, issue 15; its keys
 merged into the JSON object) unless --no-neutron or the `neutron` package is missing.
 
