@@ -6,8 +6,10 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Engine, event
 
 from cthm.agent import Agent, LocalStoreSource
 from cthm.domain import HelperBinding, HelperCatalog, Router, new_binding, new_router
@@ -130,3 +132,23 @@ def add_ftp_router(store: Store, ports: list[int], namespace: str) -> tuple[Rout
             for p in ports
         ]
     return router, ids
+
+
+class Statements:
+    """Every statement any engine runs while in the `with` block."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def _count(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.seen.append(" ".join(statement.split()).lower())
+
+    def __enter__(self) -> Statements:
+        event.listen(Engine, "before_cursor_execute", self._count)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(Engine, "before_cursor_execute", self._count)
+
+    def touching(self, table: str) -> list[str]:
+        return [s for s in self.seen if f" {table}" in s]

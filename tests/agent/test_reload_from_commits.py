@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from agent_support import RefusingFake, add_ftp_router
-from sqlalchemy import Engine, event
+from agent_support import RefusingFake, Statements, add_ftp_router
 
 from cthm.agent import Action, Agent, LocalStoreSource
 from cthm.domain import (
@@ -29,26 +27,6 @@ from cthm.store.revisions import CONTENTS_PER_ROUTER, NOTES_PER_ROUTER, Revision
 
 CATALOG = HelperCatalog()
 NAMESPACE = "qrouter-commits"
-
-
-class Statements:
-    """Every statement any engine runs while in the `with` block."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def _count(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        self.seen.append(" ".join(statement.split()).lower())
-
-    def __enter__(self) -> Statements:
-        event.listen(Engine, "before_cursor_execute", self._count)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        event.remove(Engine, "before_cursor_execute", self._count)
-
-    def touching(self, table: str) -> list[str]:
-        return [s for s in self.seen if f" {table}" in s]
 
 
 def test_a_reload_after_this_process_writes_reads_no_binding(store: Store) -> None:

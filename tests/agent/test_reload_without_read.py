@@ -11,11 +11,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from agent_support import RefusingFake, add_ftp_router
-from sqlalchemy import Engine, event
+from agent_support import RefusingFake, Statements, add_ftp_router
 
 from cthm.agent import Action, Agent, LocalStoreSource
 from cthm.agent.ports import DesiredRouter
@@ -26,23 +24,6 @@ from cthm.store.revisions import RevisionNotes
 
 CATALOG = HelperCatalog()
 NAMESPACE = "qrouter-noread"
-
-
-class Statements:
-    """Every statement any engine runs while in the `with` block."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def _count(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        self.seen.append(" ".join(statement.split()).lower())
-
-    def __enter__(self) -> Statements:
-        event.listen(Engine, "before_cursor_execute", self._count)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        event.remove(Engine, "before_cursor_execute", self._count)
 
 
 def reload(source: LocalStoreSource, last: DesiredRouter) -> tuple[DesiredRouter, list[str]]:
