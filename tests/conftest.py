@@ -13,6 +13,7 @@ import pytest
 from cthm.store import Store
 from cthm.testing import NamespaceFactory
 from support.databases import DATABASES, PostgresServer, TestDatabases, kind_of, start_server
+from support.namespace_names import Names
 from support.stdlib_bindings import restore_stdlib_bindings
 from support.tiers import mark_tiers
 
@@ -123,3 +124,13 @@ def store(database_url: str) -> Iterator[Store]:
 def new_database_url(database_url: str, test_databases: TestDatabases) -> Callable[[], str]:
     """More databases of the kind `database_url` is (each API of a test its own)."""
     return lambda: test_databases.new(kind_of(database_url))
+
+
+@pytest.fixture
+def names(netns: NamespaceFactory) -> Iterator[Names]:
+    """Extra names under /run/netns (bind mounts, symlinks), removed before the namespaces."""
+    made = Names(netns)
+    try:
+        yield made
+    finally:
+        made.cleanup()  # before the namespaces themselves go (fixture order)

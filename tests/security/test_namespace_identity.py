@@ -33,53 +33,12 @@ from cthm.netfilter.netns import UnsafeNamespace, namespace_identity
 from cthm.store import Store
 from cthm.testing import NamespaceFactory, run_in_namespace
 from cthm.testing.service import ServerProcess
+from support.namespace_names import Names
 
 pytestmark = pytest.mark.kernel
 
 NETNS_DIR = Path("/run/netns")
 HOST_NAMESPACE = "/proc/1/ns/net"
-
-
-class Names:
-    """Bind mounts and symlinks under /run/netns with the test's prefix; removed exactly."""
-
-    def __init__(self, netns: NamespaceFactory) -> None:
-        self._netns = netns
-        self._mounts: list[Path] = []
-        self._links: list[Path] = []
-
-    def bind(self, label: str, source: str | Path) -> str:
-        """`label` becomes a second name of the namespace file `source` (as `ip netns attach`)."""
-        name = self._netns.name(label)
-        path = NETNS_DIR / name
-        path.touch(exist_ok=False)
-        self._mounts.append(path)
-        subprocess.run(["mount", "--bind", str(source), str(path)], check=True, timeout=10)
-        return name
-
-    def symlink(self, label: str, target: str | Path) -> str:
-        name = self._netns.name(label)
-        path = NETNS_DIR / name
-        path.symlink_to(target)
-        self._links.append(path)
-        return name
-
-    def cleanup(self) -> None:
-        for path in self._mounts:
-            subprocess.run(["umount", str(path)], check=False, capture_output=True, timeout=10)
-            path.unlink(missing_ok=True)
-        for path in self._links:
-            if path.is_symlink():
-                path.unlink()
-
-
-@pytest.fixture
-def names(netns: NamespaceFactory) -> Iterator[Names]:
-    made = Names(netns)
-    try:
-        yield made
-    finally:
-        made.cleanup()  # before the namespaces themselves go (fixture order)
 
 
 def host_ruleset() -> str:
